@@ -1,0 +1,3 @@
+from tickvault.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""Durable buses with consumer groups; :func:`open_bus` picks one by URL scheme."""
+
+from __future__ import annotations
+
+from tickvault.bus.base import (
+    Bus,
+    Capabilities,
+    ConsumerInfo,
+    DeadLetter,
+    Entry,
+    GroupInfo,
+    NewDeadLetter,
+    PendingEntry,
+    StreamInfo,
+)
+from tickvault.errors import BackendNotAvailable, ConfigError
+
+__all__ = [
+    "Bus",
+    "Capabilities",
+    "ConsumerInfo",
+    "DeadLetter",
+    "Entry",
+    "GroupInfo",
+    "NewDeadLetter",
+    "PendingEntry",
+    "StreamInfo",
+    "open_bus",
+]
+
+_PLANNED = {
+    "redis": "Redis Streams",
+    "rediss": "Redis Streams",
+    "nats": "NATS JetStream",
+    "kafka": "Kafka",
+}
+
+
+def open_bus(url: str) -> Bus:
+    """Return a bus for ``url``; raise ConfigError for unknown or unavailable schemes."""
+    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    if scheme == "sqlite":
+        from tickvault.bus.sqlite import SqliteBus
+
+        return SqliteBus.from_url(url)
+    if scheme in _PLANNED:
+        raise BackendNotAvailable(
+            f"the {_PLANNED[scheme]} bus ({scheme}://) is not available in this version;"
+            " use sqlite:///PATH"
+        )
+    raise ConfigError(f"unknown bus URL {url!r}: expected sqlite:///PATH")

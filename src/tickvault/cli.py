@@ -1,0 +1,517 @@
+"""The ``tickvault`` command line.
+
+Every command takes ``--data-dir`` (env ``TICKVAULT_DATA_DIR``, default ``./tickvault-data``)
+and ``--config FILE``; ``--bus`` and ``--store`` override the file's URLs. Errors that are
+the user's to fix print one line and exit 2; nothing prints a traceback for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+import orjson
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tickvault import control
+from tickvault.bus import open_bus
+from tickvault.bus.base import DeadLetter
+from tickvault.codec import FrameBuilder
+from tickvault.config import (
+    ENV_DATA_DIR,
+    ReplaySettings,
+    Settings,
+    SyntheticSettings,
+    load_settings,
+    settings_reference,
+)
+from tickvault.errors import ConfigError, StoreError, TickvaultError
+from tickvault.records import KINDS
+from tickvault.sources.base import Source
+from tickvault.status import collect_status
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="tickvault",
+    help="A market-data plane that does not lose data.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory [default: ./tickvault-data]."),
+]
+ConfigFile = Annotated[
+    Path | None, typer.Option("--config", help="TOML config file ([bus], [store], [[sources]]).")
+]
+BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL, e.g. sqlite:///bus.db.")]
+StoreUrl = Annotated[str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _settings(config: Path | None, data_dir: Path | None, bus: str | None, store: str | None) -> Settings:
+    return load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store)
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        return asyncio.run(coro)
+    except TickvaultError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+def _build_sources(settings: Settings) -> list[Source]:
+    from tickvault.checkpoints import CheckpointStore
+    from tickvault.sources.replay import ReplaySource
+    from tickvault.sources.synthetic import SyntheticSource
+
+    sources: list[Source] = []
+    for opts in settings.sources:
+        if isinstance(opts, SyntheticSettings):
+            sources.append(
+                SyntheticSource(symbols=opts.symbols, rate=opts.rate, seed=opts.seed,
+                                exchange=opts.exchange, name=opts.name)
+            )
+        elif isinstance(opts, ReplaySettings):
+            sources.append(
+                ReplaySource([Path(p) for p in opts.paths], CheckpointStore(settings.state_path))
+            )
+    return sources
+
+
+# -- run / demo / replay ----------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    config: ConfigFile = None, data_dir: DataDir = None, bus: BusUrl = None, store: StoreUrl = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
+    from tickvault.pipeline import Pipeline
+
+    _setup_logging(verbose)
+    settings = _settings(config, data_dir, bus, store)
+
+    async def main() -> None:
+        sources = _build_sources(settings)
+        if not sources:
+            logging.getLogger("tickvault").warning(
+                "no [[sources]] configured: only the writer runs (draining the bus)"
+            )
+        async with Pipeline(settings, sources) as pipeline:
+            pipeline.install_signal_handlers()
+            if not sources:
+                await pipeline.stop_sources.wait()
+            summary = await pipeline.run()
+        err.print(
+            f"stopped: {summary.published} published, {summary.stored} stored,"
+            f" backlog {summary.backlog}", highlight=False,
+        )
+
+    _run(main())
+
+
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="How long to generate data.")] = 10.0,
+    rate: Annotated[float, typer.Option(help="Synthetic records per second.")] = 50_000.0,
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    store: StoreUrl = None,
+) -> None:
+    """Synthetic ticks through the full pipeline with live progress and a summary (offline)."""
+    from tickvault.pipeline import Pipeline
+    from tickvault.sources.synthetic import SyntheticSource
+
+    _setup_logging(False)
+    settings = _settings(config, data_dir, bus, store)
+
+    async def main() -> None:
+        source = SyntheticSource(rate=rate, symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], seed=42)
+        async with Pipeline(settings, [source]) as pipeline:
+            pipeline.install_signal_handlers()
+            started = time.monotonic()
+
+            def view() -> Table:
+                elapsed = max(time.monotonic() - started, 1e-6)
+                w = pipeline.writer.stats
+                table = Table(title="tickvault demo", show_header=False)
+                table.add_row("elapsed", f"{elapsed:5.1f} s / {seconds:.0f} s")
+                table.add_row("generated", f"{source.generated:,}")
+                table.add_row("on the bus", f"{pipeline.publisher.stats.records:,}")
+                table.add_row("stored", f"{w.inserted:,}")
+                table.add_row("ticks/s stored", f"{w.inserted / elapsed:,.0f}")
+                table.add_row("in flight", f"{pipeline.publisher.stats.records - w.records:,}")
+                return table
+
+            async def stopper() -> None:
+                try:
+                    await asyncio.wait_for(pipeline.stop_sources.wait(), timeout=seconds)
+                except TimeoutError:
+                    pipeline.stop_sources.set()
+                    source.stop()
+
+            with Live(view(), console=err, refresh_per_second=4, transient=False) as live:
+                stop_task = asyncio.create_task(stopper())
+                run_task = asyncio.create_task(pipeline.run())
+                while not run_task.done():
+                    live.update(view())
+                    await asyncio.sleep(0.25)
+                summary = run_task.result()
+                stop_task.cancel()
+                live.update(view())
+            counts = await pipeline.store.counts()
+        rate_s = summary.stored / max(summary.seconds, 1e-6)
+        out.print(
+            f"\n[bold]demo done[/bold]: {summary.stored:,} records stored in"
+            f" {summary.seconds:.1f} s ({rate_s:,.0f} ticks/s), backlog {summary.backlog},"
+            f" dead letters {sum(summary.dead_letters.values())}", highlight=False,
+        )
+        out.print("rows per table: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+        out.print(f"data dir: {settings.data_dir}  (try: tickvault query 'SELECT count(*) FROM trades')")
+
+    _run(main())
+
+
+@app.command()
+def replay(
+    paths: Annotated[list[Path], typer.Argument(help="Recorded JSON-lines files (.gz ok).")],
+    restart: Annotated[bool, typer.Option(help="Ignore checkpoints and replay from the start.")] = False,
+    json_out: JsonFlag = False,
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    store: StoreUrl = None, verbose: Verbose = False,
+) -> None:
+    """Ingest recorded Binance messages through the full pipeline; exit 0 once all is stored."""
+    from tickvault.checkpoints import CheckpointStore
+    from tickvault.pipeline import Pipeline
+    from tickvault.sources.replay import ReplaySource, count_lines
+
+    _setup_logging(verbose)
+    settings = _settings(config, data_dir, bus, store)
+
+    async def main() -> int:
+        checkpoints = CheckpointStore(settings.state_path)
+        source = ReplaySource(paths, checkpoints, restart=restart)
+        total = sum(count_lines(p) for p in paths)
+        async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
+            pipeline.install_signal_handlers()
+            progress = Progress(
+                TextColumn("[bold]replay[/bold]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("lines · stored {task.fields[stored]:,}"), TimeElapsedColumn(),
+                console=err, disable=json_out or not err.is_terminal,
+            )
+            with progress:
+                task = progress.add_task("replay", total=total, stored=0)
+                run_task = asyncio.create_task(pipeline.run())
+                while not run_task.done():
+                    progress.update(
+                        task, completed=source.skipped_lines + pipeline.lines,
+                        stored=pipeline.writer.stats.inserted,
+                    )
+                    await asyncio.wait({run_task}, timeout=0.25)
+                summary = run_task.result()
+                progress.update(task, completed=total, stored=summary.stored)
+        checkpoints.close()
+        result = summary.as_dict() | {
+            "skipped_lines": source.skipped_lines,
+            "files_already_done": source.files_already_done,
+        }
+        if json_out:
+            _print_json(result)
+        else:
+            out.print(
+                f"read {summary.read:,} lines · stored {summary.stored:,} · duplicates"
+                f" {summary.duplicates:,} · dead-lettered {sum(summary.dead_letters.values()):,}"
+                f" · {summary.seconds:.1f} s", highlight=False,
+            )
+            if source.skipped_lines or source.files_already_done:
+                out.print(
+                    f"resumed: skipped {source.skipped_lines:,} lines already published,"
+                    f" {source.files_already_done} file(s) already done", highlight=False,
+                )
+            for reason, n in sorted(summary.dead_letters.items(), key=lambda kv: -kv[1]):
+                out.print(f"  dead letter: {n:>8,}  {reason}", highlight=False)
+            if not summary.drained:
+                out.print(f"[yellow]not drained: backlog {summary.backlog}[/yellow]")
+        return 0 if summary.drained else 1
+
+    code = _run(main())
+    raise typer.Exit(code)
+
+
+# -- query / status ---------------------------------------------------------------------------
+
+
+def _offline_store(settings: Settings) -> Any:
+    from tickvault.stores import open_store
+
+    url = settings.store_url
+    if url.startswith("duckdb:///") and not Path(url[len("duckdb:///") :]).exists():
+        raise ConfigError(f"no store at {url} yet: run `tickvault demo` or `tickvault replay` first")
+    return open_store(url, read_only=True)
+
+
+def _owner_request(settings: Settings, payload: dict[str, Any]) -> Any | None:
+    """Ask the live owner of the data dir; None when there is none."""
+    return control.request(settings.data_dir, payload)
+
+
+@app.command()
+def query(
+    sql: Annotated[str, typer.Argument(help="One read-only SELECT statement.")],
+    json_out: JsonFlag = False,
+    limit: Annotated[int, typer.Option(help="Return at most this many rows.")] = 10_000,
+    data_dir: DataDir = None, config: ConfigFile = None, store: StoreUrl = None,
+) -> None:
+    """Run a read-only query (works while `run` or `replay` holds the data dir)."""
+    settings = _settings(config, data_dir, None, store)
+
+    async def main() -> dict[str, Any]:
+        result = _owner_request(settings, {"op": "query", "sql": sql, "limit": limit})
+        if result is not None:
+            return dict(result)
+        st = _offline_store(settings)
+        try:
+            r = await st.query(sql, limit)
+        finally:
+            await st.close()
+        return {"columns": r.columns, "rows": r.rows, "truncated": r.truncated}
+
+    try:
+        result = _run(main())
+    except typer.Exit:
+        raise
+    columns, rows = result["columns"], result["rows"]
+    if json_out:
+        _print_json([dict(zip(columns, r, strict=True)) for r in rows])
+        return
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in r))
+    out.print(table)
+    if result.get("truncated"):
+        err.print(f"(first {limit} rows shown)")
+
+
+@app.command()
+def status(
+    json_out: JsonFlag = False,
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    store: StoreUrl = None,
+) -> None:
+    """Rows per table, bus backlog and pending per group, dead letters, last write time."""
+    settings = _settings(config, data_dir, bus, store)
+
+    async def main() -> dict[str, Any]:
+        live = _owner_request(settings, {"op": "status"})
+        if live is not None:
+            return dict(live)
+        bus_ = open_bus(settings.bus_url)
+        st = None
+        try:
+            try:
+                st = _offline_store(settings)
+                await st.ensure_schema()
+            except (ConfigError, StoreError):
+                st = None
+            return await collect_status(
+                bus_, st, bus_url=settings.bus_url, store_url=settings.store_url,
+                data_dir=settings.data_dir,
+            )
+        finally:
+            await bus_.close()
+            if st is not None:
+                await st.close()
+
+    data = _run(main())
+    if json_out:
+        _print_json(data)
+        return
+    out.print(f"[bold]data dir[/bold] {data['data_dir']}  running: {data['running']}")
+    tables = data["store"]["tables"] or {}
+    out.print(f"[bold]store[/bold] {data['store']['url']}")
+    for name, n in tables.items():
+        out.print(f"  {name:<14} {n:>12,} rows")
+    if data["store"]["last_write_at"]:
+        age = time.time() - data["store"]["last_write_at"]
+        out.print(f"  last write {age:,.1f} s ago")
+    out.print(f"[bold]bus[/bold] {data['bus']['url']}")
+    for stream in data["bus"]["streams"]:
+        out.print(f"  stream {stream['stream']}: {stream['length']:,} entries")
+        for g in stream["groups"]:
+            out.print(
+                f"    group {g['name']}: lag {g['lag']:,}, pending {g['pending']:,},"
+                f" consumers {g['consumers']}", highlight=False,
+            )
+    dl = data["dead_letters"]
+    out.print(f"[bold]dead letters[/bold] {dl['total']:,}")
+    for reason, n in dl["by_reason"].items():
+        out.print(f"  {n:>8,}  {reason}", highlight=False)
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    data = msgspec.to_builtins(letter)
+    try:
+        data["payload"] = letter.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        data["payload"] = None
+        data["payload_base64"] = base64.b64encode(letter.payload).decode()
+    return dict(data)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    json_out: JsonFlag = False,
+    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 1000,
+    all_: Annotated[bool, typer.Option("--all", help="Include requeued letters.")] = False,
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+) -> None:
+    """List dead letters (oldest first) with their reasons."""
+    settings = _settings(config, data_dir, bus, None)
+
+    async def main() -> list[DeadLetter]:
+        b = open_bus(settings.bus_url)
+        try:
+            return await b.dead_letters(limit=limit, include_requeued=all_)
+        finally:
+            await b.close()
+
+    letters = _run(main())
+    if json_out:
+        _print_json([_letter_json(x) for x in letters])
+        return
+    table = Table("id", "kind", "reason", "entry", "payload")
+    for x in letters:
+        preview = _letter_json(x)["payload"] or f"<{len(x.payload)} bytes binary>"
+        table.add_row(x.id, x.kind, x.reason, x.entry_id or "", preview[:60])
+    out.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    letter_id: Annotated[str, typer.Argument(metavar="ID")],
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+) -> None:
+    """Show one dead letter in full (JSON)."""
+    settings = _settings(config, data_dir, bus, None)
+
+    async def main() -> DeadLetter | None:
+        b = open_bus(settings.bus_url)
+        try:
+            return await b.get_dead_letter(letter_id)
+        finally:
+            await b.close()
+
+    letter = _run(main())
+    if letter is None:
+        err.print(f"[red]error:[/red] no dead letter {letter_id}")
+        raise typer.Exit(2)
+    _print_json(_letter_json(letter))
+
+
+def requeue_payload(letter: DeadLetter) -> bytes:
+    """The bus payload that re-submits ``letter``; raise TickvaultError if it cannot be."""
+    from tickvault.sources.binance_wire import ParseError, parse_message
+
+    if letter.kind == "frame":
+        return letter.payload
+    if letter.kind in KINDS:
+        row = orjson.loads(letter.payload)
+        builder = FrameBuilder(letter.kind)
+        builder.add_values(row.get(c) for c in KINDS[letter.kind].columns)
+        return builder.take()
+    if letter.kind == "raw":
+        try:
+            record = parse_message(letter.payload)
+        except ParseError as exc:
+            raise TickvaultError(f"dead letter {letter.id} is still invalid: {exc.reason}") from None
+        builder = FrameBuilder(next(k for k, s in KINDS.items() if isinstance(record, s.record_type)))
+        builder.add(record)
+        return builder.take()
+    raise TickvaultError(f"dead letter {letter.id} has unknown kind {letter.kind!r}")
+
+
+@dlq_app.command("requeue")
+def dlq_requeue(
+    letter_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
+    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+) -> None:
+    """Put dead letters back on their stream (the writer validates them again)."""
+    settings = _settings(config, data_dir, bus, None)
+
+    async def main() -> int:
+        b = open_bus(settings.bus_url)
+        failed = 0
+        try:
+            for letter_id in letter_ids:
+                letter = await b.get_dead_letter(letter_id)
+                if letter is None:
+                    err.print(f"[red]error:[/red] no dead letter {letter_id}")
+                    failed += 1
+                    continue
+                if letter.requeued_at is not None:
+                    err.print(f"dead letter {letter_id} was already requeued")
+                    continue
+                try:
+                    payload = requeue_payload(letter)
+                except TickvaultError as exc:
+                    err.print(f"[red]error:[/red] {exc}", highlight=False)
+                    failed += 1
+                    continue
+                ids = await b.append(letter.stream, [payload])
+                await b.mark_requeued(letter_id)
+                out.print(f"requeued {letter_id} as entry {ids[0]} on {letter.stream}")
+        finally:
+            await b.close()
+        return failed
+
+    failed = _run(main())
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command("config-reference")
+def config_reference() -> None:
+    """Print the Markdown reference of every configuration setting."""
+    out.print(settings_reference(), markup=False, highlight=False)
+
+
+def main() -> None:
+    app()
+

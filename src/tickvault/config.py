@@ -1,0 +1,198 @@
+"""Typed settings: a TOML file, ``TICKVAULT_*`` environment variables, command-line flags.
+
+Precedence (highest first): command-line flags, environment, the ``--config`` file, defaults.
+Environment variables are read here and in the CLI only. Unknown keys in the file are an
+error (a typo must not silently fall back to a default).
+
+Example::
+
+    [bus]
+    url = "sqlite:///var/lib/tickvault/bus.sqlite3"
+
+    [store]
+    url = "duckdb:///var/lib/tickvault/ticks.duckdb"
+
+    [writer]
+    batch_records = 20000
+
+    [[sources]]
+    kind = "synthetic"
+    rate = 5000
+    symbols = ["BTCUSDT", "ETHUSDT"]
+    seed = 7
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tickvault.errors import ConfigError
+
+DEFAULT_DATA_DIR = "./tickvault-data"
+ENV_DATA_DIR = "TICKVAULT_DATA_DIR"
+ENV_BUS_URL = "TICKVAULT_BUS_URL"
+ENV_STORE_URL = "TICKVAULT_STORE_URL"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class BusSettings(_Section):
+    url: str | None = None
+    """Bus URL; default ``sqlite:///<data dir>/bus.sqlite3``."""
+    stream: str = "ticks"
+    """Stream that carries market-data frames."""
+    group: str = "writers"
+    """Consumer group of the store writers."""
+
+
+class StoreSettings(_Section):
+    url: str | None = None
+    """Store URL; default ``duckdb:///<data dir>/ticks.duckdb``."""
+
+
+class WriterSettings(_Section):
+    batch_records: int = 20_000
+    """Records per store write at most."""
+    linger_ms: int = 100
+    """How long the writer waits to fill a batch."""
+    max_deliveries: int = 5
+    """An entry delivered more often than this is dead-lettered."""
+    claim_idle_ms: int = 60_000
+    """Entries pending this long on another consumer are taken over."""
+    consumer: str | None = None
+    """Consumer name; default ``<hostname>-writer`` (stable across restarts)."""
+
+
+class PublisherSettings(_Section):
+    frame_records: int = 5_000
+    """Records per frame (bus entry) at most."""
+
+
+class SyntheticSettings(_Section):
+    kind: str = "synthetic"
+    name: str = "synthetic"
+    rate: float = 10_000.0
+    """Records per second (0 = as fast as possible)."""
+    symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
+    seed: int = 42
+    exchange: str = "synthetic"
+
+
+class ReplaySettings(_Section):
+    kind: str = "replay"
+    name: str = "replay"
+    paths: list[str] = msgspec.field(default_factory=list)
+    """Files of recorded Binance websocket messages (JSON lines, optionally gzip)."""
+
+
+SourceSettings = SyntheticSettings | ReplaySettings
+SOURCE_KINDS: dict[str, type[_Section]] = {
+    "synthetic": SyntheticSettings,
+    "replay": ReplaySettings,
+}
+
+
+class Settings(_Section):
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    bus: BusSettings = msgspec.field(default_factory=BusSettings)
+    store: StoreSettings = msgspec.field(default_factory=StoreSettings)
+    writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
+    publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
+    sources: list[Any] = msgspec.field(default_factory=list)
+
+    @property
+    def bus_url(self) -> str:
+        return self.bus.url or f"sqlite:///{self.data_dir / 'bus.sqlite3'}"
+
+    @property
+    def store_url(self) -> str:
+        return self.store.url or f"duckdb:///{self.data_dir / 'ticks.duckdb'}"
+
+    @property
+    def state_path(self) -> Path:
+        return self.data_dir / "state.sqlite3"
+
+
+def _source(raw: Any, index: int) -> Any:
+    if not isinstance(raw, dict) or "kind" not in raw:
+        raise ConfigError(f"sources[{index}]: each [[sources]] table needs a kind")
+    kind = raw["kind"]
+    if kind not in SOURCE_KINDS:
+        raise ConfigError(
+            f"sources[{index}]: unknown kind {kind!r} (known: {', '.join(SOURCE_KINDS)})"
+        )
+    try:
+        return msgspec.convert(raw, SOURCE_KINDS[kind])
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"sources[{index}] ({kind}): {exc}") from None
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    bus_url: str | None = None,
+    store_url: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Resolve settings from file, environment and flags (see the module docstring)."""
+    env = dict(os.environ) if env is None else env
+    raw: dict[str, Any] = {}
+    if config is not None:
+        try:
+            raw = tomllib.loads(Path(config).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {config}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{config}: invalid TOML: {exc}") from None
+    sources = raw.pop("sources", [])
+    try:
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{config or 'settings'}: {exc}") from None
+    if not isinstance(sources, list):
+        raise ConfigError("sources must be an array of tables ([[sources]])")
+    settings.sources = [_source(s, i) for i, s in enumerate(sources)]
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    elif ENV_DATA_DIR in env:
+        settings.data_dir = Path(env[ENV_DATA_DIR])
+    if bus_url:
+        settings.bus.url = bus_url
+    elif ENV_BUS_URL in env:
+        settings.bus.url = env[ENV_BUS_URL]
+    if store_url:
+        settings.store.url = store_url
+    elif ENV_STORE_URL in env:
+        settings.store.url = env[ENV_STORE_URL]
+    return settings
+
+
+def settings_reference() -> str:
+    """A Markdown reference of every setting, generated from the typed sections above."""
+    lines = ["# Configuration reference", ""]
+    sections: list[tuple[str, type[_Section]]] = [
+        ("[bus]", BusSettings),
+        ("[store]", StoreSettings),
+        ("[writer]", WriterSettings),
+        ("[publisher]", PublisherSettings),
+        ('[[sources]] kind = "synthetic"', SyntheticSettings),
+        ('[[sources]] kind = "replay"', ReplaySettings),
+    ]
+    for title, cls in sections:
+        lines += [f"## `{title}`", "", "| key | type | default |", "| --- | --- | --- |"]
+        for f in msgspec.structs.fields(cls):
+            default = f.default if f.default is not msgspec.NODEFAULT else None
+            if f.default_factory is not msgspec.NODEFAULT:
+                default = f.default_factory()
+            type_name = getattr(f.type, "__name__", None) or str(f.type).replace("typing.", "")
+            lines.append(f"| `{f.name}` | `{type_name}` | `{default!r}` |")
+        lines.append("")
+    return "\n".join(lines)

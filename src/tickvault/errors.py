@@ -1,0 +1,52 @@
+"""The one exception tree of tickvault.
+
+Backends translate their drivers' errors into these classes, so callers never need to know
+which client library is underneath (a Redis ``ConnectionError`` and a SQLite
+``OperationalError`` both surface as :class:`BusUnavailable`).
+"""
+
+from __future__ import annotations
+
+
+class TickvaultError(Exception):
+    """Root of every error tickvault raises on purpose."""
+
+
+class ConfigError(TickvaultError):
+    """A setting, URL or command-line value is invalid."""
+
+
+class BackendNotAvailable(ConfigError):
+    """A URL names a backend that is not installed or not supported yet."""
+
+
+class RecordError(TickvaultError):
+    """A record failed validation; ``reason`` is the short, stable text stored in dead letters."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class DecodeError(TickvaultError):
+    """Bytes could not be decoded into a frame or a venue message."""
+
+
+class BusError(TickvaultError):
+    """A bus operation failed."""
+
+
+class BusUnavailable(BusError):
+    """The bus cannot be reached right now; retrying later may succeed."""
+
+
+class StoreError(TickvaultError):
+    """A store operation failed."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot accept writes right now (locked, disk full, down); retry later."""
+
+
+class QueryRejected(StoreError):
+    """A query was refused: not a single read-only statement, or too expensive."""

@@ -1,0 +1,282 @@
+"""Composes sources → publisher → bus → writer → store inside one process.
+
+Used by ``tickvault run`` (configured sources, until a signal), ``replay`` (files, until
+every record is stored and acknowledged) and ``demo`` (synthetic, for N seconds).
+
+Shutdown order (SIGTERM/SIGINT, or the sources running out): stop the sources, flush the
+publisher, let the writer drain what is on the bus (bounded by ``drain_timeout``), ack,
+exit. A second signal skips the drain; whatever is unacknowledged stays on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+
+from tickvault import control
+from tickvault.bus import open_bus
+from tickvault.bus.base import Bus
+from tickvault.config import Settings
+from tickvault.errors import BusError, ConfigError
+from tickvault.publisher import FramePublisher
+from tickvault.sources.base import Source
+from tickvault.status import collect_status
+from tickvault.stores import open_store
+from tickvault.stores.base import Store
+from tickvault.writer import Writer, WriterConfig, default_consumer_name
+
+log = logging.getLogger(__name__)
+
+
+class DataDirLock:
+    """An exclusive ``flock`` on ``<data dir>/.owner.lock`` held by the owning process."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / ".owner.lock"
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the process
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            pid = control.owner_pid(self.path.parent)
+            who = f"process {pid}" if pid else "another process"
+            raise ConfigError(
+                f"data dir {self.path.parent} is in use by {who}; use `tickvault status` or"
+                " `tickvault query` to look at it, or pick another --data-dir"
+            ) from None
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            fcntl.flock(self._fh, fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+
+@dataclass
+class RunSummary:
+    read: int = 0
+    published: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    drained: bool = False
+    seconds: float = 0.0
+    backlog: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Pipeline:
+    """One process's pipeline; ``async with Pipeline(settings, sources) as p: await p.run()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sources: list[Source],
+        *,
+        with_writer: bool = True,
+        drain_timeout: float | None = 30.0,
+    ) -> None:
+        self.settings = settings
+        self.sources = sources
+        self.with_writer = with_writer
+        self.drain_timeout = drain_timeout
+        self.stop_sources = asyncio.Event()
+        self.stop_writer = asyncio.Event()
+        self.sources_done = asyncio.Event()
+        self.started_at = time.time()
+        self.ingest_rejects: Counter[str] = Counter()
+        self.lines = 0
+        self._lock = DataDirLock(settings.data_dir)
+        self.bus: Bus
+        self.store: Store
+        self.publisher: FramePublisher
+        self.writer: Writer
+        self._control: control.ControlServer | None = None
+
+    async def __aenter__(self) -> Pipeline:
+        s = self.settings
+        self._lock.acquire()
+        try:
+            self.bus = open_bus(s.bus_url)
+            self.store = open_store(s.store_url)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.publisher = FramePublisher(
+            self.bus, s.bus.stream, max_records=s.publisher.frame_records
+        )
+        self.writer = Writer(
+            self.bus,
+            self.store,
+            WriterConfig(
+                stream=s.bus.stream, group=s.bus.group,
+                consumer=s.writer.consumer or default_consumer_name(),
+                batch_records=s.writer.batch_records, linger_ms=s.writer.linger_ms,
+                max_deliveries=s.writer.max_deliveries, claim_idle_ms=s.writer.claim_idle_ms,
+            ),
+        )
+        self._control = control.ControlServer(
+            s.data_dir, {"status": self._status_op, "query": self._query_op}
+        )
+        await self._control.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._control is not None:
+            await self._control.stop()
+        for source in self.sources:
+            with contextlib.suppress(Exception):
+                await source.close()
+        await self.bus.close()
+        await self.store.close()
+        self._lock.release()
+
+    # -- control handlers -------------------------------------------------------------------
+
+    def live(self) -> dict[str, Any]:
+        w = self.writer.stats
+        return {
+            "pid": os.getpid(),
+            "uptime_s": time.time() - self.started_at,
+            "writer": {
+                "consumer": self.writer.config.consumer,
+                "records": w.records,
+                "inserted": w.inserted,
+                "duplicates": w.duplicates,
+                "batches": w.batches,
+                "retrying": w.retrying,
+                "store_errors": w.store_errors,
+                "last_error": w.last_error,
+                "last_commit_at": w.last_commit_at,
+                "dead_letters": dict(w.dead_letters),
+            },
+            "publisher": {
+                "records": self.publisher.stats.records,
+                "frames": self.publisher.stats.frames,
+                "buffered": self.publisher.buffered,
+                "rejected": self.publisher.stats.rejected,
+            },
+            "sources": [_health(s) for s in self.sources],
+        }
+
+    async def _status_op(self, _: dict[str, Any]) -> dict[str, Any]:
+        return await collect_status(
+            self.bus, self.store, bus_url=self.settings.bus_url,
+            store_url=self.settings.store_url, data_dir=self.settings.data_dir, live=self.live(),
+        )
+
+    async def _query_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        result = await self.store.query(str(request.get("sql", "")), int(request.get("limit", 10_000)))
+        return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _flush(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.publisher.flush()
+                return
+            except BusError as exc:
+                if self.stop_writer.is_set():
+                    log.error(
+                        "bus unavailable at shutdown: %d records not published (%s)",
+                        self.publisher.buffered, exc,
+                    )
+                    raise
+                log.warning("publish failed: %s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def pump(self, source: Source) -> None:
+        """Move ``source``'s batches onto the bus; commit each only once it is durable."""
+        async for batch in source.batches():
+            for record in batch.records:
+                if self.publisher.add_nowait(record):
+                    await self._flush()
+            await self._flush()
+            if batch.rejects:
+                while True:
+                    try:
+                        await self.publisher.reject(batch.rejects)
+                        break
+                    except BusError as exc:
+                        log.warning("dead-lettering failed: %s; retrying", exc)
+                        await asyncio.sleep(0.5)
+                for letter in batch.rejects:
+                    self.ingest_rejects[letter.reason] += 1
+            self.lines += batch.lines
+            await source.commit(batch)
+            if self.stop_sources.is_set():
+                break
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal() -> None:
+            if self.stop_sources.is_set():
+                self.stop_writer.set()
+            self.stop_sources.set()
+            for source in self.sources:
+                stop = getattr(source, "stop", None)
+                if callable(stop):
+                    stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+
+    async def run(self) -> RunSummary:
+        """Run until the sources end (or are stopped) and the writer drained."""
+        started = time.perf_counter()
+        writer_task = None
+        if self.with_writer:
+            writer_task = asyncio.create_task(
+                self.writer.run(self.stop_writer, until_drained=self.sources_done)
+            )
+        try:
+            await asyncio.gather(*(self.pump(s) for s in self.sources))
+        finally:
+            self.sources_done.set()
+        drained = False
+        if writer_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(writer_task), timeout=self.drain_timeout)
+                drained = not self.stop_writer.is_set()
+            except TimeoutError:
+                log.warning(
+                    "writer did not drain within %ss; the rest stays on the bus", self.drain_timeout
+                )
+                self.stop_writer.set()
+                await writer_task
+        info = await self.bus.info(self.settings.bus.stream)
+        backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.settings.bus.group)
+        w = self.writer.stats
+        dead = Counter(self.ingest_rejects)
+        dead.update(w.dead_letters)
+        return RunSummary(
+            read=self.lines, published=self.publisher.stats.records, stored=w.inserted,
+            duplicates=w.duplicates, dead_letters=dict(dead), drained=drained and backlog == 0,
+            seconds=time.perf_counter() - started, backlog=backlog,
+        )
+
+
+def _health(source: Source) -> dict[str, Any]:
+    return msgspec.to_builtins(source.health())  # type: ignore[no-any-return]

@@ -1,0 +1,370 @@
+"""Typed market-data records, their natural keys and their validation rules.
+
+Every record kind has a :class:`KindSpec` that is the single source of truth for its table
+name, column order, Arrow schema, natural key and validation rules; the codec, the stores
+and the writer all read it from :data:`KINDS`.
+
+Timestamps are integers: microseconds since the Unix epoch, UTC. Stores turn them into
+timestamp columns with microsecond precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+import pyarrow as pa
+
+from tickvault.errors import RecordError
+
+Rule = Literal["required", "positive", "non_negative", "text"]
+
+
+class Trade(msgspec.Struct, frozen=True, kw_only=True):
+    """One exchange trade; key ``(exchange, symbol, trade_id)``."""
+
+    exchange: str
+    symbol: str
+    trade_id: int
+    price: float
+    qty: float
+    buyer_is_maker: bool
+    ts_event: int
+    ts_recv: int
+
+
+class AggTrade(msgspec.Struct, frozen=True, kw_only=True):
+    """A Binance aggregate trade; key ``(exchange, symbol, agg_id)`` (its own id space)."""
+
+    exchange: str
+    symbol: str
+    agg_id: int
+    price: float
+    qty: float
+    first_trade_id: int
+    last_trade_id: int
+    buyer_is_maker: bool
+    ts_event: int
+    ts_recv: int
+
+
+class Quote(msgspec.Struct, frozen=True, kw_only=True):
+    """Best bid/ask (book ticker); key ``(exchange, symbol, update_id)``.
+
+    ``ts_event`` is ``None`` when the venue sends no event time (Binance spot bookTicker).
+    """
+
+    exchange: str
+    symbol: str
+    update_id: int
+    bid_price: float
+    bid_qty: float
+    ask_price: float
+    ask_qty: float
+    ts_event: int | None
+    ts_recv: int
+
+
+class Bar(msgspec.Struct, frozen=True, kw_only=True):
+    """An OHLCV bar; key ``(source, symbol, timeframe, ts_open)``."""
+
+    source: str
+    symbol: str
+    timeframe: str
+    ts_open: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    vwap: float | None = None
+    trade_count: int | None = None
+
+
+class DepthUpdate(msgspec.Struct, frozen=True, kw_only=True):
+    """A diff-depth update; key ``(exchange, symbol, final_update_id)``.
+
+    Levels are parallel lists; a quantity of 0 removes the level.
+    """
+
+    exchange: str
+    symbol: str
+    first_update_id: int
+    final_update_id: int
+    bid_prices: list[float]
+    bid_qtys: list[float]
+    ask_prices: list[float]
+    ask_qtys: list[float]
+    ts_event: int
+    ts_recv: int
+
+
+Record = Trade | AggTrade | Quote | Bar | DepthUpdate
+
+_TS = pa.timestamp("us")
+_LIST = pa.list_(pa.float64())
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """Everything the pipeline needs to know about one record kind."""
+
+    kind: str
+    record_type: type[msgspec.Struct]
+    table: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    rules: dict[str, tuple[Rule, ...]]
+    list_rules: dict[str, Rule] = field(default_factory=dict)
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(self.schema.names)
+
+    @property
+    def timestamp_columns(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema if f.type == _TS)
+
+
+def _spec(
+    kind: str,
+    record_type: type[msgspec.Struct],
+    table: str,
+    fields: list[tuple[str, pa.DataType, bool]],
+    key: tuple[str, ...],
+    rules: dict[str, tuple[Rule, ...]],
+    list_rules: dict[str, Rule] | None = None,
+) -> KindSpec:
+    schema = pa.schema([pa.field(n, t, nullable=nullable) for n, t, nullable in fields])
+    assert schema.names == list(record_type.__struct_fields__), kind
+    return KindSpec(kind, record_type, table, schema, key, rules, list_rules or {})
+
+
+_PRICE: tuple[Rule, ...] = ("required", "positive")
+_SIZE: tuple[Rule, ...] = ("required", "non_negative")
+_NAME: tuple[Rule, ...] = ("required", "text")
+
+KINDS: dict[str, KindSpec] = {
+    s.kind: s
+    for s in (
+        _spec(
+            "trade",
+            Trade,
+            "trades",
+            [
+                ("exchange", pa.string(), False),
+                ("symbol", pa.string(), False),
+                ("trade_id", pa.int64(), False),
+                ("price", pa.float64(), False),
+                ("qty", pa.float64(), False),
+                ("buyer_is_maker", pa.bool_(), False),
+                ("ts_event", _TS, False),
+                ("ts_recv", _TS, False),
+            ],
+            ("exchange", "symbol", "trade_id"),
+            {
+                "exchange": _NAME,
+                "symbol": _NAME,
+                "trade_id": ("required",),
+                "price": _PRICE,
+                "qty": _SIZE,
+                "buyer_is_maker": ("required",),
+                "ts_event": ("required",),
+                "ts_recv": ("required",),
+            },
+        ),
+        _spec(
+            "agg_trade",
+            AggTrade,
+            "agg_trades",
+            [
+                ("exchange", pa.string(), False),
+                ("symbol", pa.string(), False),
+                ("agg_id", pa.int64(), False),
+                ("price", pa.float64(), False),
+                ("qty", pa.float64(), False),
+                ("first_trade_id", pa.int64(), False),
+                ("last_trade_id", pa.int64(), False),
+                ("buyer_is_maker", pa.bool_(), False),
+                ("ts_event", _TS, False),
+                ("ts_recv", _TS, False),
+            ],
+            ("exchange", "symbol", "agg_id"),
+            {
+                "exchange": _NAME,
+                "symbol": _NAME,
+                "agg_id": ("required",),
+                "price": _PRICE,
+                "qty": _SIZE,
+                "first_trade_id": ("required",),
+                "last_trade_id": ("required",),
+                "buyer_is_maker": ("required",),
+                "ts_event": ("required",),
+                "ts_recv": ("required",),
+            },
+        ),
+        _spec(
+            "quote",
+            Quote,
+            "quotes",
+            [
+                ("exchange", pa.string(), False),
+                ("symbol", pa.string(), False),
+                ("update_id", pa.int64(), False),
+                ("bid_price", pa.float64(), False),
+                ("bid_qty", pa.float64(), False),
+                ("ask_price", pa.float64(), False),
+                ("ask_qty", pa.float64(), False),
+                ("ts_event", _TS, True),
+                ("ts_recv", _TS, False),
+            ],
+            ("exchange", "symbol", "update_id"),
+            {
+                "exchange": _NAME,
+                "symbol": _NAME,
+                "update_id": ("required",),
+                "bid_price": _PRICE,
+                "bid_qty": _SIZE,
+                "ask_price": _PRICE,
+                "ask_qty": _SIZE,
+                "ts_recv": ("required",),
+            },
+        ),
+        _spec(
+            "bar",
+            Bar,
+            "bars",
+            [
+                ("source", pa.string(), False),
+                ("symbol", pa.string(), False),
+                ("timeframe", pa.string(), False),
+                ("ts_open", _TS, False),
+                ("open", pa.float64(), False),
+                ("high", pa.float64(), False),
+                ("low", pa.float64(), False),
+                ("close", pa.float64(), False),
+                ("volume", pa.float64(), False),
+                ("vwap", pa.float64(), True),
+                ("trade_count", pa.int64(), True),
+            ],
+            ("source", "symbol", "timeframe", "ts_open"),
+            {
+                "source": _NAME,
+                "symbol": _NAME,
+                "timeframe": _NAME,
+                "ts_open": ("required",),
+                "open": _PRICE,
+                "high": _PRICE,
+                "low": _PRICE,
+                "close": _PRICE,
+                "volume": _SIZE,
+                "vwap": ("positive",),
+                "trade_count": ("non_negative",),
+            },
+        ),
+        _spec(
+            "depth",
+            DepthUpdate,
+            "depth_updates",
+            [
+                ("exchange", pa.string(), False),
+                ("symbol", pa.string(), False),
+                ("first_update_id", pa.int64(), False),
+                ("final_update_id", pa.int64(), False),
+                ("bid_prices", _LIST, False),
+                ("bid_qtys", _LIST, False),
+                ("ask_prices", _LIST, False),
+                ("ask_qtys", _LIST, False),
+                ("ts_event", _TS, False),
+                ("ts_recv", _TS, False),
+            ],
+            ("exchange", "symbol", "final_update_id"),
+            {
+                "exchange": _NAME,
+                "symbol": _NAME,
+                "first_update_id": ("required",),
+                "final_update_id": ("required",),
+                "bid_prices": ("required",),
+                "bid_qtys": ("required",),
+                "ask_prices": ("required",),
+                "ask_qtys": ("required",),
+                "ts_event": ("required",),
+                "ts_recv": ("required",),
+            },
+            {
+                "bid_prices": "positive",
+                "bid_qtys": "non_negative",
+                "ask_prices": "positive",
+                "ask_qtys": "non_negative",
+            },
+        ),
+    )
+}
+
+KIND_OF_TYPE: dict[type[msgspec.Struct], str] = {s.record_type: s.kind for s in KINDS.values()}
+
+
+def spec_for(kind: str) -> KindSpec:
+    """Return the spec of ``kind`` or raise :class:`RecordError` naming the known kinds."""
+    try:
+        return KINDS[kind]
+    except KeyError:
+        raise RecordError(f"unknown record kind {kind!r} (known: {', '.join(KINDS)})") from None
+
+
+def kind_of(record: Record) -> str:
+    return KIND_OF_TYPE[type(record)]
+
+
+def natural_key(record: Record) -> tuple[Any, ...]:
+    spec = KINDS[kind_of(record)]
+    return tuple(getattr(record, k) for k in spec.key)
+
+
+def _check_value(name: str, value: Any, rule: Rule) -> None:
+    if value is None:
+        if rule == "required":
+            raise RecordError(f"missing {name}")
+        return
+    if rule == "text":
+        if not isinstance(value, str) or not value:
+            raise RecordError(f"empty {name}")
+    elif rule in ("positive", "non_negative"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecordError(f"non-numeric {name}")
+        if not math.isfinite(value):
+            raise RecordError(f"non-finite {name}")
+        if rule == "positive" and value <= 0:
+            raise RecordError(f"non-positive {name}")
+        if value < 0:
+            raise RecordError(f"negative {name}")
+
+
+def validate(record: Record) -> Record:
+    """Check ``record`` against its kind's rules; return it unchanged or raise RecordError.
+
+    The reasons are the same short texts as the writer's vectorised validation produces
+    (``non-finite price``, ``negative qty``, ``missing symbol``...), so dead letters group well.
+    """
+    spec = KINDS[kind_of(record)]
+    for name, rules in spec.rules.items():
+        value = getattr(record, name)
+        for rule in rules:
+            _check_value(name, value, rule)
+    for name, rule in spec.list_rules.items():
+        for value in getattr(record, name):
+            _check_value(name, value, rule)
+    if isinstance(record, DepthUpdate) and (
+        len(record.bid_prices) != len(record.bid_qtys)
+        or len(record.ask_prices) != len(record.ask_qtys)
+    ):
+        raise RecordError("depth level lists differ in length")
+    if isinstance(record, Bar) and record.high < record.low:
+        raise RecordError("high below low")
+    return record
+
+
+RecordFactory = Callable[..., Record]

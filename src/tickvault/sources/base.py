@@ -1,0 +1,59 @@
+"""The Source interface: an async iterator of record batches plus its own health.
+
+A source yields :class:`SourceBatch` objects rather than single records so that the
+per-record cost of the async machinery is paid once per batch. A batch may also carry
+``rejects``: input that could not become a record (malformed JSON, unknown event types),
+which the pipeline dead-letters with the reason instead of dropping.
+
+``commit(batch)`` is called after the batch's records are durable on the bus; sources that
+can resume (files, REST history) advance their checkpoint there and nowhere else.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tickvault.bus.base import NewDeadLetter
+from tickvault.records import Record
+
+
+@dataclass
+class SourceBatch:
+    records: list[Record] = field(default_factory=list)
+    rejects: list[NewDeadLetter] = field(default_factory=list)
+    position: Any = None
+    lines: int = 0
+
+
+class SourceHealth(msgspec.Struct):
+    name: str
+    kind: str
+    connected: bool
+    last_message_age_s: float | None = None
+    messages: int = 0
+    reconnects: int = 0
+    gaps_open: int = 0
+    gaps_backfilled: int = 0
+    detail: str = ""
+
+
+class Source(abc.ABC):
+    name: str = "source"
+    kind: str = "source"
+
+    @abc.abstractmethod
+    def batches(self) -> AsyncIterator[SourceBatch]: ...
+
+    async def commit(self, batch: SourceBatch) -> None:  # noqa: B027 - optional hook
+        """Called once ``batch`` is durable downstream."""
+
+    @abc.abstractmethod
+    def health(self) -> SourceHealth: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""

@@ -1,0 +1,57 @@
+"""``tickvault status``: one JSON-able picture of the data dir, live or offline."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from tickvault.bus.base import Bus
+from tickvault.stores.base import Store
+
+
+def _last_modified(store_url: str) -> float | None:
+    if not store_url.startswith("duckdb:///"):
+        return None
+    path = Path(store_url[len("duckdb:///") :])
+    stamps = [p.stat().st_mtime for p in (path, path.with_name(path.name + ".wal")) if p.exists()]
+    return max(stamps) if stamps else None
+
+
+async def collect_status(
+    bus: Bus, store: Store | None, *, bus_url: str, store_url: str, data_dir: Path,
+    live: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Rows per table, bus backlog and pending per group, dead letters by reason, last write.
+
+    ``store`` may be None when the store is held by another process that did not answer;
+    ``live`` carries the running process's own counters (writer, sources, publisher).
+    """
+    streams = []
+    for name in await bus.streams():
+        streams.append(msgspec.to_builtins(await bus.info(name)))
+    by_reason = await bus.dead_letter_counts()
+    tables: dict[str, int] | None = None
+    store_error = None
+    if store is not None:
+        try:
+            tables = await store.counts()
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal for status
+            store_error = str(exc)
+    last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
+    return {
+        "data_dir": str(data_dir),
+        "generated_at": time.time(),
+        "running": live is not None,
+        "bus": {"url": bus_url, "streams": streams},
+        "store": {
+            "url": store_url,
+            "tables": tables,
+            "last_write_at": last_write,
+            "error": store_error,
+        },
+        "dead_letters": {"total": sum(by_reason.values()), "by_reason": by_reason},
+        **(live or {}),
+    }

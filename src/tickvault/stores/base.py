@@ -1,0 +1,64 @@
+"""The Store interface: idempotent batched writes keyed on natural keys, read-only queries.
+
+Contract (checked by ``tests/test_store_contract.py``):
+
+* ``ensure_schema`` creates the public tables (see :mod:`tickvault.records`) if missing and
+  is safe to call any number of times.
+* ``write(kind, table)`` commits the Arrow table's rows, ignoring rows whose natural key is
+  already stored (also duplicates inside the table), and returns how many rows were new.
+  When it returns, the rows are durable; when it raises, the caller must assume nothing
+  was written and retry (retrying is harmless because of the keys).
+* ``query`` runs exactly one read-only statement and never changes stored data.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+
+class QueryResult(msgspec.Struct, frozen=True):
+    columns: list[str]
+    rows: list[tuple[Any, ...]]
+    truncated: bool = False
+
+    def as_dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r, strict=True)) for r in self.rows]
+
+
+class StoreHealth(msgspec.Struct, frozen=True):
+    ok: bool
+    writable: bool
+    detail: str = ""
+
+
+class Store(abc.ABC):
+    """Abstract time-series store; see the module docstring for the contract."""
+
+    url: str = ""
+
+    @abc.abstractmethod
+    async def ensure_schema(self) -> None: ...
+
+    @abc.abstractmethod
+    async def write(self, kind: str, table: pa.Table) -> int: ...
+
+    @abc.abstractmethod
+    async def query(self, sql: str, limit: int = 10_000) -> QueryResult: ...
+
+    @abc.abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Rows per public table."""
+
+    @abc.abstractmethod
+    async def latest(self, kind: str, symbol: str) -> dict[str, Any] | None:
+        """The newest row of ``kind`` for ``symbol`` (by event time), or None."""
+
+    @abc.abstractmethod
+    async def health(self) -> StoreHealth: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the store; it must not be used afterwards."""

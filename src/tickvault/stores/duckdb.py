@@ -1,0 +1,212 @@
+"""The embedded store: one DuckDB file.
+
+Writes go through Arrow (``INSERT OR IGNORE ... SELECT * FROM <arrow table>``) onto tables
+whose primary key is the natural key, so a redelivered batch inserts nothing twice and the
+statement's row count is exactly the number of new rows. ``executemany`` is never used: it
+is three orders of magnitude slower for bulk data.
+
+DuckDB lets one process open a file for writing. A second process that wants to read while
+``tickvault run`` or ``replay`` holds the file goes through the running process's control
+socket (:mod:`tickvault.control`) instead of opening the file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+import pyarrow as pa
+
+from tickvault.errors import QueryRejected, StoreError, StoreUnavailable
+from tickvault.records import KINDS, KindSpec, spec_for
+from tickvault.stores.base import QueryResult, Store, StoreHealth
+
+T = TypeVar("T")
+
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.list_(pa.float64()): "DOUBLE[]",
+}
+
+
+def create_table_sql(spec: KindSpec) -> str:
+    cols = ", ".join(
+        f"{f.name} {_DUCK_TYPES[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in spec.schema
+    )
+    return f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}, PRIMARY KEY ({', '.join(spec.key)}))"
+
+
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Raise QueryRejected unless ``sql`` is exactly one SELECT statement."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise QueryRejected(f"cannot parse query: {exc}") from None
+    if len(statements) != 1:
+        raise QueryRejected(f"expected exactly one statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise QueryRejected(f"only read-only SELECT queries are allowed (got {kind.name})")
+
+
+def _translate(exc: Exception, path: Path) -> StoreError:
+    text = str(exc)
+    if isinstance(exc, duckdb.IOException | OSError) or "lock" in text.lower():
+        return StoreUnavailable(f"DuckDB store {path}: {text}")
+    return StoreError(f"DuckDB store {path}: {text}")
+
+
+class DuckDBStore(Store):
+    """Store on a local DuckDB file; ``DuckDBStore.from_url("duckdb:///data/ticks.duckdb")``."""
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.url = f"duckdb:///{self.path}"
+        self.read_only = read_only
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-write")
+        self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-query")
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._schema_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, *, read_only: bool = False) -> DuckDBStore:
+        path = url[len("duckdb:///") :] if url.startswith("duckdb:///") else url.split("://", 1)[1]
+        if not path:
+            raise StoreError(f"duckdb store URL needs a path: {url!r}")
+        return cls(path.split("?", 1)[0], read_only=read_only)
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        if self._con is None:
+            try:
+                if not self.read_only:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._con = duckdb.connect(str(self.path), read_only=self.read_only)
+            except (duckdb.Error, OSError) as exc:
+                raise _translate(exc, self.path) from exc
+        return self._con
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    def _ensure_schema(self) -> None:
+        con = self._connect()
+        if self.read_only or self._schema_ready:
+            return
+        try:
+            for spec in KINDS.values():
+                con.execute(create_table_sql(spec))
+        except duckdb.Error as exc:
+            raise _translate(exc, self.path) from exc
+        self._schema_ready = True
+
+    async def ensure_schema(self) -> None:
+        await self._run(self._ensure_schema)
+
+    def _write(self, kind: str, table: pa.Table) -> int:
+        spec = spec_for(kind)
+        self._ensure_schema()
+        con = self._connect()
+        try:
+            con.register("_tv_batch", table)
+            try:
+                row = con.execute(
+                    f"INSERT OR IGNORE INTO {spec.table} SELECT * FROM _tv_batch"
+                ).fetchone()
+            finally:
+                con.unregister("_tv_batch")
+        except (duckdb.Error, OSError) as exc:
+            # A failed statement is rolled back by DuckDB; a broken connection is reopened.
+            self._reset_after_error()
+            raise _translate(exc, self.path) from exc
+        return int(row[0]) if row else 0
+
+    def _reset_after_error(self) -> None:
+        if self._con is not None:
+            try:
+                self._con.close()
+            except duckdb.Error:
+                pass
+            self._con = None
+            self._schema_ready = False
+
+    async def write(self, kind: str, table: pa.Table) -> int:
+        if table.num_rows == 0:
+            return 0
+        return await self._run(self._write, kind, table)
+
+    def _query(self, sql: str, limit: int) -> QueryResult:
+        self._ensure_schema()
+        con = self._connect()
+        check_read_only(con, sql)
+        cur = con.cursor()
+        try:
+            rel = cur.execute(sql)
+            columns = [d[0] for d in rel.description or []]
+            rows = rel.fetchmany(limit + 1)
+        except duckdb.Error as exc:
+            raise StoreError(f"query failed: {exc}") from None
+        finally:
+            cur.close()
+        return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
+
+    async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
+        loop = asyncio.get_running_loop()
+        # Queries run on their own thread (a DuckDB cursor is a separate connection), so a
+        # long query never delays the writer; connecting happens on the write thread.
+        await self._run(self._connect)
+        return await loop.run_in_executor(self._query_executor, self._query, sql, limit)
+
+    async def counts(self) -> dict[str, int]:
+        def op() -> dict[str, int]:
+            self._ensure_schema()
+            con = self._connect().cursor()
+            try:
+                present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+                return {
+                    s.table: int(con.execute(f"SELECT count(*) FROM {s.table}").fetchone()[0])
+                    for s in KINDS.values()
+                    if s.table in present
+                }
+            finally:
+                con.close()
+
+        return await self._run(op)
+
+    async def latest(self, kind: str, symbol: str) -> dict[str, Any] | None:
+        spec = spec_for(kind)
+        order = "ts_open" if kind == "bar" else "ts_recv"
+        result = await self.query(
+            f"SELECT * FROM {spec.table} WHERE symbol = '{symbol.replace(chr(39), '')}'"
+            f" ORDER BY {order} DESC LIMIT 1"
+        )
+        return result.as_dicts()[0] if result.rows else None
+
+    async def health(self) -> StoreHealth:
+        def op() -> StoreHealth:
+            try:
+                self._ensure_schema()
+                self._connect().execute("SELECT 1").fetchone()
+            except StoreError as exc:
+                return StoreHealth(ok=False, writable=False, detail=str(exc))
+            return StoreHealth(ok=True, writable=not self.read_only, detail=str(self.path))
+
+        return await self._run(op)
+
+    async def close(self) -> None:
+        def op() -> None:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+        await self._run(op)
+        self._executor.shutdown(wait=True)
+        self._query_executor.shutdown(wait=True)

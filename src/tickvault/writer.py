@@ -1,0 +1,243 @@
+"""The writer: read a consumer group, decode, validate, store, then acknowledge.
+
+Contract
+--------
+* An entry is acknowledged only after every valid record in it is committed to the store
+  and every invalid record in it is recorded as a dead letter. A crash at any point leaves
+  the entry pending; it is re-delivered and re-written harmlessly (natural keys).
+* An entry that cannot be decoded, or that was delivered more than ``max_deliveries``
+  times, is dead-lettered whole with the reason.
+* While the store fails, the writer keeps its one in-flight batch, stops reading, and
+  retries with capped exponential backoff: memory stays bounded, nothing is acknowledged,
+  and it resumes by itself when the store is back.
+* On start it first re-delivers its own pending entries (from before a crash), then reads
+  new ones, and periodically claims entries that other consumers left idle too long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from tickvault.bus.base import Bus, Entry, NewDeadLetter
+from tickvault.codec import decode_frame, split_valid
+from tickvault.errors import BusError, DecodeError, StoreError
+from tickvault.stores.base import Store
+
+log = logging.getLogger(__name__)
+
+
+def default_consumer_name(role: str = "writer") -> str:
+    """A name stable across restarts of this role on this host (so pending work is found)."""
+    return f"{socket.gethostname()}-{role}"
+
+
+@dataclass
+class WriterConfig:
+    stream: str = "ticks"
+    group: str = "writers"
+    consumer: str = field(default_factory=default_consumer_name)
+    batch_records: int = 20_000
+    batch_entries: int = 64
+    linger_ms: int = 100
+    block_ms: int = 200
+    max_deliveries: int = 5
+    claim_idle_ms: int = 60_000
+    claim_every_s: float = 10.0
+    backoff_initial_s: float = 0.05
+    backoff_max_s: float = 5.0
+
+
+@dataclass
+class WriterStats:
+    entries: int = 0
+    records: int = 0
+    inserted: int = 0
+    duplicates: int = 0
+    batches: int = 0
+    dead_letters: Counter[str] = field(default_factory=Counter)
+    store_errors: int = 0
+    retrying: bool = False
+    last_error: str | None = None
+    last_commit_at: float | None = None
+    inserted_by_table: Counter[str] = field(default_factory=Counter)
+    last_batch_s: float = 0.0
+
+
+class WriterStopped(Exception):
+    """Raised inside the writer when it was asked to stop while a batch was unwritten."""
+
+
+class Writer:
+    """Consumes ``config.stream`` as ``config.group`` and writes into ``store``."""
+
+    def __init__(self, bus: Bus, store: Store, config: WriterConfig | None = None) -> None:
+        self.bus = bus
+        self.store = store
+        self.config = config or WriterConfig()
+        self.stats = WriterStats()
+        self._last_claim = 0.0
+
+    async def run(self, stop: asyncio.Event, *, until_drained: asyncio.Event | None = None) -> None:
+        """Consume until ``stop`` is set; with ``until_drained``, also return once that event is
+        set and the group has nothing left (no new entries, nothing pending)."""
+        cfg = self.config
+        await self._retry(lambda: self.bus.ensure_group(cfg.stream, cfg.group), stop)
+        try:
+            await self._retry(self.store.ensure_schema, stop)
+            while not stop.is_set():
+                own = await self._retry(
+                    lambda: self.bus.read_own_pending(
+                        cfg.stream, cfg.group, cfg.consumer, cfg.batch_entries
+                    ),
+                    stop,
+                )
+                if not own:
+                    break
+                await self.process(own, stop)
+            while not stop.is_set():
+                entries = await self._next_batch(stop)
+                if entries:
+                    await self.process(entries, stop)
+                    continue
+                if until_drained is not None and until_drained.is_set() and await self._drained():
+                    return
+        except WriterStopped:
+            log.info("writer stopped with a batch unwritten; it stays pending on the bus")
+
+    async def _drained(self) -> bool:
+        info = await self.bus.info(self.config.stream)
+        for group in info.groups:
+            if group.name == self.config.group:
+                if group.pending and not self.bus.capabilities.claim:
+                    return False
+                if group.pending:
+                    # Entries pending for a consumer that no longer runs (another name):
+                    # take them over once they are idle long enough.
+                    await self._claim(force=True)
+                    return False
+                return group.lag == 0
+        return True
+
+    async def _claim(self, force: bool = False) -> list[Entry]:
+        cfg = self.config
+        now = time.monotonic()
+        if not self.bus.capabilities.claim or (
+            not force and now - self._last_claim < cfg.claim_every_s
+        ):
+            return []
+        self._last_claim = now
+        return await self.bus.claim_stale(
+            cfg.stream, cfg.group, cfg.consumer, cfg.claim_idle_ms, cfg.batch_entries
+        )
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[Entry]:
+        """Up to ``batch_records`` worth of entries, waiting at most ``linger_ms`` to fill."""
+        cfg = self.config
+        entries: list[Entry] = list(await self._retry(self._claim, stop))
+        deadline = time.monotonic() + cfg.linger_ms / 1000
+        approx_records = 0
+        first = True
+        while len(entries) < cfg.batch_entries and approx_records < cfg.batch_records:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            if not first and remaining_ms <= 0:
+                break
+            block = cfg.block_ms if first and not entries else max(0, remaining_ms)
+            got = await self._retry(
+                lambda b=block: self.bus.read(
+                    cfg.stream, cfg.group, cfg.consumer, cfg.batch_entries - len(entries), b
+                ),
+                stop,
+            )
+            first = False
+            if not got:
+                break
+            entries.extend(got)
+            approx_records += sum(len(e.payload) for e in got) // 40
+        return entries
+
+    async def _retry(self, op, stop: asyncio.Event):  # type: ignore[no-untyped-def]
+        """Run a bus or store operation until it succeeds, backing off on errors."""
+        delay = self.config.backoff_initial_s
+        while True:
+            try:
+                return await op()
+            except (BusError, StoreError) as exc:
+                self.stats.retrying = True
+                self.stats.last_error = str(exc)
+                if isinstance(exc, StoreError):
+                    self.stats.store_errors += 1
+                log.warning("writer: %s; retrying in %.2fs", exc, delay)
+                if stop.is_set():
+                    raise WriterStopped from exc
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+                delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def process(self, entries: Sequence[Entry], stop: asyncio.Event) -> None:
+        """Write one batch of entries and acknowledge it (see the module contract)."""
+        cfg = self.config
+        started = time.perf_counter()
+        tables: dict[str, list[pa.Table]] = {}
+        letters: list[NewDeadLetter] = []
+        ack_ids: list[str] = []
+        whole: list[tuple[Entry, str]] = []
+        for entry in entries:
+            if self.bus.capabilities.delivery_counts and entry.delivery_count > cfg.max_deliveries:
+                whole.append(
+                    (entry, f"delivered {entry.delivery_count} times (max {cfg.max_deliveries})")
+                )
+                continue
+            try:
+                frame = decode_frame(entry.payload)
+                table, rejects = split_valid(frame)
+            except DecodeError as exc:
+                whole.append((entry, str(exc)))
+                continue
+            if table.num_rows:
+                tables.setdefault(frame.kind, []).append(table)
+            letters.extend(
+                NewDeadLetter(r.kind, r.reason, r.payload, r.key, entry.id, entry.delivery_count)
+                for r in rejects
+            )
+            self.stats.records += len(frame)
+            ack_ids.append(entry.id)
+
+        for kind, parts in tables.items():
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+            async def write(kind: str = kind, table: pa.Table = table) -> int:
+                return await self.store.write(kind, table)
+
+            inserted = await self._retry(write, stop)
+            self.stats.inserted += inserted
+            self.stats.duplicates += table.num_rows - inserted
+            self.stats.inserted_by_table[kind] += inserted
+        self.stats.retrying = False
+
+        if letters:
+            await self._retry(
+                lambda: self.bus.add_dead_letters(cfg.stream, cfg.group, letters), stop
+            )
+            for letter in letters:
+                self.stats.dead_letters[letter.reason] += 1
+        for entry, reason in whole:
+            await self._retry(
+                lambda e=entry, r=reason: self.bus.dead_letter(cfg.stream, cfg.group, e, r), stop
+            )
+            self.stats.dead_letters[reason] += 1
+            log.warning("writer: entry %s dead-lettered: %s", entry.id, reason)
+        await self._retry(lambda: self.bus.ack(cfg.stream, cfg.group, ack_ids), stop)
+        self.stats.entries += len(entries)
+        self.stats.batches += 1
+        self.stats.last_commit_at = time.time()
+        self.stats.last_batch_s = time.perf_counter() - started

@@ -1,0 +1,82 @@
+"""Shared fixtures. Backend fixtures start real servers on free loopback ports in temp dirs.
+
+``BUS_BACKENDS`` / ``STORE_BACKENDS`` list the backends the contract suites run against;
+each name ``x`` needs a fixture ``x_bus_factory`` / ``x_store_factory`` returning an async
+factory of fresh, isolated instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tickvault.bus.base import Bus
+from tickvault.bus.sqlite import SqliteBus
+from tickvault.stores.base import Store
+from tickvault.stores.duckdb import DuckDBStore
+
+BUS_BACKENDS = ["sqlite"]
+STORE_BACKENDS = ["duckdb"]
+
+BusFactory = Callable[[], Awaitable[Bus]]
+StoreFactory = Callable[[], Awaitable[Store]]
+
+
+def _close_all(items: list[Bus] | list[Store]) -> None:
+    async def close() -> None:
+        for item in items:
+            await item.close()
+
+    asyncio.run(close())
+
+
+@pytest.fixture
+def sqlite_bus_factory(tmp_path: Path) -> Iterator[BusFactory]:
+    made: list[Bus] = []
+
+    async def make() -> Bus:
+        bus = SqliteBus(tmp_path / f"bus-{uuid.uuid4().hex[:8]}.sqlite3")
+        made.append(bus)
+        return bus
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture
+def duckdb_store_factory(tmp_path: Path) -> Iterator[StoreFactory]:
+    made: list[Store] = []
+
+    async def make() -> Store:
+        store = DuckDBStore(tmp_path / f"store-{uuid.uuid4().hex[:8]}.duckdb")
+        made.append(store)
+        return store
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture(params=BUS_BACKENDS)
+def bus_factory(request: pytest.FixtureRequest) -> BusFactory:
+    factory: BusFactory = request.getfixturevalue(f"{request.param}_bus_factory")
+    return factory
+
+
+@pytest.fixture
+async def bus(bus_factory: BusFactory) -> Bus:
+    return await bus_factory()
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    factory: StoreFactory = request.getfixturevalue(f"{request.param}_store_factory")
+    return factory
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    return await store_factory()
