@@ -19,6 +19,8 @@ from tickvault.bus.sqlite import SqliteBus
 from tickvault.stores.base import Store
 from tickvault.stores.duckdb import DuckDBStore
 
+from .servers import RedisServer
+
 BUS_BACKENDS = ["sqlite"]
 STORE_BACKENDS = ["duckdb"]
 
@@ -80,3 +82,11 @@ def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
 @pytest.fixture
 async def store(store_factory: StoreFactory) -> Store:
     return await store_factory()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A fresh redis-server (AOF on) per test, on a free port."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()

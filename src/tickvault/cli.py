@@ -37,6 +37,7 @@ from tickvault.config import (
     settings_reference,
 )
 from tickvault.errors import ConfigError, StoreError, TickvaultError
+from tickvault.positions.cli import app as positions_app
 from tickvault.records import KINDS
 from tickvault.sources.base import Source
 from tickvault.status import collect_status
@@ -52,6 +53,7 @@ app = typer.Typer(
 )
 dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(positions_app, name="positions")
 
 out = Console()
 err = Console(stderr=True)

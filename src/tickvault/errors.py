@@ -48,5 +48,13 @@ class StoreUnavailable(StoreError):
     """The store cannot accept writes right now (locked, disk full, down); retry later."""
 
 
+class BatchRejected(StoreError):
+    """The store refused the data of a batch (a bad value, not an outage).
+
+    Retrying the same batch fails again; the writer bisects the batch to find the offending
+    records and dead-letters them with ``str(exc)`` (the server's message) as the reason.
+    """
+
+
 class QueryRejected(StoreError):
     """A query was refused: not a single read-only statement, or too expensive."""

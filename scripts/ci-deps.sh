@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# System packages the test suite needs (real servers the fixtures start on free ports).
+# Idempotent; safe to run on a machine that already has them.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi

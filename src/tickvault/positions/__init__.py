@@ -1,0 +1,1 @@
+"""Position state that restores safely (see docs/positions.md)."""
