@@ -17,8 +17,14 @@ T0 = 1_700_000_000_000_000  # µs
 
 def trade(i: int, symbol: str = "BTCUSDT", price: float = 100.0) -> Trade:
     return Trade(
-        exchange="binance", symbol=symbol, trade_id=i, price=price + i, qty=0.5,
-        buyer_is_maker=i % 2 == 0, ts_event=T0 + i, ts_recv=T0 + i + 7,
+        exchange="binance",
+        symbol=symbol,
+        trade_id=i,
+        price=price + i,
+        qty=0.5,
+        buyer_is_maker=i % 2 == 0,
+        ts_event=T0 + i,
+        ts_recv=T0 + i + 7,
     )
 
 
@@ -38,15 +44,38 @@ async def test_schema_has_the_public_tables_and_columns(store: Store) -> None:
     assert {"trades", "quotes", "bars"} <= set(counts)
     cols = (await store.query("SELECT * FROM trades LIMIT 0")).columns
     assert cols == [
-        "exchange", "symbol", "trade_id", "price", "qty", "buyer_is_maker", "ts_event", "ts_recv"
+        "exchange",
+        "symbol",
+        "trade_id",
+        "price",
+        "qty",
+        "buyer_is_maker",
+        "ts_event",
+        "ts_recv",
     ]
     assert (await store.query("SELECT * FROM quotes LIMIT 0")).columns == [
-        "exchange", "symbol", "update_id", "bid_price", "bid_qty", "ask_price", "ask_qty",
-        "ts_event", "ts_recv",
+        "exchange",
+        "symbol",
+        "update_id",
+        "bid_price",
+        "bid_qty",
+        "ask_price",
+        "ask_qty",
+        "ts_event",
+        "ts_recv",
     ]
     assert (await store.query("SELECT * FROM bars LIMIT 0")).columns == [
-        "source", "symbol", "timeframe", "ts_open", "open", "high", "low", "close", "volume",
-        "vwap", "trade_count",
+        "source",
+        "symbol",
+        "timeframe",
+        "ts_open",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "vwap",
+        "trade_count",
     ]
 
 
@@ -78,10 +107,28 @@ async def test_rows_read_back_exactly(store: Store) -> None:
 
 async def test_quotes_and_bars_with_nullable_columns(store: Store) -> None:
     await store.ensure_schema()
-    q = Quote(exchange="binance", symbol="BNBUSDT", update_id=1, bid_price=1.0, bid_qty=2.0,
-              ask_price=1.1, ask_qty=3.0, ts_event=None, ts_recv=T0)
-    b = Bar(source="polygon", symbol="C:EURUSD", timeframe="1m", ts_open=T0, open=1.1,
-            high=1.2, low=1.0, close=1.15, volume=10.0)
+    q = Quote(
+        exchange="binance",
+        symbol="BNBUSDT",
+        update_id=1,
+        bid_price=1.0,
+        bid_qty=2.0,
+        ask_price=1.1,
+        ask_qty=3.0,
+        ts_event=None,
+        ts_recv=T0,
+    )
+    b = Bar(
+        source="polygon",
+        symbol="C:EURUSD",
+        timeframe="1m",
+        ts_open=T0,
+        open=1.1,
+        high=1.2,
+        low=1.0,
+        close=1.15,
+        volume=10.0,
+    )
     assert await store.write("quote", table_of("quote", [q, q])) == 1
     assert await store.write("bar", table_of("bar", [b])) == 1
     assert (await store.query("SELECT ts_event FROM quotes")).rows == [(None,)]

@@ -60,13 +60,17 @@ err = Console(stderr=True)
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory [default: ./tickvault-data]."),
+    typer.Option(
+        "--data-dir", envvar=ENV_DATA_DIR, help="Data directory [default: ./tickvault-data]."
+    ),
 ]
 ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML config file ([bus], [store], [[sources]]).")
 ]
 BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL, e.g. sqlite:///bus.db.")]
-StoreUrl = Annotated[str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")]
+StoreUrl = Annotated[
+    str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")
+]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
@@ -79,7 +83,9 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
-def _settings(config: Path | None, data_dir: Path | None, bus: str | None, store: str | None) -> Settings:
+def _settings(
+    config: Path | None, data_dir: Path | None, bus: str | None, store: str | None
+) -> Settings:
     return load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store)
 
 
@@ -105,8 +111,13 @@ def _build_sources(settings: Settings) -> list[Source]:
     for opts in settings.sources:
         if isinstance(opts, SyntheticSettings):
             sources.append(
-                SyntheticSource(symbols=opts.symbols, rate=opts.rate, seed=opts.seed,
-                                exchange=opts.exchange, name=opts.name)
+                SyntheticSource(
+                    symbols=opts.symbols,
+                    rate=opts.rate,
+                    seed=opts.seed,
+                    exchange=opts.exchange,
+                    name=opts.name,
+                )
             )
         elif isinstance(opts, ReplaySettings):
             sources.append(
@@ -120,7 +131,10 @@ def _build_sources(settings: Settings) -> list[Source]:
 
 @app.command()
 def run(
-    config: ConfigFile = None, data_dir: DataDir = None, bus: BusUrl = None, store: StoreUrl = None,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+    bus: BusUrl = None,
+    store: StoreUrl = None,
     verbose: Verbose = False,
 ) -> None:
     """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
@@ -142,7 +156,8 @@ def run(
             summary = await pipeline.run()
         err.print(
             f"stopped: {summary.published} published, {summary.stored} stored,"
-            f" backlog {summary.backlog}", highlight=False,
+            f" backlog {summary.backlog}",
+            highlight=False,
         )
 
     _run(main())
@@ -152,7 +167,9 @@ def run(
 def demo(
     seconds: Annotated[float, typer.Option(help="How long to generate data.")] = 10.0,
     rate: Annotated[float, typer.Option(help="Synthetic records per second.")] = 50_000.0,
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
     store: StoreUrl = None,
 ) -> None:
     """Synthetic ticks through the full pipeline with live progress and a summary (offline)."""
@@ -201,10 +218,13 @@ def demo(
         out.print(
             f"\n[bold]demo done[/bold]: {summary.stored:,} records stored in"
             f" {summary.seconds:.1f} s ({rate_s:,.0f} ticks/s), backlog {summary.backlog},"
-            f" dead letters {sum(summary.dead_letters.values())}", highlight=False,
+            f" dead letters {sum(summary.dead_letters.values())}",
+            highlight=False,
         )
         out.print("rows per table: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
-        out.print(f"data dir: {settings.data_dir}  (try: tickvault query 'SELECT count(*) FROM trades')")
+        out.print(
+            f"data dir: {settings.data_dir}  (try: tickvault query 'SELECT count(*) FROM trades')"
+        )
 
     _run(main())
 
@@ -212,10 +232,15 @@ def demo(
 @app.command()
 def replay(
     paths: Annotated[list[Path], typer.Argument(help="Recorded JSON-lines files (.gz ok).")],
-    restart: Annotated[bool, typer.Option(help="Ignore checkpoints and replay from the start.")] = False,
+    restart: Annotated[
+        bool, typer.Option(help="Ignore checkpoints and replay from the start.")
+    ] = False,
     json_out: JsonFlag = False,
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
-    store: StoreUrl = None, verbose: Verbose = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
+    store: StoreUrl = None,
+    verbose: Verbose = False,
 ) -> None:
     """Ingest recorded Binance messages through the full pipeline; exit 0 once all is stored."""
     from tickvault.checkpoints import CheckpointStore
@@ -232,16 +257,21 @@ def replay(
         async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
             pipeline.install_signal_handlers()
             progress = Progress(
-                TextColumn("[bold]replay[/bold]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("lines · stored {task.fields[stored]:,}"), TimeElapsedColumn(),
-                console=err, disable=json_out or not err.is_terminal,
+                TextColumn("[bold]replay[/bold]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("lines · stored {task.fields[stored]:,}"),
+                TimeElapsedColumn(),
+                console=err,
+                disable=json_out or not err.is_terminal,
             )
             with progress:
                 task = progress.add_task("replay", total=total, stored=0)
                 run_task = asyncio.create_task(pipeline.run())
                 while not run_task.done():
                     progress.update(
-                        task, completed=source.skipped_lines + pipeline.lines,
+                        task,
+                        completed=source.skipped_lines + pipeline.lines,
                         stored=pipeline.writer.stats.inserted,
                     )
                     await asyncio.wait({run_task}, timeout=0.25)
@@ -258,12 +288,14 @@ def replay(
             out.print(
                 f"read {summary.read:,} lines · stored {summary.stored:,} · duplicates"
                 f" {summary.duplicates:,} · dead-lettered {sum(summary.dead_letters.values()):,}"
-                f" · {summary.seconds:.1f} s", highlight=False,
+                f" · {summary.seconds:.1f} s",
+                highlight=False,
             )
             if source.skipped_lines or source.files_already_done:
                 out.print(
                     f"resumed: skipped {source.skipped_lines:,} lines already published,"
-                    f" {source.files_already_done} file(s) already done", highlight=False,
+                    f" {source.files_already_done} file(s) already done",
+                    highlight=False,
                 )
             for reason, n in sorted(summary.dead_letters.items(), key=lambda kv: -kv[1]):
                 out.print(f"  dead letter: {n:>8,}  {reason}", highlight=False)
@@ -283,7 +315,9 @@ def _offline_store(settings: Settings) -> Any:
 
     url = settings.store_url
     if url.startswith("duckdb:///") and not Path(url[len("duckdb:///") :]).exists():
-        raise ConfigError(f"no store at {url} yet: run `tickvault demo` or `tickvault replay` first")
+        raise ConfigError(
+            f"no store at {url} yet: run `tickvault demo` or `tickvault replay` first"
+        )
     return open_store(url, read_only=True)
 
 
@@ -297,7 +331,9 @@ def query(
     sql: Annotated[str, typer.Argument(help="One read-only SELECT statement.")],
     json_out: JsonFlag = False,
     limit: Annotated[int, typer.Option(help="Return at most this many rows.")] = 10_000,
-    data_dir: DataDir = None, config: ConfigFile = None, store: StoreUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    store: StoreUrl = None,
 ) -> None:
     """Run a read-only query (works while `run` or `replay` holds the data dir)."""
     settings = _settings(config, data_dir, None, store)
@@ -332,7 +368,9 @@ def query(
 @app.command()
 def status(
     json_out: JsonFlag = False,
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
     store: StoreUrl = None,
 ) -> None:
     """Rows per table, bus backlog and pending per group, dead letters, last write time."""
@@ -351,7 +389,10 @@ def status(
             except (ConfigError, StoreError):
                 st = None
             return await collect_status(
-                bus_, st, bus_url=settings.bus_url, store_url=settings.store_url,
+                bus_,
+                st,
+                bus_url=settings.bus_url,
+                store_url=settings.store_url,
                 data_dir=settings.data_dir,
             )
         finally:
@@ -377,7 +418,8 @@ def status(
         for g in stream["groups"]:
             out.print(
                 f"    group {g['name']}: lag {g['lag']:,}, pending {g['pending']:,},"
-                f" consumers {g['consumers']}", highlight=False,
+                f" consumers {g['consumers']}",
+                highlight=False,
             )
     dl = data["dead_letters"]
     out.print(f"[bold]dead letters[/bold] {dl['total']:,}")
@@ -403,7 +445,9 @@ def dlq_list(
     json_out: JsonFlag = False,
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 1000,
     all_: Annotated[bool, typer.Option("--all", help="Include requeued letters.")] = False,
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
 ) -> None:
     """List dead letters (oldest first) with their reasons."""
     settings = _settings(config, data_dir, bus, None)
@@ -429,7 +473,9 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(
     letter_id: Annotated[str, typer.Argument(metavar="ID")],
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
 ) -> None:
     """Show one dead letter in full (JSON)."""
     settings = _settings(config, data_dir, bus, None)
@@ -463,8 +509,12 @@ def requeue_payload(letter: DeadLetter) -> bytes:
         try:
             record = parse_message(letter.payload)
         except ParseError as exc:
-            raise TickvaultError(f"dead letter {letter.id} is still invalid: {exc.reason}") from None
-        builder = FrameBuilder(next(k for k, s in KINDS.items() if isinstance(record, s.record_type)))
+            raise TickvaultError(
+                f"dead letter {letter.id} is still invalid: {exc.reason}"
+            ) from None
+        builder = FrameBuilder(
+            next(k for k, s in KINDS.items() if isinstance(record, s.record_type))
+        )
         builder.add(record)
         return builder.take()
     raise TickvaultError(f"dead letter {letter.id} has unknown kind {letter.kind!r}")
@@ -473,7 +523,9 @@ def requeue_payload(letter: DeadLetter) -> bytes:
 @dlq_app.command("requeue")
 def dlq_requeue(
     letter_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
-    data_dir: DataDir = None, config: ConfigFile = None, bus: BusUrl = None,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
 ) -> None:
     """Put dead letters back on their stream (the writer validates them again)."""
     settings = _settings(config, data_dir, bus, None)
@@ -515,5 +567,8 @@ def config_reference() -> None:
 
 
 def main() -> None:
-    app()
-
+    try:
+        app()
+    except TickvaultError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(2)

@@ -83,37 +83,38 @@ def decode_frame(payload: bytes) -> Frame:
 
 
 class FrameBuilder:
-    """Accumulates records of one kind column by column; ``take()`` encodes and resets."""
+    """Accumulates records of one kind as row tuples; ``take()`` transposes, encodes, resets.
 
-    __slots__ = ("_appends", "cols", "kind", "spec")
+    Rows are kept as tuples in column order and transposed once per frame with ``zip`` (in
+    C), which makes adding a row one list append: the parsers' hot path.
+    """
+
+    __slots__ = ("kind", "rows", "spec")
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.spec: KindSpec = spec_for(kind)
-        self.cols: dict[str, list[Any]] = {}
-        self._appends: list[Any] = []
-        self._reset()
-
-    def _reset(self) -> None:
-        self.cols = {c: [] for c in self.spec.columns}
-        self._appends = [self.cols[c].append for c in self.spec.columns]
+        self.rows: list[tuple[Any, ...]] = []
 
     def add(self, record: Record) -> None:
-        for append, value in zip(self._appends, msgspec.structs.astuple(record), strict=True):
-            append(value)
+        self.rows.append(msgspec.structs.astuple(record))
 
     def add_values(self, values: Iterable[Any]) -> None:
-        """Append one row given in column order (the hot path of the parsers)."""
-        for append, value in zip(self._appends, values, strict=True):
-            append(value)
+        """Append one row given in column order."""
+        self.rows.append(tuple(values))
 
     def __len__(self) -> int:
-        return len(self.cols[self.spec.columns[0]])
+        return len(self.rows)
 
     def take(self) -> bytes:
-        payload = encode_frame(self.kind, self.cols)
-        self._reset()
-        return payload
+        columns = self.spec.columns
+        if self.rows:
+            transposed = zip(*self.rows, strict=True)
+            cols = {name: list(values) for name, values in zip(columns, transposed, strict=True)}
+        else:
+            cols = {name: [] for name in columns}
+        self.rows = []
+        return encode_frame(self.kind, cols)
 
 
 @dataclass(frozen=True)

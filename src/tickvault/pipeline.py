@@ -127,10 +127,13 @@ class Pipeline:
             self.bus,
             self.store,
             WriterConfig(
-                stream=s.bus.stream, group=s.bus.group,
+                stream=s.bus.stream,
+                group=s.bus.group,
                 consumer=s.writer.consumer or default_consumer_name(),
-                batch_records=s.writer.batch_records, linger_ms=s.writer.linger_ms,
-                max_deliveries=s.writer.max_deliveries, claim_idle_ms=s.writer.claim_idle_ms,
+                batch_records=s.writer.batch_records,
+                linger_ms=s.writer.linger_ms,
+                max_deliveries=s.writer.max_deliveries,
+                claim_idle_ms=s.writer.claim_idle_ms,
             ),
         )
         self._control = control.ControlServer(
@@ -179,12 +182,18 @@ class Pipeline:
 
     async def _status_op(self, _: dict[str, Any]) -> dict[str, Any]:
         return await collect_status(
-            self.bus, self.store, bus_url=self.settings.bus_url,
-            store_url=self.settings.store_url, data_dir=self.settings.data_dir, live=self.live(),
+            self.bus,
+            self.store,
+            bus_url=self.settings.bus_url,
+            store_url=self.settings.store_url,
+            data_dir=self.settings.data_dir,
+            live=self.live(),
         )
 
     async def _query_op(self, request: dict[str, Any]) -> dict[str, Any]:
-        result = await self.store.query(str(request.get("sql", "")), int(request.get("limit", 10_000)))
+        result = await self.store.query(
+            str(request.get("sql", "")), int(request.get("limit", 10_000))
+        )
         return {"columns": result.columns, "rows": result.rows, "truncated": result.truncated}
 
     # -- running ----------------------------------------------------------------------------
@@ -199,7 +208,8 @@ class Pipeline:
                 if self.stop_writer.is_set():
                     log.error(
                         "bus unavailable at shutdown: %d records not published (%s)",
-                        self.publisher.buffered, exc,
+                        self.publisher.buffered,
+                        exc,
                     )
                     raise
                 log.warning("publish failed: %s; retrying in %.2fs", exc, delay)
@@ -211,6 +221,9 @@ class Pipeline:
         async for batch in source.batches():
             for record in batch.records:
                 if self.publisher.add_nowait(record):
+                    await self._flush()
+            for kind, rows in batch.rows.items():
+                if self.publisher.add_rows_nowait(kind, rows):
                     await self._flush()
             await self._flush()
             if batch.rejects:
@@ -272,9 +285,14 @@ class Pipeline:
         dead = Counter(self.ingest_rejects)
         dead.update(w.dead_letters)
         return RunSummary(
-            read=self.lines, published=self.publisher.stats.records, stored=w.inserted,
-            duplicates=w.duplicates, dead_letters=dict(dead), drained=drained and backlog == 0,
-            seconds=time.perf_counter() - started, backlog=backlog,
+            read=self.lines,
+            published=self.publisher.stats.records,
+            stored=w.inserted,
+            duplicates=w.duplicates,
+            dead_letters=dict(dead),
+            drained=drained and backlog == 0,
+            seconds=time.perf_counter() - started,
+            backlog=backlog,
         )
 
 

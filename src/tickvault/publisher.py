@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from tickvault.bus.base import Bus, NewDeadLetter
 from tickvault.codec import FrameBuilder
@@ -55,6 +56,15 @@ class FramePublisher:
             builder = self._builders[kind] = FrameBuilder(kind)
         builder.add(record)
         self._buffered += 1
+        return self._buffered >= self.max_records
+
+    def add_rows_nowait(self, kind: str, rows: list[tuple[Any, ...]]) -> bool:
+        """Buffer pre-normalised rows (tuples in the kind's column order) of one kind."""
+        builder = self._builders.get(kind)
+        if builder is None:
+            builder = self._builders[kind] = FrameBuilder(kind)
+        builder.rows.extend(rows)
+        self._buffered += len(rows)
         return self._buffered >= self.max_records
 
     async def add(self, record: Record) -> None:

@@ -37,8 +37,15 @@ class Recording:
 
 def _trade(symbol: str, tid: int, price: float, ts: int, rng: random.Random) -> dict[str, object]:
     return {
-        "e": "trade", "E": ts + 3, "s": symbol, "t": tid, "p": f"{price:.2f}",
-        "q": f"{rng.lognormvariate(-3, 1):.6f}", "T": ts, "m": rng.random() < 0.5, "M": True,
+        "e": "trade",
+        "E": ts + 3,
+        "s": symbol,
+        "t": tid,
+        "p": f"{price:.2f}",
+        "q": f"{rng.lognormvariate(-3, 1):.6f}",
+        "T": ts,
+        "m": rng.random() < 0.5,
+        "M": True,
     }
 
 
@@ -46,14 +53,37 @@ def _malformed(kind: str, symbol: str, tid: int, ts: int) -> bytes:
     if kind == "bad_json":
         return b'{"e":"trade","E":' + str(ts).encode() + b',"s":"' + symbol.encode() + b'","t":'
     if kind == "missing_field":
-        return orjson.dumps({"e": "trade", "E": ts, "s": symbol, "p": "1.0", "q": "1", "T": ts,
-                             "m": True})
+        return orjson.dumps(
+            {"e": "trade", "E": ts, "s": symbol, "p": "1.0", "q": "1", "T": ts, "m": True}
+        )
     if kind == "nan_price":
-        return orjson.dumps({"e": "trade", "E": ts, "s": symbol, "t": tid, "p": "NaN",
-                             "q": "1", "T": ts, "m": True, "M": True})
+        return orjson.dumps(
+            {
+                "e": "trade",
+                "E": ts,
+                "s": symbol,
+                "t": tid,
+                "p": "NaN",
+                "q": "1",
+                "T": ts,
+                "m": True,
+                "M": True,
+            }
+        )
     if kind == "negative_qty":
-        return orjson.dumps({"e": "trade", "E": ts, "s": symbol, "t": tid, "p": "10.5",
-                             "q": "-2", "T": ts, "m": False, "M": True})
+        return orjson.dumps(
+            {
+                "e": "trade",
+                "E": ts,
+                "s": symbol,
+                "t": tid,
+                "p": "10.5",
+                "q": "-2",
+                "T": ts,
+                "m": False,
+                "M": True,
+            }
+        )
     return orjson.dumps({"e": "kline", "E": ts, "s": symbol, "k": {}})
 
 
@@ -105,8 +135,12 @@ def write_recording(
                     next_u[symbol] += 1
                     p = prices[symbol]
                     payload: dict[str, object] = {
-                        "u": u, "s": symbol, "b": f"{p * 0.9999:.2f}", "B": "1.5",
-                        "a": f"{p * 1.0001:.2f}", "A": "2.25",
+                        "u": u,
+                        "s": symbol,
+                        "b": f"{p * 0.9999:.2f}",
+                        "B": "1.5",
+                        "a": f"{p * 1.0001:.2f}",
+                        "A": "2.25",
                     }
                     stream = f"{symbol.lower()}@bookTicker"
                     rec.quote_keys.add((symbol, u))
@@ -114,9 +148,17 @@ def write_recording(
                     a = next_a[symbol]
                     next_a[symbol] += 1
                     payload = {
-                        "e": "aggTrade", "E": ts + 2, "s": symbol, "a": a,
-                        "p": f"{prices[symbol]:.2f}", "q": "0.5", "f": a * 2, "l": a * 2 + 1,
-                        "T": ts, "m": True, "M": True,
+                        "e": "aggTrade",
+                        "E": ts + 2,
+                        "s": symbol,
+                        "a": a,
+                        "p": f"{prices[symbol]:.2f}",
+                        "q": "0.5",
+                        "f": a * 2,
+                        "l": a * 2 + 1,
+                        "T": ts,
+                        "m": True,
+                        "M": True,
                     }
                     stream = f"{symbol.lower()}@aggTrade"
                     rec.agg_keys.add((symbol, a))

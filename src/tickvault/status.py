@@ -21,7 +21,12 @@ def _last_modified(store_url: str) -> float | None:
 
 
 async def collect_status(
-    bus: Bus, store: Store | None, *, bus_url: str, store_url: str, data_dir: Path,
+    bus: Bus,
+    store: Store | None,
+    *,
+    bus_url: str,
+    store_url: str,
+    data_dir: Path,
     live: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Rows per table, bus backlog and pending per group, dead letters by reason, last write.
@@ -38,7 +43,7 @@ async def collect_status(
     if store is not None:
         try:
             tables = await store.counts()
-        except Exception as exc:  # noqa: BLE001 - reported, never fatal for status
+        except Exception as exc:
             store_error = str(exc)
     last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
     return {

@@ -7,6 +7,9 @@ Contract
   the entry pending; it is re-delivered and re-written harmlessly (natural keys).
 * An entry that cannot be decoded, or that was delivered more than ``max_deliveries``
   times, is dead-lettered whole with the reason.
+* When the store refuses a batch's data (:class:`BatchRejected`, e.g. a value the server
+  will not take), the batch is bisected until the refused records are isolated; those are
+  dead-lettered with the server's message and the rest is written.
 * While the store fails, the writer keeps its one in-flight batch, stops reading, and
   retries with capped exponential backoff: memory stays bounded, nothing is acknowledged,
   and it resumes by itself when the store is back.
@@ -17,6 +20,7 @@ Contract
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -24,11 +28,13 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import orjson
 import pyarrow as pa
 
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
 from tickvault.codec import decode_frame, split_valid
-from tickvault.errors import BusError, DecodeError, StoreError
+from tickvault.errors import BatchRejected, BusError, DecodeError, StoreError
+from tickvault.records import KINDS
 from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -45,7 +51,7 @@ class WriterConfig:
     group: str = "writers"
     consumer: str = field(default_factory=default_consumer_name)
     batch_records: int = 20_000
-    batch_entries: int = 64
+    batch_entries: int = 16
     linger_ms: int = 100
     block_ms: int = 200
     max_deliveries: int = 5
@@ -160,7 +166,7 @@ class Writer:
             if not got:
                 break
             entries.extend(got)
-            approx_records += sum(len(e.payload) for e in got) // 40
+            approx_records += sum(len(e.payload) for e in got) // 60  # ~bytes per record
         return entries
 
     async def _retry(self, op, stop: asyncio.Event):  # type: ignore[no-untyped-def]
@@ -169,6 +175,8 @@ class Writer:
         while True:
             try:
                 return await op()
+            except BatchRejected:
+                raise  # the data is refused: retrying cannot help, the caller bisects
             except (BusError, StoreError) as exc:
                 self.stats.retrying = True
                 self.stats.last_error = str(exc)
@@ -177,11 +185,36 @@ class Writer:
                 log.warning("writer: %s; retrying in %.2fs", exc, delay)
                 if stop.is_set():
                     raise WriterStopped from exc
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    pass
                 delay = min(delay * 2, self.config.backoff_max_s)
+
+    async def _write_bisecting(
+        self, kind: str, table: pa.Table, stop: asyncio.Event
+    ) -> tuple[int, list[NewDeadLetter]]:
+        """Write ``table``; if the store refuses its data, split it in halves until the
+        refused rows are isolated, and return them as dead letters with the store's reason."""
+
+        async def write() -> int:
+            return await self.store.write(kind, table)
+
+        try:
+            return await self._retry(write, stop), []
+        except BatchRejected as exc:
+            if table.num_rows == 1:
+                row = table.to_pylist()[0]
+                spec = KINDS[kind]
+                key = "|".join(str(row.get(k)) for k in spec.key)
+                payload = orjson.dumps(row, default=str)
+                return 0, [
+                    NewDeadLetter(
+                        kind, f"store refused: {exc}", payload, f"{kind}:{key}:store-refused"
+                    )
+                ]
+            half = table.num_rows // 2
+            a_ins, a_bad = await self._write_bisecting(kind, table.slice(0, half), stop)
+            b_ins, b_bad = await self._write_bisecting(kind, table.slice(half), stop)
+            return a_ins + b_ins, a_bad + b_bad
 
     async def process(self, entries: Sequence[Entry], stop: asyncio.Event) -> None:
         """Write one batch of entries and acknowledge it (see the module contract)."""
@@ -214,13 +247,10 @@ class Writer:
 
         for kind, parts in tables.items():
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-
-            async def write(kind: str = kind, table: pa.Table = table) -> int:
-                return await self.store.write(kind, table)
-
-            inserted = await self._retry(write, stop)
+            inserted, refused = await self._write_bisecting(kind, table, stop)
+            letters.extend(refused)
             self.stats.inserted += inserted
-            self.stats.duplicates += table.num_rows - inserted
+            self.stats.duplicates += table.num_rows - inserted - len(refused)
             self.stats.inserted_by_table[kind] += inserted
         self.stats.retrying = False
 

@@ -29,8 +29,6 @@ __all__ = [
 ]
 
 _PLANNED = {
-    "redis": "Redis Streams",
-    "rediss": "Redis Streams",
     "nats": "NATS JetStream",
     "kafka": "Kafka",
 }
@@ -43,9 +41,13 @@ def open_bus(url: str) -> Bus:
         from tickvault.bus.sqlite import SqliteBus
 
         return SqliteBus.from_url(url)
+    if scheme in ("redis", "rediss", "unix"):
+        from tickvault.bus.redis import RedisBus
+
+        return RedisBus.from_url(url)
     if scheme in _PLANNED:
         raise BackendNotAvailable(
             f"the {_PLANNED[scheme]} bus ({scheme}://) is not available in this version;"
-            " use sqlite:///PATH"
+            " use sqlite:///PATH or redis://HOST:PORT/DB"
         )
-    raise ConfigError(f"unknown bus URL {url!r}: expected sqlite:///PATH")
+    raise ConfigError(f"unknown bus URL {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")

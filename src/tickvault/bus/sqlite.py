@@ -15,6 +15,7 @@ Design notes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -192,15 +193,13 @@ class SqliteBus(Bus):
                 ids.append(str(cur.lastrowid))
             return ids
 
-        ids = await self._run(self._tx, op)
+        ids: list[str] = await self._run(self._tx, op)
         self._appended.set()
         return ids
 
     # -- delivery ---------------------------------------------------------------------------
 
-    def _deliver(
-        self, stream: str, group: str, consumer: str, count: int
-    ) -> list[Entry]:
+    def _deliver(self, stream: str, group: str, consumer: str, count: int) -> list[Entry]:
         def op(conn: sqlite3.Connection) -> list[Entry]:
             self._touch(conn, stream, group, consumer)
             row = conn.execute(
@@ -239,10 +238,8 @@ class SqliteBus(Bus):
             if entries or remaining <= 0:
                 return entries
             # Appends from this process wake us at once; other processes are polled.
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._appended.wait(), timeout=min(_POLL_S, remaining))
-            except TimeoutError:
-                pass
 
     def _redeliver(
         self, stream: str, group: str, consumer: str, count: int, min_idle_ms: int | None
@@ -367,8 +364,17 @@ class SqliteBus(Bus):
             "INSERT OR IGNORE INTO dead_letters(stream, key, grp, kind, reason, payload,"
             " entry_id, deliveries, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
             [
-                (stream, x.key, group, x.kind, x.reason, x.payload, x.entry_id,
-                 x.delivery_count, now)
+                (
+                    stream,
+                    x.key,
+                    group,
+                    x.kind,
+                    x.reason,
+                    x.payload,
+                    x.entry_id,
+                    x.delivery_count,
+                    now,
+                )
                 for x in letters
             ],
         )
@@ -376,8 +382,12 @@ class SqliteBus(Bus):
 
     async def dead_letter(self, stream: str, group: str, entry: Entry, reason: str) -> None:
         letter = NewDeadLetter(
-            kind="frame", reason=reason, payload=entry.payload, key=f"entry:{entry.id}",
-            entry_id=entry.id, delivery_count=entry.delivery_count,
+            kind="frame",
+            reason=reason,
+            payload=entry.payload,
+            key=f"entry:{entry.id}",
+            entry_id=entry.id,
+            delivery_count=entry.delivery_count,
         )
 
         def op(conn: sqlite3.Connection) -> None:
@@ -401,8 +411,15 @@ class SqliteBus(Bus):
     @staticmethod
     def _letter(row: Sequence[Any]) -> DeadLetter:
         return DeadLetter(
-            id=str(row[0]), stream=row[1], group=row[2], kind=row[3], reason=row[4],
-            payload=bytes(row[5]), entry_id=row[6], delivery_count=row[7], created_at=row[8],
+            id=str(row[0]),
+            stream=row[1],
+            group=row[2],
+            kind=row[3],
+            reason=row[4],
+            payload=bytes(row[5]),
+            entry_id=row[6],
+            delivery_count=row[7],
+            created_at=row[8],
             requeued_at=row[9],
         )
 
@@ -494,15 +511,20 @@ class SqliteBus(Bus):
                 ).fetchone()[0]
                 groups.append(
                     GroupInfo(
-                        name=name, consumers=n_consumers, pending=n_pending, lag=lag,
+                        name=name,
+                        consumers=n_consumers,
+                        pending=n_pending,
+                        lag=lag,
                         oldest_pending_age_ms=None if oldest is None else _ms(now - oldest),
                         last_delivered_id=str(last_id) if last_id else None,
                     )
                 )
             return StreamInfo(
-                stream=stream, length=length,
+                stream=stream,
+                length=length,
                 first_id=None if first is None else str(first),
-                last_id=None if last is None else str(last), groups=groups,
+                last_id=None if last is None else str(last),
+                groups=groups,
             )
 
         return await self._run(self._tx, op, False)

@@ -24,10 +24,17 @@ from tickvault.records import Record
 
 @dataclass
 class SourceBatch:
+    """Records from a source. ``rows`` is the fast path: per kind, tuples in the kind's
+    column order (see :data:`tickvault.records.KINDS`), already validated."""
+
     records: list[Record] = field(default_factory=list)
+    rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
     rejects: list[NewDeadLetter] = field(default_factory=list)
     position: Any = None
     lines: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records) + sum(len(r) for r in self.rows.values())
 
 
 class SourceHealth(msgspec.Struct):

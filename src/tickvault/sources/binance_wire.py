@@ -22,7 +22,7 @@ import msgspec
 import orjson
 
 from tickvault.errors import RecordError
-from tickvault.records import AggTrade, DepthUpdate, Quote, Record, Trade
+from tickvault.records import KINDS, Record
 
 EXCHANGE = "binance"
 
@@ -31,7 +31,7 @@ class ParseError(RecordError):
     """A venue message could not be turned into a valid record."""
 
 
-class _Trade(msgspec.Struct):
+class _Trade(msgspec.Struct, tag_field="e", tag="trade"):
     E: int
     s: str
     t: int
@@ -41,7 +41,7 @@ class _Trade(msgspec.Struct):
     m: bool
 
 
-class _AggTrade(msgspec.Struct):
+class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
     E: int
     s: str
     a: int
@@ -62,7 +62,7 @@ class _BookTicker(msgspec.Struct):
     A: float
 
 
-class _Depth(msgspec.Struct):
+class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     E: int
     s: str
     U: int
@@ -89,6 +89,8 @@ _TYPES: dict[str, type[msgspec.Struct]] = {
     "depthUpdate": _Depth,
 }
 _WRAPPED = msgspec.json.Decoder(_Wrapped)
+# Events with an "e" field decode in one pass through a union tagged by that field.
+_EVENT = msgspec.json.Decoder(_Trade | _AggTrade | _Depth, strict=False)
 _MARKERS = (
     (b'"e":"trade"', "trade"),
     (b'"e":"aggTrade"', "aggTrade"),
@@ -97,18 +99,15 @@ _MARKERS = (
 _STREAM_SUFFIX = {"trade": "trade", "aggTrade": "aggTrade", "bookTicker": "bookTicker"}
 
 
-def _positive(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ParseError(f"non-finite {name}")
-    if value <= 0:
-        raise ParseError(f"non-positive {name}")
+_INF = math.inf
 
 
-def _non_negative(name: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ParseError(f"non-finite {name}")
-    if value < 0:
-        raise ParseError(f"negative {name}")
+def _price_reason(name: str, value: float) -> str:
+    return f"non-finite {name}" if not math.isfinite(value) else f"non-positive {name}"
+
+
+def _size_reason(name: str, value: float) -> str:
+    return f"non-finite {name}" if not math.isfinite(value) else f"negative {name}"
 
 
 def _stream_kind(stream: str) -> str | None:
@@ -121,9 +120,12 @@ def _stream_kind(stream: str) -> str | None:
 
 
 def _sniff(data: bytes) -> str | None:
-    for marker, kind in _MARKERS:
-        if marker in data:
-            return kind
+    if b'"e":"trade"' in data:
+        return "trade"
+    if b'"e":"aggTrade"' in data:
+        return "aggTrade"
+    if b'"e":"depthUpdate"' in data:
+        return "depthUpdate"
     if b'"e"' not in data and b'"u"' in data and b'"b"' in data:
         return "bookTicker"
     return None
@@ -173,73 +175,115 @@ def _generic(data: bytes) -> tuple[str, msgspec.Struct]:
         raise ParseError(_reason(exc)) from None
 
 
-def parse_message(data: bytes, recv_us: int | None = None) -> Record:
-    """Parse one raw websocket message (bare or combined-stream wrapped) into a record.
+def parse_values(data: bytes, recv_us: int | None = None) -> tuple[str, tuple[Any, ...]]:
+    """Parse one raw websocket message (bare or combined-stream wrapped).
 
-    ``recv_us`` is the local receive time; when ``None`` (replays of files without receive
-    times) the venue's event time is used, so replaying the same file twice yields the same
-    rows (book tickers, which carry no time, get the replay time). Raises
-    :class:`ParseError`.
+    Returns ``(kind, row)`` with ``row`` in the column order of ``KINDS[kind]``: the hot path
+    of the collector and of replay. ``recv_us`` is the local receive time; when ``None``
+    (replays of files without receive times) the venue's event time is used, so replaying
+    the same file twice yields the same rows (book tickers, which carry no time, get the
+    replay time). Raises :class:`ParseError`.
     """
-    kind = _sniff(data)
     msg: msgspec.Struct
-    if kind is not None and not data.lstrip().startswith(b'{"stream"'):
-        msg = _decode(kind, data)
-    elif data.lstrip().startswith(b'{"stream"'):
+    if data.startswith(b'{"stream"'):
         try:
             wrapped = _WRAPPED.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            kind, msg = _generic(data)
+            _, msg = _generic(data)
         else:
             inner = bytes(wrapped.data)
             kind = _stream_kind(wrapped.stream) or _sniff(inner)
-            if kind is None:
-                kind, msg = _generic(inner)
-            else:
-                msg = _decode(kind, inner)
+            msg = _generic(inner)[1] if kind is None else _decode(kind, inner)
+    elif data.startswith(b'{"e":'):
+        try:
+            msg = _EVENT.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            _, msg = _generic(data)  # the slow path finds the precise reason
     else:
-        kind, msg = _generic(data)
-    return to_record(msg, recv_us)
+        kind = _sniff(data)
+        msg = _generic(data)[1] if kind is None else _decode(kind, data)
+    return to_values(msg, recv_us)
 
 
-def to_record(msg: msgspec.Struct, recv_us: int | None) -> Record:
+def parse_message(data: bytes, recv_us: int | None = None) -> Record:
+    """Like :func:`parse_values` but returns a typed record (convenient, slower)."""
+    kind, row = parse_values(data, recv_us)
+    spec = KINDS[kind]
+    return spec.record_type(**dict(zip(spec.columns, row, strict=True)))  # type: ignore[return-value]
+
+
+def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any, ...]]:
     """Normalise a decoded venue message and check it; raise ParseError when invalid."""
-    if isinstance(msg, _Trade):
-        _positive("price", msg.p)
-        _non_negative("qty", msg.q)
-        return Trade(
-            exchange=EXCHANGE, symbol=msg.s, trade_id=msg.t, price=msg.p, qty=msg.q,
-            buyer_is_maker=msg.m, ts_event=msg.T * 1000,
-            ts_recv=recv_us if recv_us is not None else msg.E * 1000,
+    if type(msg) is _Trade:
+        p, q = msg.p, msg.q
+        if not 0 < p < _INF:
+            raise ParseError(_price_reason("price", p))
+        if not 0 <= q < _INF:
+            raise ParseError(_size_reason("qty", q))
+        return "trade", (
+            EXCHANGE,
+            msg.s,
+            msg.t,
+            p,
+            q,
+            msg.m,
+            msg.T * 1000,
+            recv_us if recv_us is not None else msg.E * 1000,
         )
-    if isinstance(msg, _AggTrade):
-        _positive("price", msg.p)
-        _non_negative("qty", msg.q)
-        return AggTrade(
-            exchange=EXCHANGE, symbol=msg.s, agg_id=msg.a, price=msg.p, qty=msg.q,
-            first_trade_id=msg.f, last_trade_id=msg.l, buyer_is_maker=msg.m,
-            ts_event=msg.T * 1000, ts_recv=recv_us if recv_us is not None else msg.E * 1000,
-        )
-    if isinstance(msg, _BookTicker):
-        _positive("bid_price", msg.b)
-        _non_negative("bid_qty", msg.B)
-        _positive("ask_price", msg.a)
-        _non_negative("ask_qty", msg.A)
+    if type(msg) is _BookTicker:
+        for name, value in (("bid_price", msg.b), ("ask_price", msg.a)):
+            if not 0 < value < _INF:
+                raise ParseError(_price_reason(name, value))
+        for name, value in (("bid_qty", msg.B), ("ask_qty", msg.A)):
+            if not 0 <= value < _INF:
+                raise ParseError(_size_reason(name, value))
         # The spot book ticker carries no time at all: without a recorded receive time the
         # replay time is the best we know (the key, update_id, keeps replays idempotent).
-        return Quote(
-            exchange=EXCHANGE, symbol=msg.s, update_id=msg.u, bid_price=msg.b, bid_qty=msg.B,
-            ask_price=msg.a, ask_qty=msg.A, ts_event=None,
-            ts_recv=recv_us if recv_us is not None else time.time_ns() // 1000,
+        return "quote", (
+            EXCHANGE,
+            msg.s,
+            msg.u,
+            msg.b,
+            msg.B,
+            msg.a,
+            msg.A,
+            None,
+            recv_us if recv_us is not None else time.time_ns() // 1000,
         )
-    if isinstance(msg, _Depth):
+    if type(msg) is _AggTrade:
+        p, q = msg.p, msg.q
+        if not 0 < p < _INF:
+            raise ParseError(_price_reason("price", p))
+        if not 0 <= q < _INF:
+            raise ParseError(_size_reason("qty", q))
+        return "agg_trade", (
+            EXCHANGE,
+            msg.s,
+            msg.a,
+            p,
+            q,
+            msg.f,
+            msg.l,
+            msg.m,
+            msg.T * 1000,
+            recv_us if recv_us is not None else msg.E * 1000,
+        )
+    if type(msg) is _Depth:
         for price, qty in (*msg.b, *msg.a):
-            _positive("price", price)
-            _non_negative("qty", qty)
-        return DepthUpdate(
-            exchange=EXCHANGE, symbol=msg.s, first_update_id=msg.U, final_update_id=msg.u,
-            bid_prices=[p for p, _ in msg.b], bid_qtys=[q for _, q in msg.b],
-            ask_prices=[p for p, _ in msg.a], ask_qtys=[q for _, q in msg.a],
-            ts_event=msg.E * 1000, ts_recv=recv_us if recv_us is not None else msg.E * 1000,
+            if not 0 < price < _INF:
+                raise ParseError(_price_reason("price", price))
+            if not 0 <= qty < _INF:
+                raise ParseError(_size_reason("qty", qty))
+        return "depth", (
+            EXCHANGE,
+            msg.s,
+            msg.U,
+            msg.u,
+            [p for p, _ in msg.b],
+            [q for _, q in msg.b],
+            [p for p, _ in msg.a],
+            [q for _, q in msg.a],
+            msg.E * 1000,
+            recv_us if recv_us is not None else msg.E * 1000,
         )
     raise ParseError(f"unsupported message {type(msg).__name__}")

@@ -24,9 +24,8 @@ from typing import IO
 from tickvault.bus.base import NewDeadLetter
 from tickvault.checkpoints import CheckpointStore
 from tickvault.errors import ConfigError
-from tickvault.records import Record
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
-from tickvault.sources.binance_wire import ParseError, parse_message
+from tickvault.sources.binance_wire import ParseError, parse_values
 
 
 def file_key(path: Path) -> str:
@@ -39,7 +38,7 @@ def _open(path: Path) -> IO[bytes]:
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
-        return gzip.GzipFile(fileobj=raw)
+        return gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
     raw.seek(0)
     return io.BufferedReader(raw, buffer_size=1 << 20)
 
@@ -96,28 +95,29 @@ class ReplaySource(Source):
                 continue
             self.skipped_lines += start
             batch = SourceBatch(position=(key, start, False))
-            records: list[Record] = batch.records
-            rejects = batch.rejects
             last = start
             for number, line in self._lines(path, start):
                 last = number
                 batch.lines += 1
                 data = line.strip()
-                if not data:
-                    continue
-                try:
-                    records.append(parse_message(data))
-                except ParseError as exc:
-                    rejects.append(
-                        NewDeadLetter("raw", exc.reason, data, f"{key}:{number}")
-                    )
+                if data:
+                    try:
+                        kind, row = parse_values(data)
+                    except ParseError as exc:
+                        batch.rejects.append(
+                            NewDeadLetter("raw", exc.reason, data, f"{key}:{number}")
+                        )
+                    else:
+                        rows = batch.rows.get(kind)
+                        if rows is None:
+                            rows = batch.rows[kind] = []
+                        rows.append(row)
                 if batch.lines >= self.chunk_lines:
                     batch.position = (key, last, False)
                     self.messages += batch.lines
                     self._last = time.monotonic()
                     yield batch
                     batch = SourceBatch(position=(key, last, False))
-                    records, rejects = batch.records, batch.rejects
             batch.position = (key, last, True)
             self.messages += batch.lines
             self.files_done += 1
@@ -130,8 +130,11 @@ class ReplaySource(Source):
 
     def health(self) -> SourceHealth:
         return SourceHealth(
-            name=self.name, kind=self.kind, connected=True,
-            last_message_age_s=time.monotonic() - self._last, messages=self.messages,
+            name=self.name,
+            kind=self.kind,
+            connected=True,
+            last_message_age_s=time.monotonic() - self._last,
+            messages=self.messages,
             detail=f"{self.files_done}/{len(self.paths)} files",
         )
 

@@ -62,19 +62,28 @@ class SyntheticSource(Source):
             trade_id = self._next_trade[symbol]
             self._next_trade[symbol] = trade_id + 1
             return Trade(
-                exchange=self.exchange, symbol=symbol, trade_id=trade_id,
-                price=round(price, 2), qty=round(rng.lognormvariate(-3.0, 1.0), 6),
-                buyer_is_maker=rng.random() < 0.5, ts_event=now_us - rng.randrange(200, 5000),
+                exchange=self.exchange,
+                symbol=symbol,
+                trade_id=trade_id,
+                price=round(price, 2),
+                qty=round(rng.lognormvariate(-3.0, 1.0), 6),
+                buyer_is_maker=rng.random() < 0.5,
+                ts_event=now_us - rng.randrange(200, 5000),
                 ts_recv=now_us,
             )
         update_id = self._next_quote[symbol]
         self._next_quote[symbol] = update_id + 1
         half = max(price * 0.00005, 0.01)
         return Quote(
-            exchange=self.exchange, symbol=symbol, update_id=update_id,
-            bid_price=round(price - half, 2), bid_qty=round(rng.lognormvariate(0.0, 1.0), 4),
-            ask_price=round(price + half, 2), ask_qty=round(rng.lognormvariate(0.0, 1.0), 4),
-            ts_event=None, ts_recv=now_us,
+            exchange=self.exchange,
+            symbol=symbol,
+            update_id=update_id,
+            bid_price=round(price - half, 2),
+            bid_qty=round(rng.lognormvariate(0.0, 1.0), 4),
+            ask_price=round(price + half, 2),
+            ask_qty=round(rng.lognormvariate(0.0, 1.0), 4),
+            ts_event=None,
+            ts_recv=now_us,
         )
 
     async def batches(self) -> AsyncIterator[SourceBatch]:
@@ -98,7 +107,9 @@ class SyntheticSource(Source):
 
     def health(self) -> SourceHealth:
         return SourceHealth(
-            name=self.name, kind=self.kind, connected=not self._stopped,
+            name=self.name,
+            kind=self.kind,
+            connected=not self._stopped,
             last_message_age_s=None if self._last is None else time.monotonic() - self._last,
             messages=self.generated,
         )

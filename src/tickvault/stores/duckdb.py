@@ -13,6 +13,7 @@ socket (:mod:`tickvault.control`) instead of opening the file.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from tickvault.errors import QueryRejected, StoreError, StoreUnavailable
+from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
 from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 
@@ -61,6 +62,12 @@ def _translate(exc: Exception, path: Path) -> StoreError:
     text = str(exc)
     if isinstance(exc, duckdb.IOException | OSError) or "lock" in text.lower():
         return StoreUnavailable(f"DuckDB store {path}: {text}")
+    if isinstance(
+        exc, duckdb.ConstraintException | duckdb.ConversionException | duckdb.OutOfRangeException
+    ):
+        # The data itself was refused (a CHECK constraint, a value out of range): retrying
+        # the same rows cannot succeed, the writer isolates them instead.
+        return BatchRejected(text)
     return StoreError(f"DuckDB store {path}: {text}")
 
 
@@ -74,6 +81,7 @@ class DuckDBStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-write")
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-query")
         self._con: duckdb.DuckDBPyConnection | None = None
+        self._query_cursor: duckdb.DuckDBPyConnection | None = None
         self._schema_ready = False
 
     @classmethod
@@ -131,11 +139,10 @@ class DuckDBStore(Store):
 
     def _reset_after_error(self) -> None:
         if self._con is not None:
-            try:
+            with contextlib.suppress(duckdb.Error):
                 self._con.close()
-            except duckdb.Error:
-                pass
             self._con = None
+            self._query_cursor = None
             self._schema_ready = False
 
     async def write(self, kind: str, table: pa.Table) -> int:
@@ -144,25 +151,29 @@ class DuckDBStore(Store):
         return await self._run(self._write, kind, table)
 
     def _query(self, sql: str, limit: int) -> QueryResult:
-        self._ensure_schema()
-        con = self._connect()
-        check_read_only(con, sql)
-        cur = con.cursor()
+        """Runs on the query thread, on its own cursor (never the writer's connection)."""
+        cur = self._query_cursor
+        if cur is None:
+            raise StoreUnavailable(f"DuckDB store {self.path}: reconnecting, try again")
+        check_read_only(cur, sql)
         try:
             rel = cur.execute(sql)
             columns = [d[0] for d in rel.description or []]
             rows = rel.fetchmany(limit + 1)
         except duckdb.Error as exc:
             raise StoreError(f"query failed: {exc}") from None
-        finally:
-            cur.close()
         return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
+
+    def _open_query_cursor(self) -> None:
+        if self._query_cursor is None:
+            self._ensure_schema()
+            self._query_cursor = self._connect().cursor()
 
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
         loop = asyncio.get_running_loop()
-        # Queries run on their own thread (a DuckDB cursor is a separate connection), so a
-        # long query never delays the writer; connecting happens on the write thread.
-        await self._run(self._connect)
+        # Queries run on their own thread and cursor (a DuckDB cursor is a separate
+        # connection to the same database), so a long query never delays the writer.
+        await self._run(self._open_query_cursor)
         return await loop.run_in_executor(self._query_executor, self._query, sql, limit)
 
     async def counts(self) -> dict[str, int]:
@@ -170,9 +181,11 @@ class DuckDBStore(Store):
             self._ensure_schema()
             con = self._connect().cursor()
             try:
-                present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+                present = {
+                    r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+                }
                 return {
-                    s.table: int(con.execute(f"SELECT count(*) FROM {s.table}").fetchone()[0])
+                    s.table: int(con.execute(f"SELECT count(*) FROM {s.table}").fetchone()[0])  # type: ignore[index]
                     for s in KINDS.values()
                     if s.table in present
                 }
@@ -203,6 +216,9 @@ class DuckDBStore(Store):
 
     async def close(self) -> None:
         def op() -> None:
+            if self._query_cursor is not None:
+                self._query_cursor.close()
+                self._query_cursor = None
             if self._con is not None:
                 self._con.close()
                 self._con = None

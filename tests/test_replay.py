@@ -1,0 +1,104 @@
+"""``tickvault replay``: bad input, duplicates, gzip, resumption — through the real CLI."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import orjson
+
+from tickvault.sample import MALFORMED_KINDS, write_recording
+
+from .cli_helpers import tv, tv_json
+
+
+def _count(data_dir: Path, table: str) -> int:
+    rows = tv_json("query", f"SELECT count(*) AS n FROM {table}", "--data-dir", data_dir)
+    return int(rows[0]["n"])
+
+
+def _dup_keys(data_dir: Path) -> int:
+    rows = tv_json(
+        "query",
+        "SELECT count(*) AS n FROM (SELECT exchange, symbol, trade_id FROM trades"
+        " GROUP BY ALL HAVING count(*) > 1)",
+        "--data-dir",
+        data_dir,
+    )
+    return int(rows[0]["n"])
+
+
+def test_malformed_lines_are_dead_lettered_and_valid_ones_stored_once(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "in.jsonl", 20_000, malformed_every=100, duplicate_share=0.05)
+    assert set(rec.malformed) == set(MALFORMED_KINDS)
+    data = tmp_path / "data"
+    summary = tv_json("replay", rec.path, "--data-dir", data)
+    assert summary["drained"] is True
+    assert summary["stored"] == rec.unique_records
+    assert sum(summary["dead_letters"].values()) == rec.malformed_lines
+    assert _count(data, "trades") == len(rec.trade_keys)
+    assert _count(data, "quotes") == len(rec.quote_keys)
+    assert _count(data, "agg_trades") == len(rec.agg_keys)
+    letters = tv_json("dlq", "list", "--data-dir", data)
+    assert len(letters) == rec.malformed_lines
+    reasons = {x["reason"] for x in letters}
+    assert reasons == {
+        "malformed JSON",
+        "missing field `t`",
+        "non-finite price",
+        "negative qty",
+        "unknown event type 'kline'",
+    }
+    assert all(x["payload"] for x in letters)  # the raw line is kept
+
+
+def test_duplicates_within_and_across_files_are_stored_once(tmp_path: Path) -> None:
+    a = write_recording(tmp_path / "a.jsonl", 5_000, duplicate_share=0.2, seed=3)
+    # b repeats every line of a, shuffled, plus new ones; gzip-compressed.
+    lines = a.path.read_bytes().splitlines()
+    extra = write_recording(tmp_path / "extra.jsonl", 2_000, seed=4, first_id=5_000_000)
+    with gzip.open(tmp_path / "b.jsonl.gz", "wb") as fh:
+        fh.write(b"\n".join(reversed(lines)) + b"\n" + extra.path.read_bytes())
+    data = tmp_path / "data"
+    tv("replay", a.path, tmp_path / "b.jsonl.gz", "--data-dir", data)
+    assert _count(data, "trades") == len(a.trade_keys | extra.trade_keys)
+    assert _count(data, "quotes") == len(a.quote_keys | extra.quote_keys)
+    assert _dup_keys(data) == 0
+
+
+def test_rerun_of_a_finished_file_publishes_nothing_and_exits_zero(tmp_path: Path) -> None:
+    rec = write_recording(tmp_path / "in.jsonl", 3_000)
+    data = tmp_path / "data"
+    tv("replay", rec.path, "--data-dir", data)
+    again = tv_json("replay", rec.path, "--data-dir", data)
+    assert again["files_already_done"] == 1
+    assert again["published"] == 0
+    assert again["drained"] is True
+    forced = tv_json("replay", rec.path, "--data-dir", data, "--restart")
+    assert forced["published"] >= rec.unique_records
+    assert forced["duplicates"] == forced["published"]
+    assert forced["stored"] == 0
+    assert _count(data, "trades") == len(rec.trade_keys)
+
+
+def test_replay_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    proc = tv("replay", tmp_path / "nope.jsonl", "--data-dir", tmp_path / "d", check=False)
+    assert proc.returncode == 2
+    assert "no such file" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_dead_letters_can_be_shown_and_requeued(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    good = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    bad = dict(good, t=2, p="NaN")
+    path.write_bytes(orjson.dumps(good) + b"\n" + orjson.dumps(bad) + b"\n")
+    data = tmp_path / "data"
+    tv("replay", path, "--data-dir", data)
+    (letter,) = tv_json("dlq", "list", "--data-dir", data)
+    shown = orjson.loads(tv("dlq", "show", letter["id"], "--data-dir", data).stdout)
+    assert shown["reason"] == "non-finite price"
+    assert orjson.loads(shown["payload"])["p"] == "NaN"
+    proc = tv("dlq", "requeue", letter["id"], "--data-dir", data, check=False)
+    assert proc.returncode == 1
+    assert "still invalid: non-finite price" in proc.stderr
