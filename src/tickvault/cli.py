@@ -41,6 +41,8 @@ from tickvault.positions.cli import app as positions_app
 from tickvault.records import KINDS
 from tickvault.sources.base import Source
 from tickvault.status import collect_status
+from tickvault.streams_cli import app as streams_app
+from tickvault.streams_cli import systemd_command
 
 T = TypeVar("T")
 
@@ -54,6 +56,7 @@ app = typer.Typer(
 dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(positions_app, name="positions")
+app.add_typer(streams_app, name="streams")
 
 out = Console()
 err = Console(stderr=True)
@@ -245,16 +248,27 @@ def replay(
     """Ingest recorded Binance messages through the full pipeline; exit 0 once all is stored."""
     from tickvault.checkpoints import CheckpointStore
     from tickvault.pipeline import Pipeline
-    from tickvault.sources.replay import ReplaySource, count_lines
+    from tickvault.producer import ProducerProcess, ReplaySpec
+    from tickvault.sources.replay import count_lines, file_key
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
 
     async def main() -> int:
+        for path in paths:
+            if not path.is_file():
+                raise ConfigError(f"replay: no such file: {path}")
+        skipped, already_done = 0, 0
         checkpoints = CheckpointStore(settings.state_path)
-        source = ReplaySource(paths, checkpoints, restart=restart)
+        for path in paths:
+            position, done = (0, False) if restart else checkpoints.get(file_key(path))
+            skipped += position
+            already_done += done
+        checkpoints.close()
         total = sum(count_lines(p) for p in paths)
-        async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
+        producer = ProducerProcess(settings, ReplaySpec(list(paths), restart))
+        async with Pipeline(settings, [], drain_timeout=None) as pipeline:
+            pipeline.producers.append(producer)
             pipeline.install_signal_handlers()
             progress = Progress(
                 TextColumn("[bold]replay[/bold]"),
@@ -266,21 +280,20 @@ def replay(
                 disable=json_out or not err.is_terminal,
             )
             with progress:
-                task = progress.add_task("replay", total=total, stored=0)
+                task = progress.add_task("replay", total=total, stored=0, completed=skipped)
                 run_task = asyncio.create_task(pipeline.run())
                 while not run_task.done():
                     progress.update(
                         task,
-                        completed=source.skipped_lines + pipeline.lines,
+                        completed=skipped + pipeline.lines,
                         stored=pipeline.writer.stats.inserted,
                     )
                     await asyncio.wait({run_task}, timeout=0.25)
                 summary = run_task.result()
                 progress.update(task, completed=total, stored=summary.stored)
-        checkpoints.close()
         result = summary.as_dict() | {
-            "skipped_lines": source.skipped_lines,
-            "files_already_done": source.files_already_done,
+            "skipped_lines": producer.result.skipped_lines,
+            "files_already_done": producer.result.files_already_done,
         }
         if json_out:
             _print_json(result)
@@ -291,10 +304,10 @@ def replay(
                 f" · {summary.seconds:.1f} s",
                 highlight=False,
             )
-            if source.skipped_lines or source.files_already_done:
+            if producer.result.skipped_lines or producer.result.files_already_done:
                 out.print(
-                    f"resumed: skipped {source.skipped_lines:,} lines already published,"
-                    f" {source.files_already_done} file(s) already done",
+                    f"resumed: skipped {producer.result.skipped_lines:,} lines already"
+                    f" published, {producer.result.files_already_done} file(s) already done",
                     highlight=False,
                 )
             for reason, n in sorted(summary.dead_letters.items(), key=lambda kv: -kv[1]):
@@ -564,6 +577,9 @@ def dlq_requeue(
 def config_reference() -> None:
     """Print the Markdown reference of every configuration setting."""
     out.print(settings_reference(), markup=False, highlight=False)
+
+
+app.command("systemd")(systemd_command)
 
 
 def main() -> None:

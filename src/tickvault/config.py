@@ -92,6 +92,17 @@ class ReplaySettings(_Section):
     """Files of recorded Binance websocket messages (JSON lines, optionally gzip)."""
 
 
+class UpkeepSettings(_Section):
+    enabled: bool = True
+    """Run stream upkeep in the service: one pass at start, then every ``every_s``."""
+    every_s: float = 120.0
+    """Seconds between upkeep passes (reclaim, dead consumers, dead letters, trim)."""
+    zombie_idle_ms: int = 3_600_000
+    """A consumer idle this long with nothing pending is deleted."""
+    trim: bool = True
+    """Remove bus entries every group has acknowledged."""
+
+
 SourceSettings = SyntheticSettings | ReplaySettings
 SOURCE_KINDS: dict[str, type[_Section]] = {
     "synthetic": SyntheticSettings,
@@ -105,6 +116,7 @@ class Settings(_Section):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
+    upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
     sources: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -153,6 +165,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{config}: invalid TOML: {exc}") from None
     sources = raw.pop("sources", [])
+    file_data_dir = raw.pop("data_dir", None)
     try:
         settings = msgspec.convert(raw, Settings, strict=False)
     except msgspec.ValidationError as exc:
@@ -160,6 +173,8 @@ def load_settings(
     if not isinstance(sources, list):
         raise ConfigError("sources must be an array of tables ([[sources]])")
     settings.sources = [_source(s, i) for i, s in enumerate(sources)]
+    if file_data_dir is not None:
+        settings.data_dir = Path(str(file_data_dir))
     if data_dir is not None:
         settings.data_dir = data_dir
     elif ENV_DATA_DIR in env:
@@ -175,6 +190,23 @@ def load_settings(
     return settings
 
 
+def settings_to_builtins(settings: Settings) -> dict[str, Any]:
+    """Plain data (JSON/pickle friendly) that :func:`settings_from_builtins` turns back."""
+    raw: dict[str, Any] = msgspec.to_builtins(settings, enc_hook=str)
+    raw["sources"] = [msgspec.to_builtins(s) | {"kind": s.kind} for s in settings.sources]
+    return raw
+
+
+def settings_from_builtins(raw: dict[str, Any]) -> Settings:
+    raw = dict(raw)
+    data_dir = Path(raw.pop("data_dir", DEFAULT_DATA_DIR))
+    sources = raw.pop("sources", [])
+    settings = msgspec.convert(raw, Settings)
+    settings.data_dir = data_dir
+    settings.sources = [_source(s, i) for i, s in enumerate(sources)]
+    return settings
+
+
 def settings_reference() -> str:
     """A Markdown reference of every setting, generated from the typed sections above."""
     lines = ["# Configuration reference", ""]
@@ -183,6 +215,7 @@ def settings_reference() -> str:
         ("[store]", StoreSettings),
         ("[writer]", WriterSettings),
         ("[publisher]", PublisherSettings),
+        ("[upkeep]", UpkeepSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
     ]

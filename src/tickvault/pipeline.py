@@ -28,8 +28,10 @@ from tickvault import control
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus
 from tickvault.config import Settings
-from tickvault.errors import BusError, ConfigError
-from tickvault.publisher import FramePublisher
+from tickvault.errors import ConfigError
+from tickvault.maintenance import start_service_upkeep
+from tickvault.producer import ProducerProcess
+from tickvault.publisher import FramePublisher, SourcePump
 from tickvault.sources.base import Source
 from tickvault.status import collect_status
 from tickvault.stores import open_store
@@ -102,8 +104,7 @@ class Pipeline:
         self.stop_writer = asyncio.Event()
         self.sources_done = asyncio.Event()
         self.started_at = time.time()
-        self.ingest_rejects: Counter[str] = Counter()
-        self.lines = 0
+        self.producers: list[ProducerProcess] = []
         self._lock = DataDirLock(settings.data_dir)
         self.bus: Bus
         self.store: Store
@@ -123,6 +124,7 @@ class Pipeline:
         self.publisher = FramePublisher(
             self.bus, s.bus.stream, max_records=s.publisher.frame_records
         )
+        self._pump = SourcePump(self.publisher, self.stop_sources, self.stop_writer)
         self.writer = Writer(
             self.bus,
             self.store,
@@ -153,6 +155,11 @@ class Pipeline:
         self._lock.release()
 
     # -- control handlers -------------------------------------------------------------------
+
+    @property
+    def lines(self) -> int:
+        """Input lines consumed so far, in this process and in producer processes."""
+        return self._pump.lines + sum(p.lines for p in self.producers)
 
     def live(self) -> dict[str, Any]:
         w = self.writer.stats
@@ -198,48 +205,9 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def _flush(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self.publisher.flush()
-                return
-            except BusError as exc:
-                if self.stop_writer.is_set():
-                    log.error(
-                        "bus unavailable at shutdown: %d records not published (%s)",
-                        self.publisher.buffered,
-                        exc,
-                    )
-                    raise
-                log.warning("publish failed: %s; retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def pump(self, source: Source) -> None:
         """Move ``source``'s batches onto the bus; commit each only once it is durable."""
-        async for batch in source.batches():
-            for record in batch.records:
-                if self.publisher.add_nowait(record):
-                    await self._flush()
-            for kind, rows in batch.rows.items():
-                if self.publisher.add_rows_nowait(kind, rows):
-                    await self._flush()
-            await self._flush()
-            if batch.rejects:
-                while True:
-                    try:
-                        await self.publisher.reject(batch.rejects)
-                        break
-                    except BusError as exc:
-                        log.warning("dead-lettering failed: %s; retrying", exc)
-                        await asyncio.sleep(0.5)
-                for letter in batch.rejects:
-                    self.ingest_rejects[letter.reason] += 1
-            self.lines += batch.lines
-            await source.commit(batch)
-            if self.stop_sources.is_set():
-                break
+        await self._pump.run(source)
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -252,6 +220,8 @@ class Pipeline:
                 stop = getattr(source, "stop", None)
                 if callable(stop):
                     stop()
+            for producer in self.producers:
+                producer.stop()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
@@ -260,12 +230,19 @@ class Pipeline:
         """Run until the sources end (or are stopped) and the writer drained."""
         started = time.perf_counter()
         writer_task = None
+        upkeep_task = None
         if self.with_writer:
+            # Stream upkeep (incident 003): one pass before the writer consumes, then periodic.
+            upkeep_task = await start_service_upkeep(
+                self.bus, self.writer, self.settings.upkeep, self.stop_writer
+            )
             writer_task = asyncio.create_task(
                 self.writer.run(self.stop_writer, until_drained=self.sources_done)
             )
         try:
-            await asyncio.gather(*(self.pump(s) for s in self.sources))
+            await asyncio.gather(
+                *(self.pump(s) for s in self.sources), *(p.run() for p in self.producers)
+            )
         finally:
             self.sources_done.set()
         drained = False
@@ -279,14 +256,22 @@ class Pipeline:
                 )
                 self.stop_writer.set()
                 await writer_task
+        if upkeep_task is not None:
+            upkeep_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await upkeep_task
         info = await self.bus.info(self.settings.bus.stream)
         backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.settings.bus.group)
         w = self.writer.stats
-        dead = Counter(self.ingest_rejects)
+        dead = Counter(self._pump.rejects)
         dead.update(w.dead_letters)
+        published = self.publisher.stats.records
+        for producer in self.producers:
+            dead.update(producer.result.rejects)
+            published += producer.result.published
         return RunSummary(
             read=self.lines,
-            published=self.publisher.stats.records,
+            published=published,
             stored=w.inserted,
             duplicates=w.duplicates,
             dead_letters=dict(dead),

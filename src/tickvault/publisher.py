@@ -9,14 +9,20 @@ A failed append keeps its frames for the next flush: nothing accepted is ever dr
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tickvault.bus.base import Bus, NewDeadLetter
 from tickvault.codec import FrameBuilder
+from tickvault.errors import BusError
 from tickvault.records import Record, kind_of
+from tickvault.sources.base import Source
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,3 +108,68 @@ class FramePublisher:
             return 0
         self.stats.rejected += len(letters)
         return await self.bus.add_dead_letters(self.stream, None, letters)
+
+
+class SourcePump:
+    """Moves one source's batches onto the bus through a publisher.
+
+    Contract: a batch's records and rejects are durable on the bus before the source's
+    ``commit(batch)`` runs, so a source that resumes from its checkpoint never skips
+    anything. Bus errors are retried with capped backoff until ``give_up`` is set.
+    """
+
+    def __init__(self, publisher: FramePublisher, stop: asyncio.Event, give_up: asyncio.Event):
+        self.publisher = publisher
+        self.stop = stop
+        self.give_up = give_up
+        self.lines = 0
+        self.rejects: Counter[str] = Counter()
+
+    async def flush(self) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.publisher.flush()
+                return
+            except BusError as exc:
+                if self.give_up.is_set():
+                    log.error(
+                        "bus unavailable at shutdown: %d records not published (%s)",
+                        self.publisher.buffered,
+                        exc,
+                    )
+                    raise
+                log.warning("publish failed: %s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _reject(self, letters: list[NewDeadLetter]) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self.publisher.reject(letters)
+                break
+            except BusError as exc:
+                if self.give_up.is_set():
+                    raise
+                log.warning("dead-lettering failed: %s; retrying in %.2fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        for letter in letters:
+            self.rejects[letter.reason] += 1
+
+    async def run(self, source: Source) -> None:
+        async for batch in source.batches():
+            for record in batch.records:
+                if self.publisher.add_nowait(record):
+                    await self.flush()
+            for kind, rows in batch.rows.items():
+                if self.publisher.add_rows_nowait(kind, rows):
+                    await self.flush()
+            await self.flush()
+            if batch.rejects:
+                await self._reject(batch.rejects)
+            self.lines += batch.lines
+            await source.commit(batch)
+            if self.stop.is_set():
+                break

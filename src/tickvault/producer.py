@@ -1,0 +1,167 @@
+"""Producer processes: a source and its publisher in a child process.
+
+Parsing venue messages is the most CPU-hungry step of ingest, and Python runs one thread
+at a time; a child process gives it a core of its own while the parent's writer stores
+and acknowledges. The two only meet on the durable bus, exactly as separate services
+would, so the delivery contract is unchanged: the child advances its source checkpoint
+only after the bus confirmed the records, and the parent's writer acks only after the
+store committed.
+
+The child dies with its parent (``PR_SET_PDEATHSIG``, plus a parent-pid check), stops
+after its current batch on SIGTERM, and reports its totals back when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import multiprocessing as mp
+import os
+import signal
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+from tickvault.config import Settings, settings_from_builtins, settings_to_builtins
+from tickvault.errors import TickvaultError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class ProducerResult:
+    lines: int = 0
+    published: int = 0
+    rejects: Counter[str] = field(default_factory=Counter)
+    skipped_lines: int = 0
+    files_already_done: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplaySpec:
+    """What a replay producer reads (a picklable description, not a live source)."""
+
+    paths: list[Path]
+    restart: bool = False
+
+
+def _die_with_parent(parent: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+async def _produce(
+    settings: Settings, spec: ReplaySpec, lines: Synchronized[int], parent: int
+) -> ProducerResult:
+    from tickvault.bus import open_bus
+    from tickvault.checkpoints import CheckpointStore
+    from tickvault.publisher import FramePublisher, SourcePump
+    from tickvault.sources.replay import ReplaySource
+
+    stop = asyncio.Event()
+    give_up = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    checkpoints = CheckpointStore(settings.state_path)
+    source = ReplaySource(spec.paths, checkpoints, restart=spec.restart)
+    bus = open_bus(settings.bus_url)
+    publisher = FramePublisher(
+        bus, settings.bus.stream, max_records=settings.publisher.frame_records
+    )
+    pump = SourcePump(publisher, stop, give_up)
+
+    async def report() -> None:
+        while True:
+            lines.value = pump.lines
+            if os.getppid() != parent:
+                os._exit(1)
+            await asyncio.sleep(0.1)
+
+    reporter = asyncio.create_task(report())
+    try:
+        await pump.run(source)
+    finally:
+        reporter.cancel()
+        lines.value = pump.lines
+        await bus.close()
+        checkpoints.close()
+    return ProducerResult(
+        lines=pump.lines,
+        published=publisher.stats.records,
+        rejects=pump.rejects,
+        skipped_lines=source.skipped_lines,
+        files_already_done=source.files_already_done,
+    )
+
+
+def _child_main(
+    settings_raw: dict[str, Any],
+    spec: ReplaySpec,
+    lines: Synchronized[int],
+    conn: Connection,
+    parent: int,
+) -> None:
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
+    settings = settings_from_builtins(settings_raw)
+    try:
+        result = asyncio.run(_produce(settings, spec, lines, parent))
+    except TickvaultError as exc:
+        result = ProducerResult(error=str(exc))
+    conn.send(result)
+    conn.close()
+
+
+class ProducerProcess:
+    """Runs a replay source and its publisher in a child process."""
+
+    def __init__(self, settings: Settings, spec: ReplaySpec) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.result = ProducerResult()
+        ctx = mp.get_context("spawn")
+        self._lines: Synchronized[int] = ctx.Value("q", 0)
+        self._recv, send = ctx.Pipe(duplex=False)
+        self._proc = ctx.Process(
+            target=_child_main,
+            args=(settings_to_builtins(settings), spec, self._lines, send, os.getpid()),
+            name="tickvault-producer",
+            daemon=True,
+        )
+        self._send = send
+
+    @property
+    def lines(self) -> int:
+        return int(self._lines.value)
+
+    def stop(self) -> None:
+        if self._proc.pid is not None and self._proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
+
+    async def run(self) -> ProducerResult:
+        """Start the child and wait for it; raise TickvaultError if it failed."""
+        self._proc.start()
+        self._send.close()
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(None, self._wait)
+        self.result = result
+        if result.error:
+            raise TickvaultError(f"producer: {result.error}")
+        return result
+
+    def _wait(self) -> ProducerResult:
+        try:
+            result: ProducerResult = self._recv.recv()
+        except EOFError:
+            result = ProducerResult(error=f"producer process died (exit {self._proc.exitcode})")
+        self._proc.join()
+        return result
