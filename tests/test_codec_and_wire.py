@@ -1,0 +1,231 @@
+"""Frames, record validation and Binance message parsing."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+import orjson
+import pytest
+
+from tickvault.codec import FrameBuilder, decode_frame, encode_records, split_valid
+from tickvault.errors import DecodeError, RecordError
+from tickvault.records import Bar, Quote, Trade, natural_key, validate
+from tickvault.sources.binance_wire import ParseError, parse_message, parse_values
+
+TRADE = {
+    "e": "trade",
+    "E": 1700000000123,
+    "s": "BTCUSDT",
+    "t": 12345,
+    "p": "43000.10",
+    "q": "0.0015",
+    "T": 1700000000120,
+    "m": True,
+    "M": True,
+}
+
+
+def test_frame_round_trip_keeps_every_value() -> None:
+    records = [
+        Trade(
+            exchange="binance",
+            symbol="BTCUSDT",
+            trade_id=i,
+            price=1.5 + i,
+            qty=0.25,
+            buyer_is_maker=bool(i % 2),
+            ts_event=10 + i,
+            ts_recv=20 + i,
+        )
+        for i in range(3)
+    ]
+    (payload,) = encode_records(records)
+    table, rejects = split_valid(decode_frame(payload))
+    assert rejects == []
+    assert table.column("trade_id").to_pylist() == [0, 1, 2]
+    assert table.column("price").to_pylist() == [1.5, 2.5, 3.5]
+    assert table.column("buyer_is_maker").to_pylist() == [False, True, False]
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\xc1", "undecodable frame"),
+        (
+            msgspec.msgpack.encode({"v": 9, "kind": "trade", "cols": {}}),
+            "unsupported frame version",
+        ),
+        (msgspec.msgpack.encode({"v": 1, "kind": "trade", "cols": {"price": [1]}}), "lacks column"),
+        (msgspec.msgpack.encode({"v": 1, "kind": "zzz", "cols": {}}), "unknown record kind"),
+    ],
+)
+def test_broken_frames_raise_decode_error(payload: bytes, message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode_frame(payload)
+
+
+def test_frame_with_mismatched_column_lengths_is_refused() -> None:
+    b = FrameBuilder("trade")
+    b.add_values(["binance", "X", 1, 1.0, 1.0, True, 1, 1])
+    frame = msgspec.msgpack.decode(b.take())
+    frame["cols"]["price"].append(2.0)
+    with pytest.raises(DecodeError, match="differ in length"):
+        decode_frame(msgspec.msgpack.encode(frame))
+
+
+@pytest.mark.parametrize(
+    "record, reason",
+    [
+        (
+            Trade(
+                exchange="binance",
+                symbol="X",
+                trade_id=1,
+                price=math.inf,
+                qty=1,
+                buyer_is_maker=True,
+                ts_event=1,
+                ts_recv=1,
+            ),
+            "non-finite price",
+        ),
+        (
+            Trade(
+                exchange="binance",
+                symbol="X",
+                trade_id=1,
+                price=0.0,
+                qty=1,
+                buyer_is_maker=True,
+                ts_event=1,
+                ts_recv=1,
+            ),
+            "non-positive price",
+        ),
+        (
+            Quote(
+                exchange="binance",
+                symbol="X",
+                update_id=1,
+                bid_price=1,
+                bid_qty=-1,
+                ask_price=2,
+                ask_qty=1,
+                ts_event=None,
+                ts_recv=1,
+            ),
+            "negative bid_qty",
+        ),
+        (
+            Bar(
+                source="p",
+                symbol="X",
+                timeframe="1m",
+                ts_open=1,
+                open=1,
+                high=1,
+                low=2,
+                close=1,
+                volume=0,
+            ),
+            "high below low",
+        ),
+    ],
+)
+def test_validate_gives_stable_reasons(record: Trade | Quote | Bar, reason: str) -> None:
+    with pytest.raises(RecordError) as info:
+        validate(record)
+    assert info.value.reason == reason
+
+
+def test_natural_keys() -> None:
+    t = Trade(
+        exchange="binance",
+        symbol="X",
+        trade_id=7,
+        price=1,
+        qty=1,
+        buyer_is_maker=True,
+        ts_event=1,
+        ts_recv=1,
+    )
+    assert natural_key(t) == ("binance", "X", 7)
+
+
+def test_trade_bare_and_wrapped_parse_the_same() -> None:
+    bare = orjson.dumps(TRADE)
+    wrapped = orjson.dumps({"stream": "btcusdt@trade", "data": TRADE})
+    spaced = b'{"e": "trade", ' + bare[1:].split(b",", 1)[1]  # other whitespace: slow path
+    expected = (
+        "trade",
+        ("binance", "BTCUSDT", 12345, 43000.10, 0.0015, True, 1700000000120000, 1700000000123000),
+    )
+    assert parse_values(bare) == expected
+    assert parse_values(wrapped) == expected
+    assert parse_values(spaced) == expected
+    record = parse_message(bare)
+    assert isinstance(record, Trade) and record.trade_id == 12345
+
+
+def test_book_ticker_and_agg_trade_and_depth() -> None:
+    kind, row = parse_values(
+        b'{"u":400900217,"s":"BNBUSDT","b":"25.35","B":"31.21","a":"25.36","A":"40.66"}', recv_us=99
+    )
+    assert kind == "quote" and row == (
+        "binance",
+        "BNBUSDT",
+        400900217,
+        25.35,
+        31.21,
+        25.36,
+        40.66,
+        None,
+        99,
+    )
+    kind, row = parse_values(
+        orjson.dumps(
+            {
+                "stream": "x@aggTrade",
+                "data": {
+                    "e": "aggTrade",
+                    "E": 2,
+                    "s": "X",
+                    "a": 5,
+                    "p": "1",
+                    "q": "2",
+                    "f": 10,
+                    "l": 12,
+                    "T": 1,
+                    "m": False,
+                    "M": True,
+                },
+            }
+        )
+    )
+    assert kind == "agg_trade" and row[2] == 5 and row[5:7] == (10, 12)
+    kind, row = parse_values(
+        b'{"e":"depthUpdate","E":3,"s":"X","U":1,"u":4,"b":[["1.0","2"]],"a":[["1.1","0"]]}'
+    )
+    assert kind == "depth" and row[2:8] == (1, 4, [1.0], [2.0], [1.1], [0.0])
+
+
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        (b'{"e":"trade","E":1', "malformed JSON"),
+        (b"[1,2]", "not a JSON object"),
+        (orjson.dumps({k: v for k, v in TRADE.items() if k != "t"}), "missing field `t`"),
+        (orjson.dumps(TRADE | {"p": "NaN"}), "non-finite price"),
+        (orjson.dumps(TRADE | {"p": "-3"}), "non-positive price"),
+        (orjson.dumps(TRADE | {"q": "-1"}), "negative qty"),
+        (orjson.dumps(TRADE | {"p": "abc"}), "bad value: Expected `float`, got `str` - at `$.p`"),
+        (orjson.dumps({"e": "kline", "E": 1}), "unknown event type 'kline'"),
+        (orjson.dumps({"stream": "x@trade", "data": TRADE | {"q": "inf"}}), "non-finite qty"),
+        (b'{"hello":"world"}', "unknown message type"),
+    ],
+)
+def test_bad_messages_have_precise_reasons(line: bytes, reason: str) -> None:
+    with pytest.raises(ParseError) as info:
+        parse_values(line)
+    assert info.value.reason == reason
