@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import Bus
+from tickvault.bus.redis import RedisBus
 from tickvault.bus.sqlite import SqliteBus
 from tickvault.stores.base import Store
 from tickvault.stores.duckdb import DuckDBStore
 
 from .servers import RedisServer
 
-BUS_BACKENDS = ["sqlite"]
+BUS_BACKENDS = ["sqlite", "redis"]
 STORE_BACKENDS = ["duckdb"]
 
 BusFactory = Callable[[], Awaitable[Bus]]
@@ -57,6 +58,28 @@ def duckdb_store_factory(tmp_path: Path) -> Iterator[StoreFactory]:
         store = DuckDBStore(tmp_path / f"store-{uuid.uuid4().hex[:8]}.duckdb")
         made.append(store)
         return store
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture(scope="session")
+def redis_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server (AOF on) for the session; tests isolate themselves by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis-session")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_bus_factory(redis_session_server: RedisServer) -> Iterator[BusFactory]:
+    made: list[Bus] = []
+
+    async def make() -> Bus:
+        prefix = f"t{uuid.uuid4().hex[:12]}:"
+        bus = RedisBus.from_url(f"{redis_session_server.url}?prefix={prefix}")
+        made.append(bus)
+        return bus
 
     yield make
     _close_all(made)
