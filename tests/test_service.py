@@ -90,3 +90,31 @@ def test_query_before_any_data_explains_what_to_do(tmp_path: Path) -> None:
     proc = tv("query", "SELECT 1", "--data-dir", tmp_path / "empty", check=False)
     assert proc.returncode == 2
     assert "no store at" in proc.stderr
+
+
+def test_query_works_while_replay_holds_the_data_dir(tmp_path: Path) -> None:
+    from tickvault.sample import write_recording
+
+    rec = write_recording(tmp_path / "in.jsonl", 400_000, seed=9)
+    data = tmp_path / "data"
+    proc = spawn("replay", rec.path, "--data-dir", data, "--json")
+    answered_while_running = 0
+    try:
+        while proc.poll() is None:
+            r = tv(
+                "query",
+                "SELECT count(*) AS n FROM trades",
+                "--data-dir",
+                data,
+                "--json",
+                check=False,
+            )
+            assert "Traceback" not in r.stderr
+            assert "lock" not in r.stderr.lower()
+            if r.returncode == 0 and proc.poll() is None:
+                answered_while_running += 1
+    finally:
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["stored"] == rec.unique_records
+    assert answered_while_running >= 1
