@@ -4,6 +4,8 @@
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v clickhouse-server >/dev/null || need+=(clickhouse-server)
+command -v clickhouse-client >/dev/null || need+=(clickhouse-client)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq

@@ -8,6 +8,7 @@ factory of fresh, isolated instances.
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -18,12 +19,15 @@ from tickvault.bus.base import Bus
 from tickvault.bus.redis import RedisBus
 from tickvault.bus.sqlite import SqliteBus
 from tickvault.stores.base import Store
+from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.duckdb import DuckDBStore
+from tickvault.stores.questdb import QuestDBStore
 
-from .servers import RedisServer
+from .questdb_double import QuestDBDouble
+from .servers import ClickHouseServer, RedisServer
 
 BUS_BACKENDS = ["sqlite", "redis"]
-STORE_BACKENDS = ["duckdb"]
+STORE_BACKENDS = ["duckdb", "clickhouse", "questdb"]
 
 BusFactory = Callable[[], Awaitable[Bus]]
 StoreFactory = Callable[[], Awaitable[Store]]
@@ -64,6 +68,27 @@ def duckdb_store_factory(tmp_path: Path) -> Iterator[StoreFactory]:
 
 
 @pytest.fixture(scope="session")
+def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
+    """One clickhouse-server for the session; tests isolate themselves by database."""
+    server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse")).start()
+    yield server
+    server.stop(signal.SIGKILL)  # its data dir is thrown away; a clean shutdown takes ~9 s
+
+
+@pytest.fixture
+def clickhouse_store_factory(clickhouse_server: ClickHouseServer) -> Iterator[StoreFactory]:
+    made: list[Store] = []
+
+    async def make() -> Store:
+        store = ClickHouseStore.from_url(clickhouse_server.url(f"tv_{uuid.uuid4().hex[:12]}"))
+        made.append(store)
+        return store
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture(scope="session")
 def redis_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """One redis-server (AOF on) for the session; tests isolate themselves by key prefix."""
     server = RedisServer(tmp_path_factory.mktemp("redis-session")).start()
@@ -83,6 +108,25 @@ def redis_bus_factory(redis_session_server: RedisServer) -> Iterator[BusFactory]
 
     yield make
     _close_all(made)
+
+
+@pytest.fixture
+def questdb_store_factory() -> Iterator[StoreFactory]:
+    """QuestDB stores, each against its own wire-level double (tests/questdb_double.py)."""
+    made: list[Store] = []
+    doubles: list[QuestDBDouble] = []
+
+    async def make() -> Store:
+        double = QuestDBDouble().start()
+        doubles.append(double)
+        store = QuestDBStore.from_url(double.url)
+        made.append(store)
+        return store
+
+    yield make
+    _close_all(made)
+    for double in doubles:
+        double.stop()
 
 
 @pytest.fixture(params=BUS_BACKENDS)

@@ -87,3 +87,108 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><log>{dir}/log/server.log</log>
+    <errorlog>{dir}/log/error.log</errorlog><size>10M</size><count>1</count></logger>
+  <http_port>{http_port}</http_port>
+  <tcp_port>{tcp_port}</tcp_port>
+  <interserver_http_port>{interserver_port}</interserver_http_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{dir}/data/</path>
+  <tmp_path>{dir}/tmp/</tmp_path>
+  <user_files_path>{dir}/user_files/</user_files_path>
+  <format_schema_path>{dir}/format_schemas/</format_schema_path>
+  <mark_cache_size>268435456</mark_cache_size>
+  <uncompressed_cache_size>268435456</uncompressed_cache_size>
+  <max_concurrent_queries>100</max_concurrent_queries>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <timezone>UTC</timezone>
+  <mlock_executable>false</mlock_executable>
+</yandex>
+"""
+
+_CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+  <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>default</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+  </interval></default></quotas>
+</yandex>
+"""
+
+
+def _clickhouse_binary() -> list[str]:
+    server = shutil.which("clickhouse-server")
+    if server is not None:
+        return [server]
+    combined = shutil.which("clickhouse")
+    if combined is not None:
+        return [combined, "server"]
+    raise RuntimeError("clickhouse-server not installed (scripts/ci-deps.sh installs it)")
+
+
+@dataclass
+class ClickHouseServer:
+    """A ``clickhouse-server`` with its own config, data dir and free HTTP/TCP/interserver ports."""
+
+    workdir: Path
+    http_port: int = field(default_factory=free_port)
+    tcp_port: int = field(default_factory=free_port)
+    interserver_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def url(self, database: str) -> str:
+        return f"clickhouse://127.0.0.1:{self.http_port}/{database}"
+
+    def start(self) -> ClickHouseServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for sub in ("log", "data", "tmp", "user_files", "format_schemas"):
+            (self.workdir / sub).mkdir(exist_ok=True)
+        config = self.workdir / "config.xml"
+        config.write_text(
+            _CLICKHOUSE_CONFIG.format(
+                dir=self.workdir, http_port=self.http_port, tcp_port=self.tcp_port,
+                interserver_port=self.interserver_port,
+            )
+        )
+        (self.workdir / "users.xml").write_text(_CLICKHOUSE_USERS)
+        self.proc = subprocess.Popen(
+            [*_clickhouse_binary(), f"--config-file={config}"],
+            cwd=self.workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self, timeout: float = 30.0) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                log = self.workdir / "log" / "error.log"
+                text = log.read_text(errors="replace") if log.exists() else ""
+                raise RuntimeError(f"clickhouse-server exited: {text[-2000:]}")
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.http_port}/ping", timeout=0.5
+                ) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError(f"clickhouse-server not ready on port {self.http_port}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        self.proc = None

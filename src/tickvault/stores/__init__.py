@@ -7,7 +7,11 @@ from tickvault.stores.base import QueryResult, Store, StoreHealth
 
 __all__ = ["QueryResult", "Store", "StoreHealth", "open_store"]
 
-_PLANNED = {"clickhouse": "ClickHouse", "questdb": "QuestDB"}
+
+def _missing(extra: str, exc: ImportError) -> BackendNotAvailable:
+    return BackendNotAvailable(
+        f"the {extra} store needs {exc.name or 'a client library'}: install tickvault[{extra}]"
+    )
 
 
 def open_store(url: str, *, read_only: bool = False) -> Store:
@@ -17,9 +21,21 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
         from tickvault.stores.duckdb import DuckDBStore
 
         return DuckDBStore.from_url(url, read_only=read_only)
-    if scheme in _PLANNED:
-        raise BackendNotAvailable(
-            f"the {_PLANNED[scheme]} store ({scheme}://) is not available in this version;"
-            " use duckdb:///PATH"
-        )
-    raise ConfigError(f"unknown store URL {url!r}: expected duckdb:///PATH")
+    if scheme == "clickhouse":
+        try:
+            from tickvault.stores.clickhouse import ClickHouseStore
+        except ImportError as exc:
+            raise _missing("clickhouse", exc) from None
+        return ClickHouseStore.from_url(url, read_only=read_only)
+    if scheme == "questdb":
+        try:
+            import questdb  # noqa: F401 - the ILP client, used when writing
+
+            from tickvault.stores.questdb import QuestDBStore
+        except ImportError as exc:
+            raise _missing("questdb", exc) from None
+        return QuestDBStore.from_url(url, read_only=read_only)
+    raise ConfigError(
+        f"unknown store URL {url!r}: expected duckdb:///PATH, clickhouse://HOST:8123/DB"
+        " or questdb://HOST:9000"
+    )

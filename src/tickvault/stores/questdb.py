@@ -1,0 +1,457 @@
+"""The QuestDB store: ``questdb://[user:password@]host[:9000][?secure=1&wal_timeout=30]``.
+
+Writes go through the official ``questdb`` client over ILP/HTTP (protocol version 1, text),
+one table per request, so each request is one transaction and a refused request leaves
+nothing behind. Queries, DDL and health go through the REST endpoint ``/exec``.
+
+Tables (created with ``/exec``)::
+
+    CREATE TABLE IF NOT EXISTS trades (exchange SYMBOL, symbol SYMBOL, trade_id LONG, ...,
+        ts_event TIMESTAMP, ts_recv TIMESTAMP) TIMESTAMP(ts_event) PARTITION BY DAY WAL
+        DEDUP UPSERT KEYS(ts_event, exchange, symbol, trade_id)
+
+The designated timestamp is the record's event time (:data:`tickvault.stores.keys.EVENT_TIME`)
+and is always sent explicitly: a server-assigned timestamp would differ between deliveries and
+defeat deduplication. Depth levels (lists of floats) are stored as JSON text, because ILP
+protocol version 1 has no arrays; ``query`` turns them back into lists.
+
+A write of one batch:
+
+1. drops rows whose key repeats inside the batch (the first one wins);
+2. asks ``/exec`` which of the batch's keys are stored already (within the batch's
+   designated-timestamp range, so QuestDB scans only those partitions);
+3. sends only the new rows in one transactional ILP/HTTP request;
+4. waits until ``wal_tables()`` shows the table's writer has applied the sequencer's
+   transaction (bounded by ``wal_timeout``), so the rows are visible and counted when
+   ``write`` returns. A suspended table, or a writer that does not catch up in time,
+   raises :class:`StoreUnavailable`: the rows are committed in the WAL and a retry is
+   harmless, because QuestDB deduplicates on the upsert keys when it applies the WAL.
+
+Errors: an HTTP 400 answer (``"code":"invalid"``) or a value the client itself refuses
+(a designated timestamp before 1970) is :class:`BatchRejected`; anything else (connection,
+HTTP 5xx such as ``"internal error"`` from a damaged WAL) is :class:`StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tickvault.errors import (
+    BackendNotAvailable,
+    BatchRejected,
+    ConfigError,
+    StoreError,
+    StoreUnavailable,
+)
+from tickvault.records import KINDS, KindSpec, spec_for
+from tickvault.stores.base import QueryResult, Store, StoreHealth
+from tickvault.stores.keys import EVENT_TIME, first_per_key
+from tickvault.stores.questdb_rest import (
+    QuestDBQueryError,
+    QuestDBREST,
+    TableInfo,
+    WalTableStatus,
+    decode_dataset,
+)
+from tickvault.stores.sql_guard import check_single_select
+
+MIN_VERSION = (7, 3, 0)  # DEDUP UPSERT KEYS
+VARCHAR_VERSION = (7, 4, 0)
+LIST_COLUMNS = frozenset(
+    f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
+)
+_HTTP_STATUS = re.compile(r"http-status=(\d+)")
+
+
+def _client() -> Any:
+    """The ``questdb`` client's names (``Sender``, timestamps, error class), any 2.x+ layout."""
+    try:
+        module = importlib.import_module("questdb")
+    except ImportError:
+        raise BackendNotAvailable(
+            "the QuestDB store needs the questdb client: install tickvault[questdb]"
+        ) from None
+    if not hasattr(module, "Sender"):
+        module = importlib.import_module("questdb.ingress")
+    return module
+
+
+def column_type(field: pa.Field, text_type: str) -> str:
+    t = field.type
+    if t == pa.string():
+        return "SYMBOL"
+    if t == pa.int64():
+        return "LONG"
+    if t == pa.float64():
+        return "DOUBLE"
+    if t == pa.bool_():
+        return "BOOLEAN"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMP"
+    if pa.types.is_list(t):
+        return text_type
+    raise ValueError(f"no QuestDB type for {t}")  # pragma: no cover - KINDS uses the above
+
+
+def create_table_sql(spec: KindSpec, text_type: str) -> str:
+    ts = EVENT_TIME[spec.kind]
+    cols = ", ".join(f"{f.name} {column_type(f, text_type)}" for f in spec.schema)
+    upsert = [ts, *(k for k in spec.key if k != ts)]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}) TIMESTAMP({ts})"
+        f" PARTITION BY DAY WAL DEDUP UPSERT KEYS({', '.join(upsert)})"
+    )
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _iso(micros: int) -> str:
+    seconds, frac = divmod(micros, 1_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:06d}Z"
+
+
+class QuestDBStore(Store):
+    """Store on a QuestDB server; ``QuestDBStore.from_url("questdb://host:9000")``."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 9000,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        secure: bool = False,
+        timeout: float = 60.0,
+        wal_timeout: float = 30.0,
+        read_only: bool = False,
+    ) -> None:
+        self.host, self.port = host, port
+        self.url = f"questdb://{host}:{port}"
+        self.read_only = read_only
+        self.wal_timeout = wal_timeout
+        self._secure = secure
+        self._auth = (user, password or "") if user else None
+        self._timeout = timeout
+        self._rest = QuestDBREST(
+            f"{'https' if secure else 'http'}://{host}:{port}", auth=self._auth, timeout=timeout
+        )
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="questdb-ilp")
+        self._sender: Any = None
+        self._version: tuple[int, int, int] | None = None
+        self._present: set[str] = set()
+        self._schema_ready = False
+
+    @classmethod
+    def from_url(cls, url: str, *, read_only: bool = False) -> QuestDBStore:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "questdb" or not parts.hostname:
+            raise ConfigError(f"expected questdb://host:9000, got {url!r}")
+        options = dict(urllib.parse.parse_qsl(parts.query))
+        try:
+            port = parts.port or 9000
+            timeout = float(options.get("timeout", "60"))
+            wal_timeout = float(options.get("wal_timeout", "30"))
+        except ValueError as exc:
+            raise ConfigError(f"bad QuestDB URL {url!r}: {exc}") from None
+        return cls(
+            parts.hostname,
+            port,
+            user=urllib.parse.unquote(parts.username) if parts.username else None,
+            password=urllib.parse.unquote(parts.password) if parts.password else None,
+            secure=options.get("secure", "").lower() in ("1", "true", "yes"),
+            timeout=timeout,
+            wal_timeout=wal_timeout,
+            read_only=read_only,
+        )
+
+    # -- schema -----------------------------------------------------------------------------
+
+    async def version(self) -> tuple[int, int, int]:
+        if self._version is None:
+            self._version = await self._rest.version()
+        return self._version
+
+    async def tables(self) -> dict[str, TableInfo]:
+        """The server's tables by name, from ``tables()``."""
+        return await self._rest.tables()
+
+    async def ensure_schema(self) -> None:
+        if self._schema_ready:
+            return
+        version = await self.version()
+        if version < MIN_VERSION:
+            raise StoreError(
+                f"QuestDB {'.'.join(map(str, version))} lacks DEDUP UPSERT KEYS; tickvault"
+                " needs 7.3 or newer"
+            )
+        text_type = "VARCHAR" if version >= VARCHAR_VERSION else "STRING"
+        if not self.read_only:
+            for spec in KINDS.values():
+                await self._rest.exec(create_table_sql(spec, text_type))
+        tables = await self._rest.tables()
+        for spec in KINDS.values():
+            info = tables.get(spec.table)
+            if info is None:
+                continue
+            await self._check_table(spec, info)
+            self._present.add(spec.table)
+        self._schema_ready = True
+
+    async def _check_table(self, spec: KindSpec, info: TableInfo) -> None:
+        ts = EVENT_TIME[spec.kind]
+        problems = []
+        if not info.wal:
+            problems.append("is not a WAL table")
+        if info.designated_timestamp != ts:
+            problems.append(f"has designated timestamp {info.designated_timestamp!r}, not {ts!r}")
+        if info.dedup is False:
+            problems.append("has no DEDUP UPSERT KEYS")
+        names, _ = decode_dataset(await self._rest.exec(f"SELECT * FROM {spec.table} LIMIT 0"))
+        if names != list(spec.columns):
+            problems.append(f"has columns {names}, tickvault expects {list(spec.columns)}")
+        if problems:
+            raise StoreError(f"QuestDB table {spec.table} " + "; ".join(problems))
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def write(self, kind: str, table: pa.Table) -> int:
+        spec = spec_for(kind)
+        if table.num_rows == 0:
+            return 0
+        await self.ensure_schema()
+        if spec.table not in self._present:
+            raise StoreUnavailable(f"QuestDB table {spec.table} is missing")
+        batch = first_per_key(table.select(list(spec.columns)), spec)
+        stored = await self._stored_keys(spec, batch)
+        if stored:
+            keys = _key_tuples(spec, batch)
+            batch = batch.filter(pa.array([k not in stored for k in keys], pa.bool_()))
+        if batch.num_rows == 0:
+            return 0
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._send, spec, batch)
+        await self._wait_applied(spec.table)
+        return int(batch.num_rows)
+
+    async def _stored_keys(self, spec: KindSpec, batch: pa.Table) -> set[tuple[Any, ...]]:
+        """Upsert keys (designated timestamp + natural key) of ``batch`` already stored."""
+        ts = EVENT_TIME[spec.kind]
+        micros = pc.cast(batch.column(ts), pa.int64())
+        bounds = pc.min_max(micros).as_py()
+        where = [
+            f"{ts} >= {_sql_str(_iso(bounds['min']))}",
+            f"{ts} <= {_sql_str(_iso(bounds['max']))}",
+        ]
+        for name in spec.key:
+            if batch.schema.field(name).type == pa.string():
+                values = pc.unique(batch.column(name)).to_pylist()
+                where.append(f"{name} IN ({', '.join(_sql_str(v) for v in values)})")
+        columns = _upsert_columns(spec)
+        doc = await self._rest.exec(
+            f"SELECT {', '.join(columns)} FROM {spec.table} WHERE {' AND '.join(where)}"
+        )
+        _, rows = decode_dataset(doc)
+        return set(rows)
+
+    def _send(self, spec: KindSpec, batch: pa.Table) -> None:
+        """Build one ILP request for ``batch`` and flush it as one transaction (thread)."""
+        client = _client()
+        ts = EVENT_TIME[spec.kind]
+        symbols = [f.name for f in spec.schema if f.type == pa.string()]
+        fields = [f for f in spec.schema if f.type != pa.string() and f.name != ts]
+        convert = [(f.name, _converter(f, client)) for f in fields]
+        symbol_values = [batch.column(n).to_pylist() for n in symbols]
+        field_values = [_python_values(batch.column(n)) for n, _ in convert]
+        at_values = pc.cast(batch.column(ts), pa.int64()).to_pylist()
+        nanos = client.TimestampNanos
+        try:
+            sender = self._ensure_sender(client)
+            buf = sender.new_buffer()
+            for i, at in enumerate(at_values):
+                buf.row(
+                    spec.table,
+                    symbols={n: v[i] for n, v in zip(symbols, symbol_values, strict=True)},
+                    columns={
+                        n: conv(v[i]) for (n, conv), v in zip(convert, field_values, strict=True)
+                    },
+                    at=nanos(at * 1000),
+                )
+        except (ValueError, OverflowError, TypeError) as exc:
+            raise BatchRejected(f"QuestDB client refused a value for {spec.table}: {exc}") from None
+        try:
+            sender.flush(buf, transactional=True)
+        except Exception as exc:  # the client's own error class differs between versions
+            raise self._translate(exc, spec.table) from None
+
+    def _ensure_sender(self, client: Any) -> Any:
+        if self._sender is None:
+            conf = (
+                f"{'https' if self._secure else 'http'}::addr={self.host}:{self.port};"
+                f"protocol_version=1;auto_flush=off;retry_timeout=0;"
+                f"request_timeout={int(self._timeout * 1000)};"
+            )
+            if self._auth is not None:
+                conf += f"username={self._auth[0]};password={self._auth[1]};"
+            sender = client.Sender.from_conf(conf)
+            sender.establish()
+            self._sender = sender
+        return self._sender
+
+    def _translate(self, exc: Exception, table: str) -> StoreError:
+        text = str(exc)
+        match = _HTTP_STATUS.search(text)
+        status = int(match.group(1)) if match else None
+        if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
+            return BatchRejected(f"QuestDB refused the batch for {table}: {text}")
+        return StoreUnavailable(f"QuestDB could not take the batch for {table}: {text}")
+
+    async def _wait_applied(self, table: str) -> None:
+        """Wait until the table's WAL writer has applied what the sequencer committed."""
+        deadline = time.monotonic() + self.wal_timeout
+        target: int | None = None
+        delay = 0.002
+        while True:
+            status = (await self._rest.wal_tables()).get(table)
+            if status is None:
+                return  # not a WAL table: committed means visible
+            if status.suspended:
+                raise StoreUnavailable(
+                    f"QuestDB table {table} is suspended ({status.error_tag or 'no tag'}:"
+                    f" {status.error_message or 'no message'}); its WAL holds the batch"
+                )
+            if target is None:
+                target = status.sequencer_txn
+            if status.writer_txn >= target:
+                return
+            if time.monotonic() >= deadline:
+                raise StoreUnavailable(
+                    f"QuestDB table {table}: WAL not applied within {self.wal_timeout}s"
+                    f" (writer {status.writer_txn}, sequencer {status.sequencer_txn})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
+        statement = check_single_select(sql)
+        await self.ensure_schema()
+        try:
+            doc = await self._rest.exec(statement, limit=limit + 1)
+        except QuestDBQueryError as exc:
+            raise StoreError(f"query failed: {exc}") from None
+        columns, rows = _decode_public(doc)
+        return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
+
+    async def counts(self) -> dict[str, int]:
+        await self.ensure_schema()
+        out: dict[str, int] = {}
+        for spec in KINDS.values():
+            if spec.table in self._present:
+                _, rows = decode_dataset(await self._rest.exec(f"SELECT count() FROM {spec.table}"))
+                out[spec.table] = int(rows[0][0]) if rows else 0
+        return out
+
+    async def latest(self, kind: str, symbol: str) -> dict[str, Any] | None:
+        spec = spec_for(kind)
+        await self.ensure_schema()
+        order = "ts_open" if kind == "bar" else "ts_recv"
+        doc = await self._rest.exec(
+            f"SELECT * FROM {spec.table} WHERE symbol = {_sql_str(symbol)}"
+            f" ORDER BY {order} DESC LIMIT 1"
+        )
+        columns, rows = _decode_public(doc)
+        return dict(zip(columns, rows[0], strict=True)) if rows else None
+
+    async def wal_status(self) -> dict[str, WalTableStatus]:
+        """Per public table: suspended or not, and how far the writer trails the sequencer."""
+        status = await self._rest.wal_tables()
+        return {s.table: status[s.table] for s in KINDS.values() if s.table in status}
+
+    async def health(self) -> StoreHealth:
+        try:
+            await self.ensure_schema()
+            wal = await self.wal_status()
+        except StoreError as exc:
+            return StoreHealth(ok=False, writable=False, detail=str(exc))
+        suspended = sorted(t for t, s in wal.items() if s.suspended)
+        lag = {t: s.lag_txns for t, s in wal.items() if s.lag_txns}
+        version = ".".join(map(str, self._version or (0, 0, 0)))
+        detail = f"QuestDB {version} at {self.url}"
+        if suspended:
+            detail += f"; suspended tables: {', '.join(suspended)}"
+        if lag:
+            detail += "; WAL lag (txns): " + ", ".join(f"{t}={n}" for t, n in sorted(lag.items()))
+        return StoreHealth(ok=True, writable=not self.read_only and not suspended, detail=detail)
+
+    async def close(self) -> None:
+        def op() -> None:
+            if self._sender is not None:
+                try:
+                    self._sender.close()
+                finally:
+                    self._sender = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, op)
+        self._executor.shutdown(wait=True)
+        await self._rest.aclose()
+
+
+def _upsert_columns(spec: KindSpec) -> list[str]:
+    ts = EVENT_TIME[spec.kind]
+    return [ts, *(k for k in spec.key if k != ts)]
+
+
+def _key_tuples(spec: KindSpec, batch: pa.Table) -> list[tuple[Any, ...]]:
+    columns = [batch.column(c).to_pylist() for c in _upsert_columns(spec)]
+    return list(zip(*columns, strict=True))
+
+
+def _python_values(column: pa.ChunkedArray) -> list[Any]:
+    """Column values as Python objects; timestamps as integer microseconds."""
+    if pa.types.is_timestamp(column.type):
+        return list(pc.cast(column, pa.int64()).to_pylist())
+    return list(column.to_pylist())
+
+
+def _converter(field: pa.Field, client: Any) -> Callable[[Any], Any]:
+    if pa.types.is_timestamp(field.type):
+        micros = client.TimestampMicros
+        return lambda v: None if v is None else micros(v)
+    if pa.types.is_list(field.type):
+        return lambda v: None if v is None else orjson.dumps(v).decode()
+    return lambda v: v
+
+
+def _decode_public(doc: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """``decode_dataset`` plus depth levels (JSON text columns) back into lists."""
+    columns, rows = decode_dataset(doc)
+    types = [str(c.get("type", "")).upper() for c in doc.get("columns", [])]
+    lists = [
+        i
+        for i, (n, t) in enumerate(zip(columns, types, strict=True))
+        if n in LIST_COLUMNS and t in ("VARCHAR", "STRING")
+    ]
+    if lists:
+        rows = [
+            tuple(
+                orjson.loads(v) if i in lists and isinstance(v, str) else v
+                for i, v in enumerate(row)
+            )
+            for row in rows
+        ]
+    return columns, rows
