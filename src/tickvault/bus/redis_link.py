@@ -154,9 +154,8 @@ class RedisLink:
             conf = await self.client.config_get("append*")
         except self.errors.RedisError:
             return  # CONFIG is often disabled on managed Redis: nothing to say then
-        durable = text(conf.get(b"appendonly", b"")) == "yes" and (
-            text(conf.get(b"appendfsync", b"")) == "always"
-        )
+        values = {text(k): text(v) for k, v in conf.items()}
+        durable = values.get("appendonly") == "yes" and values.get("appendfsync") == "always"
         if not durable:
             log.warning(
                 "redis at %s runs without appendonly=yes and appendfsync=always: appends it"
