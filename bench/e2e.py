@@ -28,11 +28,10 @@ import pyarrow as pa
 
 from tickvault.codec import FrameBuilder, decode_frame, split_valid
 from tickvault.config import Settings
-from tickvault.pipeline import Pipeline
 from tickvault.records import KINDS
+from tickvault.replay_job import plan_replay, run_replay
 from tickvault.sample import write_recording
 from tickvault.sources.binance_wire import parse_values
-from tickvault.sources.replay import ReplaySource
 from tickvault.stores.duckdb import create_table_sql
 
 
@@ -85,17 +84,10 @@ def naive(path: Path, records: int, workdir: Path) -> float:
         kind, row = orjson.loads(payload)
         spec = KINDS[kind]
         ts_cols = {spec.columns.index(c) for c in spec.timestamp_columns}
-        values = [
-            None if v is None else (f"epoch_us({v})" if i in ts_cols else v)
-            for i, v in enumerate(row)
-        ]
         placeholders = ", ".join(
-            "make_timestamp(?)" if i in ts_cols else "?" for i in range(len(values))
+            "make_timestamp(?)" if i in ts_cols else "?" for i in range(len(row))
         )
-        con.execute(
-            f"INSERT OR IGNORE INTO {spec.table} VALUES ({placeholders})",
-            [row[i] for i in range(len(row))],
-        )
+        con.execute(f"INSERT OR IGNORE INTO {spec.table} VALUES ({placeholders})", row)
         bus.execute("UPDATE q SET acked=1 WHERE id=?", (entry_id,))
     elapsed = time.perf_counter() - started
     con.close()
@@ -104,12 +96,13 @@ def naive(path: Path, records: int, workdir: Path) -> float:
 
 
 async def tickvault_e2e(path: Path, workdir: Path) -> tuple[float, int]:
+    """Exactly what ``tickvault replay`` runs (producer process, writer, DuckDB)."""
     settings = Settings(data_dir=workdir / "data")
-    source = ReplaySource([path])
-    async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
-        summary = await pipeline.run()
+    started = time.perf_counter()
+    summary, _ = await run_replay(settings, plan_replay(settings, [path]))
+    elapsed = time.perf_counter() - started
     assert summary.drained, summary
-    return summary.stored / summary.seconds, summary.stored
+    return summary.stored / elapsed, summary.stored
 
 
 def main() -> None:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import math
+from array import array
+from typing import Any
 
 import msgspec
 import orjson
+import pyarrow as pa
 import pytest
 
-from tickvault.codec import FrameBuilder, decode_frame, encode_records, split_valid
+from tickvault.codec import (
+    B1,
+    F64,
+    I64,
+    Const,
+    Dict,
+    FrameBuilder,
+    decode_frame,
+    encode_frame,
+    encode_records,
+    split_valid,
+)
 from tickvault.errors import DecodeError, RecordError
-from tickvault.records import Bar, Quote, Trade, natural_key, validate
+from tickvault.records import KINDS, Bar, Quote, Trade, natural_key, validate
 from tickvault.sources.binance_wire import ParseError, parse_message, parse_values
 
 TRADE = {
@@ -66,12 +80,46 @@ def test_broken_frames_raise_decode_error(payload: bytes, message: str) -> None:
 
 
 def test_frame_with_mismatched_column_lengths_is_refused() -> None:
-    b = FrameBuilder("trade")
-    b.add_values(["binance", "X", 1, 1.0, 1.0, True, 1, 1])
-    frame = msgspec.msgpack.decode(b.take())
-    frame["cols"]["price"].append(2.0)
+    cols: dict[str, Any] = {c: ["x"] for c in KINDS["trade"].columns}
+    cols["price"] = [1.0, 2.0]
     with pytest.raises(DecodeError, match="differ in length"):
-        decode_frame(msgspec.msgpack.encode(frame))
+        decode_frame(encode_frame("trade", cols))
+
+
+def test_builder_packs_columns_and_keeps_odd_ones_as_lists() -> None:
+    b = FrameBuilder("quote")
+    b.add_values(["binance", "A", 1, 1.0, 2.0, 1.5, 3.0, None, 10])
+    b.add_values(["binance", "B", 2, 1.0, 2.0, 1.5, 3.0, 5, 11])
+    frame = decode_frame(b.take())
+    assert isinstance(frame.cols["exchange"], Const)
+    assert isinstance(frame.cols["symbol"], Dict)
+    assert isinstance(frame.cols["bid_price"], F64)
+    assert isinstance(frame.cols["update_id"], I64)
+    assert frame.cols["ts_event"] == [None, 5]  # a null keeps the plain form
+    table, rejects = split_valid(frame)
+    assert rejects == []
+    assert table.column("symbol").to_pylist() == ["A", "B"]
+    assert table.column("ts_event").cast(pa.int64()).to_pylist() == [None, 5]
+
+
+def test_corrupt_packed_columns_are_decode_errors() -> None:
+    n = 2
+    cols: dict[str, Any] = {
+        "exchange": Const("binance", n),
+        "symbol": Dict(["A"], array("i", [0, 7]).tobytes()),  # index 7 does not exist
+        "trade_id": I64(array("q", [1, 2]).tobytes()),
+        "price": F64(array("d", [1.0, 2.0]).tobytes()),
+        "qty": F64(array("d", [1.0, 2.0]).tobytes()),
+        "buyer_is_maker": B1(bytes([1, 0])),
+        "ts_event": I64(array("q", [1, 2]).tobytes()),
+        "ts_recv": I64(array("q", [1, 2]).tobytes()),
+    }
+    with pytest.raises(DecodeError, match="corrupt packed column"):
+        split_valid(decode_frame(encode_frame("trade", cols)))
+    cols["symbol"] = Const("A", n)
+    cols["price"] = F64(b"\x00" * 12)  # 1.5 values
+    with pytest.raises(DecodeError):
+        split_valid(decode_frame(encode_frame("trade", cols)))
 
 
 @pytest.mark.parametrize(

@@ -246,54 +246,39 @@ def replay(
     verbose: Verbose = False,
 ) -> None:
     """Ingest recorded Binance messages through the full pipeline; exit 0 once all is stored."""
-    from tickvault.checkpoints import CheckpointStore
-    from tickvault.pipeline import Pipeline
-    from tickvault.producer import ProducerProcess, ReplaySpec
-    from tickvault.sources.replay import count_lines, file_key
+    from tickvault.replay_job import plan_replay, run_replay
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
 
     async def main() -> int:
-        for path in paths:
-            if not path.is_file():
-                raise ConfigError(f"replay: no such file: {path}")
-        skipped, already_done = 0, 0
-        checkpoints = CheckpointStore(settings.state_path)
-        for path in paths:
-            position, done = (0, False) if restart else checkpoints.get(file_key(path))
-            skipped += position
-            already_done += done
-        checkpoints.close()
-        total = sum(count_lines(p) for p in paths)
-        producer = ProducerProcess(settings, ReplaySpec(list(paths), restart))
-        async with Pipeline(settings, [], drain_timeout=None) as pipeline:
-            pipeline.producers.append(producer)
-            pipeline.install_signal_handlers()
-            progress = Progress(
-                TextColumn("[bold]replay[/bold]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("lines · stored {task.fields[stored]:,}"),
-                TimeElapsedColumn(),
-                console=err,
-                disable=json_out or not err.is_terminal,
+        plan = plan_replay(settings, list(paths), restart)
+        progress = Progress(
+            TextColumn("[bold]replay[/bold]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("lines · stored {task.fields[stored]:,}"),
+            TimeElapsedColumn(),
+            console=err,
+            disable=json_out or not err.is_terminal,
+        )
+        with progress:
+            task = progress.add_task(
+                "replay", total=plan.total_lines, stored=0, completed=plan.resume_at
             )
-            with progress:
-                task = progress.add_task("replay", total=total, stored=0, completed=skipped)
-                run_task = asyncio.create_task(pipeline.run())
-                while not run_task.done():
-                    progress.update(
-                        task,
-                        completed=skipped + pipeline.lines,
-                        stored=pipeline.writer.stats.inserted,
-                    )
-                    await asyncio.wait({run_task}, timeout=0.25)
-                summary = run_task.result()
-                progress.update(task, completed=total, stored=summary.stored)
+            summary, produced = await run_replay(
+                settings,
+                plan,
+                restart=restart,
+                handle_signals=True,
+                on_progress=lambda p: progress.update(
+                    task, completed=plan.resume_at + p.lines, stored=p.writer.stats.inserted
+                ),
+            )
+            progress.update(task, completed=plan.total_lines, stored=summary.stored)
         result = summary.as_dict() | {
-            "skipped_lines": producer.result.skipped_lines,
-            "files_already_done": producer.result.files_already_done,
+            "skipped_lines": produced.skipped_lines,
+            "files_already_done": produced.files_already_done,
         }
         if json_out:
             _print_json(result)
@@ -304,10 +289,10 @@ def replay(
                 f" · {summary.seconds:.1f} s",
                 highlight=False,
             )
-            if producer.result.skipped_lines or producer.result.files_already_done:
+            if produced.skipped_lines or produced.files_already_done:
                 out.print(
-                    f"resumed: skipped {producer.result.skipped_lines:,} lines already"
-                    f" published, {producer.result.files_already_done} file(s) already done",
+                    f"resumed: skipped {produced.skipped_lines:,} lines already"
+                    f" published, {produced.files_already_done} file(s) already done",
                     highlight=False,
                 )
             for reason, n in sorted(summary.dead_letters.items(), key=lambda kv: -kv[1]):

@@ -2,11 +2,16 @@
 
 Wire format (msgpack, via msgspec)::
 
-    {"v": 1, "kind": "trade", "cols": {"exchange": [...], "symbol": [...], ...}}
+    {"v": 1, "kind": "trade", "cols": {"exchange": <column>, "symbol": <column>, ...}}
 
-Columnar on purpose: the writer turns each column list into an Arrow array in one C call, so
-the per-record cost on the consumer side is a few nanoseconds, and a bus entry carries
-hundreds or thousands of records instead of one. Timestamps are integer microseconds.
+Columnar on purpose: a bus entry carries thousands of records, and the writer turns each
+column into an Arrow array without touching the values one by one. A ``<column>`` is either
+a plain msgpack list (any producer can write that) or, as :class:`FrameBuilder` writes
+them, a packed form: ``{"t": "f8"|"i8", "data": <little-endian bytes>}`` for numbers and
+timestamps, ``{"t": "b1", "data": <one byte per value>}`` for booleans, ``{"t": "const",
+"value": .., "n": ..}`` and ``{"t": "dict", "values": [..], "index": <int32 bytes>}`` for
+strings. Packed columns become Arrow arrays zero-copy; a column with nulls or odd values
+stays a plain list. Timestamps are integer microseconds.
 
 Contract of :func:`frame_to_table` / :func:`split_valid`: every row of a decodable frame ends
 up either in the returned valid table or in the returned rejects with a reason; nothing is
@@ -16,6 +21,8 @@ dead-letters the whole entry.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,16 +38,108 @@ from tickvault.records import KINDS, KindSpec, Record, _check_value, kind_of, sp
 FRAME_VERSION = 1
 
 
+class Const(msgspec.Struct, frozen=True, tag_field="t", tag="const"):
+    value: str
+    n: int
+
+
+class Dict(msgspec.Struct, frozen=True, tag_field="t", tag="dict"):
+    values: list[str]
+    index: bytes
+
+
+class F64(msgspec.Struct, frozen=True, tag_field="t", tag="f8"):
+    data: bytes
+
+
+class I64(msgspec.Struct, frozen=True, tag_field="t", tag="i8"):
+    data: bytes
+
+
+class B1(msgspec.Struct, frozen=True, tag_field="t", tag="b1"):
+    data: bytes
+
+
+Column = list[Any] | Const | Dict | F64 | I64 | B1
+_LITTLE = sys.byteorder == "little"
+
+
+def _le(values: array[Any]) -> bytes:
+    if not _LITTLE:
+        values.byteswap()
+    return values.tobytes()
+
+
+def _from_le(code: str, data: bytes) -> list[Any]:
+    values = array(code)
+    values.frombytes(data)
+    if not _LITTLE:
+        values.byteswap()
+    return values.tolist()
+
+
+def column_length(col: Column) -> int:
+    if isinstance(col, list):
+        return len(col)
+    if isinstance(col, Const):
+        return col.n
+    if isinstance(col, Dict):
+        return len(col.index) // 4
+    if isinstance(col, B1):
+        return len(col.data)
+    return len(col.data) // 8
+
+
+def column_values(col: Column) -> list[Any]:
+    """The column as a plain list of Python values (the slow path, for rejected rows)."""
+    if isinstance(col, list):
+        return col
+    if isinstance(col, Const):
+        return [col.value] * col.n
+    if isinstance(col, Dict):
+        return [col.values[i] for i in _from_le("i", col.index)]
+    if isinstance(col, F64):
+        return _from_le("d", col.data)
+    if isinstance(col, I64):
+        return _from_le("q", col.data)
+    return [bool(b) for b in col.data]
+
+
+def pack_column(values: list[Any], arrow_type: pa.DataType) -> Column:
+    """Pack a column for the wire when every value fits the packed form; else keep the list."""
+    n = len(values)
+    try:
+        if arrow_type == pa.float64():
+            return F64(_le(array("d", values)))
+        if arrow_type == pa.int64() or arrow_type == pa.timestamp("us"):
+            return I64(_le(array("q", values)))
+        if arrow_type == pa.bool_():
+            if set(values) <= {True, False}:
+                return B1(bytes(values))
+            return values
+    except (TypeError, OverflowError):
+        return values
+    if arrow_type == pa.string() and n:
+        first = values[0]
+        if isinstance(first, str) and values.count(first) == n:
+            return Const(first, n)
+        uniques = list(dict.fromkeys(values))
+        if all(isinstance(u, str) for u in uniques):
+            position = {u: i for i, u in enumerate(uniques)}
+            return Dict(uniques, _le(array("i", [position[v] for v in values])))
+    return values
+
+
 class Frame(msgspec.Struct, frozen=True):
-    """A decoded frame: the record kind and one list per column."""
+    """A decoded frame: the record kind and one column per field."""
 
     kind: str
-    cols: dict[str, list[Any]]
+    cols: dict[str, Column]
     v: int = FRAME_VERSION
 
     def __len__(self) -> int:
-        for values in self.cols.values():
-            return len(values)
+        for col in self.cols.values():
+            return column_length(col)
         return 0
 
 
@@ -48,7 +147,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Frame)
 
 
-def encode_frame(kind: str, cols: dict[str, list[Any]]) -> bytes:
+def encode_frame(kind: str, cols: dict[str, Column]) -> bytes:
     return _encoder.encode(Frame(kind, cols))
 
 
@@ -76,7 +175,7 @@ def decode_frame(payload: bytes) -> Frame:
     missing = [c for c in spec.columns if c not in frame.cols]
     if missing:
         raise DecodeError(f"frame lacks column(s) {', '.join(missing)}")
-    lengths = {len(frame.cols[c]) for c in spec.columns}
+    lengths = {column_length(frame.cols[c]) for c in spec.columns}
     if len(lengths) > 1:
         raise DecodeError("frame columns differ in length")
     return frame
@@ -107,12 +206,16 @@ class FrameBuilder:
         return len(self.rows)
 
     def take(self) -> bytes:
-        columns = self.spec.columns
+        fields = self.spec.schema
+        cols: dict[str, Column]
         if self.rows:
             transposed = zip(*self.rows, strict=True)
-            cols = {name: list(values) for name, values in zip(columns, transposed, strict=True)}
+            cols = {
+                f.name: pack_column(list(values), f.type)
+                for f, values in zip(fields, transposed, strict=True)
+            }
         else:
-            cols = {name: [] for name in columns}
+            cols = {name: [] for name in self.spec.columns}
         self.rows = []
         return encode_frame(self.kind, cols)
 
@@ -127,8 +230,22 @@ class Reject:
     key: str
 
 
-def _row(frame: Frame, spec: KindSpec, i: int) -> dict[str, Any]:
-    return {c: frame.cols[c][i] for c in spec.columns}
+def _to_arrow(col: Column, arrow_type: pa.DataType, n: int) -> pa.Array:
+    if isinstance(col, list):
+        return pa.array(col, type=arrow_type)
+    if isinstance(col, Const):
+        return pa.repeat(pa.scalar(col.value, type=arrow_type), n)
+    if isinstance(col, Dict):
+        index = pa.Array.from_buffers(pa.int32(), n, [None, pa.py_buffer(col.index)])
+        return pa.DictionaryArray.from_arrays(index, pa.array(col.values, pa.string())).cast(
+            arrow_type
+        )
+    if isinstance(col, B1):
+        raw = pa.Array.from_buffers(pa.uint8(), n, [None, pa.py_buffer(col.data)])
+        return raw.cast(arrow_type)
+    if len(col.data) != 8 * n:
+        raise ValueError("packed column has the wrong size")
+    return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(col.data)])
 
 
 def _reject(spec: KindSpec, row: dict[str, Any], reason: str) -> Reject:
@@ -188,11 +305,12 @@ def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
     value never takes its neighbours down with it.
     """
     spec = KINDS[frame.kind]
+    n = len(frame)
     try:
         table = pa.table(
-            [pa.array(frame.cols[f.name], type=f.type) for f in spec.schema], schema=spec.schema
+            [_to_arrow(frame.cols[f.name], f.type, n) for f in spec.schema], schema=spec.schema
         )
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, IndexError):
         table = None
     if table is not None:
         mask = _bad_mask(spec, table)
@@ -200,8 +318,12 @@ def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
             return table, []
     good: list[dict[str, Any]] = []
     rejects: list[Reject] = []
-    for i in range(len(frame)):
-        row = _row(frame, spec, i)
+    try:
+        columns = {c: column_values(frame.cols[c]) for c in spec.columns}
+    except (ValueError, IndexError) as exc:
+        raise DecodeError(f"corrupt packed column: {exc}") from None
+    for i in range(n):
+        row = {c: columns[c][i] for c in spec.columns}
         reason = _row_reason(spec, row)
         if reason is None:
             good.append(row)

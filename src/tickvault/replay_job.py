@@ -1,0 +1,66 @@
+"""The ``replay`` job: recorded files through the whole pipeline until all is stored.
+
+Parsing runs in a producer process (see :mod:`tickvault.producer`); this process owns the
+data dir, runs the writer and answers ``query``/``status``. Used by ``tickvault replay``
+and by ``bench/e2e.py`` so that the benchmark measures exactly what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tickvault.checkpoints import CheckpointStore
+from tickvault.config import Settings
+from tickvault.errors import ConfigError
+from tickvault.pipeline import Pipeline, RunSummary
+from tickvault.producer import ProducerProcess, ProducerResult, ReplaySpec
+from tickvault.sources.replay import count_lines, file_key
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    paths: list[Path]
+    total_lines: int
+    resume_at: int
+    """Lines already published by earlier runs (checkpoints), summed over the files."""
+
+
+def plan_replay(settings: Settings, paths: list[Path], restart: bool = False) -> ReplayPlan:
+    """Check the files and read their checkpoints; raise ConfigError for a missing file."""
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"replay: no such file: {path}")
+    resume_at = 0
+    if not restart:
+        checkpoints = CheckpointStore(settings.state_path)
+        try:
+            resume_at = sum(checkpoints.get(file_key(p))[0] for p in paths)
+        finally:
+            checkpoints.close()
+    return ReplayPlan(list(paths), sum(count_lines(p) for p in paths), resume_at)
+
+
+async def run_replay(
+    settings: Settings,
+    plan: ReplayPlan,
+    *,
+    restart: bool = False,
+    on_progress: Callable[[Pipeline], None] | None = None,
+    handle_signals: bool = False,
+) -> tuple[RunSummary, ProducerResult]:
+    """Replay ``plan`` and wait until every record is stored and acknowledged."""
+    producer = ProducerProcess(settings, ReplaySpec(plan.paths, restart))
+    async with Pipeline(settings, [], drain_timeout=None) as pipeline:
+        pipeline.producers.append(producer)
+        if handle_signals:
+            pipeline.install_signal_handlers()
+        run_task = asyncio.create_task(pipeline.run())
+        while not run_task.done():
+            if on_progress is not None:
+                on_progress(pipeline)
+            await asyncio.wait({run_task}, timeout=0.25)
+        summary = run_task.result()
+    return summary, producer.result
