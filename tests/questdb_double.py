@@ -539,10 +539,10 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def _send(self, status: int, doc: dict[str, Any] | None) -> None:
-        body = b"" if doc is None else json.dumps(doc).encode()
+        body = b"" if doc is None else json.dumps(doc, separators=(",", ":")).encode()
         self.send_response(status)
         if doc is not None:
-            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)

@@ -154,7 +154,9 @@ class ClickHouseServer:
         config = self.workdir / "config.xml"
         config.write_text(
             _CLICKHOUSE_CONFIG.format(
-                dir=self.workdir, http_port=self.http_port, tcp_port=self.tcp_port,
+                dir=self.workdir,
+                http_port=self.http_port,
+                tcp_port=self.tcp_port,
                 interserver_port=self.interserver_port,
             )
         )

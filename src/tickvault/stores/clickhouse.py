@@ -47,7 +47,7 @@ from tickvault.stores.clickhouse_schema import (
     quote_ident,
     quote_str,
 )
-from tickvault.stores.keys import first_per_key
+from tickvault.stores.keys import first_per_key, order_column
 from tickvault.stores.sql_guard import check_single_select
 
 _ROW_COLUMN = "_tv_row"
@@ -253,7 +253,7 @@ class ClickHouseStore(Store):
     async def latest(self, kind: str, symbol: str) -> dict[str, Any] | None:
         spec = spec_for(kind)
         await self.ensure_schema()
-        order = "ts_open" if kind == "bar" else "ts_recv"
+        order = order_column(spec)
         sql = (
             f"SELECT * FROM {self._table(spec)} WHERE symbol = {quote_str(symbol)}"
             f" ORDER BY {order} DESC LIMIT 1"

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from tickvault.records import KINDS, KindSpec
 from tickvault.stores.clickhouse_http import ServerFeatures
-from tickvault.stores.keys import EVENT_TIME
+from tickvault.stores.keys import event_time
 
 GUARD_COLUMN = "_tv_guard"
 GUARD_CONSTRAINT = "tv_guard"
@@ -109,15 +109,15 @@ def create_table_sql(spec: KindSpec, database: str, features: ServerFeatures) ->
         cols.append(f"CONSTRAINT {GUARD_CONSTRAINT} CHECK {guard}")
     else:
         cols.append(f"{GUARD_COLUMN} UInt8 MATERIALIZED throwIf(NOT ({guard}))")
-    event = EVENT_TIME[spec.kind]
-    event_time = event if features.datetime64 else f"toDateTime(intDiv({event}, 1000000))"
+    event = event_time(spec)
+    partition_time = event if features.datetime64 else f"toDateTime(intDiv({event}, 1000000))"
     settings = (
         " SETTINGS non_replicated_deduplication_window = 1000" if features.dedup_token else ""
     )
     return (
         f"CREATE TABLE IF NOT EXISTS {quote_ident(database)}.{quote_ident(spec.table)}"
         f" ({', '.join(cols)}) ENGINE = ReplacingMergeTree()"
-        f" PARTITION BY toYYYYMM({event_time})"
+        f" PARTITION BY toYYYYMM({partition_time})"
         f" ORDER BY ({', '.join(quote_ident(k) for k in spec.key)}){settings}"
     )
 

@@ -21,6 +21,30 @@ redelivered record land in the same partition and collapse there.
 """
 
 
+def event_time(spec: KindSpec) -> str:
+    """The kind's event-time column (see :data:`EVENT_TIME`); for kinds not listed there,
+    a non-nullable timestamp column: one in the key, else ``ts_event``, else ``ts_recv``,
+    else the first one."""
+    if spec.kind in EVENT_TIME:
+        return EVENT_TIME[spec.kind]
+    required = [
+        str(f.name) for f in spec.schema if f.name in spec.timestamp_columns and not f.nullable
+    ]
+    for name in [*(k for k in spec.key if k in required), "ts_event", "ts_recv", *required]:
+        if name in required:
+            return name
+    raise ValueError(f"record kind {spec.kind} has no non-nullable timestamp column")
+
+
+def order_column(spec: KindSpec) -> str:
+    """The column ``latest()`` orders by: ``ts_recv`` where the kind has it, else event time."""
+    return (
+        "ts_open"
+        if spec.kind == "bar"
+        else ("ts_recv" if "ts_recv" in spec.columns else event_time(spec))
+    )
+
+
 def first_per_key(table: pa.Table, spec: KindSpec) -> pa.Table:
     """``table`` without rows whose natural key appeared earlier in it."""
     table = table.combine_chunks()

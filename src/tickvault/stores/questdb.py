@@ -10,7 +10,7 @@ Tables (created with ``/exec``)::
         ts_event TIMESTAMP, ts_recv TIMESTAMP) TIMESTAMP(ts_event) PARTITION BY DAY WAL
         DEDUP UPSERT KEYS(ts_event, exchange, symbol, trade_id)
 
-The designated timestamp is the record's event time (:data:`tickvault.stores.keys.EVENT_TIME`)
+The designated timestamp is the record's event time (:func:`tickvault.stores.keys.event_time`)
 and is always sent explicitly: a server-assigned timestamp would differ between deliveries and
 defeat deduplication. Depth levels (lists of floats) are stored as JSON text, because ILP
 protocol version 1 has no arrays; ``query`` turns them back into lists.
@@ -27,7 +27,7 @@ A write of one batch:
    raises :class:`StoreUnavailable`: the rows are committed in the WAL and a retry is
    harmless, because QuestDB deduplicates on the upsert keys when it applies the WAL.
 
-Errors: an HTTP 400 answer (``"code":"invalid"``) or a value the client itself refuses
+Errors: an answer with ``"code":"invalid"`` (HTTP 400) or a value the client itself refuses
 (a designated timestamp before 1970) is :class:`BatchRejected`; anything else (connection,
 HTTP 5xx such as ``"internal error"`` from a damaged WAL) is :class:`StoreUnavailable`.
 """
@@ -56,7 +56,7 @@ from tickvault.errors import (
 )
 from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
-from tickvault.stores.keys import EVENT_TIME, first_per_key
+from tickvault.stores.keys import event_time, first_per_key, order_column
 from tickvault.stores.questdb_rest import (
     QuestDBQueryError,
     QuestDBREST,
@@ -72,6 +72,7 @@ LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
 _HTTP_STATUS = re.compile(r"http-status=(\d+)")
+_ERROR_CODE = re.compile(r"code: ([^,\]]+)")
 
 
 def _client() -> Any:
@@ -87,10 +88,12 @@ def _client() -> Any:
     return module
 
 
-def column_type(field: pa.Field, text_type: str) -> str:
+def column_type(field: pa.Field, text_type: str, key: tuple[str, ...]) -> str:
+    """QuestDB type of a column: strings in the natural key are SYMBOLs (sent as ILP tags),
+    other strings and depth levels (JSON) are text."""
     t = field.type
     if t == pa.string():
-        return "SYMBOL"
+        return "SYMBOL" if field.name in key else text_type
     if t == pa.int64():
         return "LONG"
     if t == pa.float64():
@@ -105,8 +108,8 @@ def column_type(field: pa.Field, text_type: str) -> str:
 
 
 def create_table_sql(spec: KindSpec, text_type: str) -> str:
-    ts = EVENT_TIME[spec.kind]
-    cols = ", ".join(f"{f.name} {column_type(f, text_type)}" for f in spec.schema)
+    ts = event_time(spec)
+    cols = ", ".join(f"{f.name} {column_type(f, text_type, spec.key)}" for f in spec.schema)
     upsert = [ts, *(k for k in spec.key if k != ts)]
     return (
         f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}) TIMESTAMP({ts})"
@@ -211,7 +214,7 @@ class QuestDBStore(Store):
         self._schema_ready = True
 
     async def _check_table(self, spec: KindSpec, info: TableInfo) -> None:
-        ts = EVENT_TIME[spec.kind]
+        ts = event_time(spec)
         problems = []
         if not info.wal:
             problems.append("is not a WAL table")
@@ -248,7 +251,7 @@ class QuestDBStore(Store):
 
     async def _stored_keys(self, spec: KindSpec, batch: pa.Table) -> set[tuple[Any, ...]]:
         """Upsert keys (designated timestamp + natural key) of ``batch`` already stored."""
-        ts = EVENT_TIME[spec.kind]
+        ts = event_time(spec)
         micros = pc.cast(batch.column(ts), pa.int64())
         bounds = pc.min_max(micros).as_py()
         where = [
@@ -269,9 +272,9 @@ class QuestDBStore(Store):
     def _send(self, spec: KindSpec, batch: pa.Table) -> None:
         """Build one ILP request for ``batch`` and flush it as one transaction (thread)."""
         client = _client()
-        ts = EVENT_TIME[spec.kind]
-        symbols = [f.name for f in spec.schema if f.type == pa.string()]
-        fields = [f for f in spec.schema if f.type != pa.string() and f.name != ts]
+        ts = event_time(spec)
+        symbols = [f.name for f in spec.schema if f.type == pa.string() and f.name in spec.key]
+        fields = [f for f in spec.schema if f.name not in symbols and f.name != ts]
         convert = [(f.name, _converter(f, client)) for f in fields]
         symbol_values = [batch.column(n).to_pylist() for n in symbols]
         field_values = [_python_values(batch.column(n)) for n, _ in convert]
@@ -314,7 +317,11 @@ class QuestDBStore(Store):
         text = str(exc)
         match = _HTTP_STATUS.search(text)
         status = int(match.group(1)) if match else None
+        code = _ERROR_CODE.search(text)
+        refused = code is not None and code.group(1).strip() == "invalid"
         if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
+            refused = True
+        if refused:
             return BatchRejected(f"QuestDB refused the batch for {table}: {text}")
         return StoreUnavailable(f"QuestDB could not take the batch for {table}: {text}")
 
@@ -368,7 +375,7 @@ class QuestDBStore(Store):
     async def latest(self, kind: str, symbol: str) -> dict[str, Any] | None:
         spec = spec_for(kind)
         await self.ensure_schema()
-        order = "ts_open" if kind == "bar" else "ts_recv"
+        order = order_column(spec)
         doc = await self._rest.exec(
             f"SELECT * FROM {spec.table} WHERE symbol = {_sql_str(symbol)}"
             f" ORDER BY {order} DESC LIMIT 1"
@@ -412,7 +419,7 @@ class QuestDBStore(Store):
 
 
 def _upsert_columns(spec: KindSpec) -> list[str]:
-    ts = EVENT_TIME[spec.kind]
+    ts = event_time(spec)
     return [ts, *(k for k in spec.key if k != ts)]
 
 
