@@ -55,6 +55,7 @@ async def collect_status(
             "url": store_url,
             "tables": tables,
             "last_write_at": last_write,
+            "wal": wal,
             "error": store_error,
         },
         "dead_letters": {"total": sum(by_reason.values()), "by_reason": by_reason},
