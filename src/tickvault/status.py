@@ -40,10 +40,14 @@ async def collect_status(
     by_reason = await bus.dead_letter_counts()
     tables: dict[str, int] | None = None
     store_error = None
+    wal: dict[str, Any] | None = None
     if store is not None:
         try:
             tables = await store.counts()
-        except Exception as exc:
+            wal_status = getattr(store, "wal_status", None)  # stores with a WAL (QuestDB)
+            if wal_status is not None:
+                wal = msgspec.to_builtins(await wal_status())
+        except Exception as exc:  # noqa: BLE001 - reported, never fatal for status
             store_error = str(exc)
     last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
     return {
