@@ -47,7 +47,7 @@ async def collect_status(
             wal_status = getattr(store, "wal_status", None)  # stores with a WAL (QuestDB)
             if wal_status is not None:
                 wal = msgspec.to_builtins(await wal_status())
-        except Exception as exc:  # noqa: BLE001 - reported, never fatal for status
+        except Exception as exc:  # reported, never fatal for status
             store_error = str(exc)
     last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
     return {
