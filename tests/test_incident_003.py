@@ -1,4 +1,4 @@
-"""Incident 003 (zombie consumers and stale pending entries), on every bus backend.
+"""Incident 003 (zombie consumers and stale pending entries), on the SQLite and Redis buses.
 
 The incident: an execution service named its consumer after its PID, so each restart left a
 dead consumer behind, and entries a crashed process had read but not acknowledged stayed
@@ -9,7 +9,9 @@ pending) is :class:`~tickvault.maintenance.StreamUpkeep`; these are its regressi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+
+import pytest
 
 from tickvault.bus.base import Bus, Entry
 from tickvault.consumer import ReliableConsumer
@@ -20,6 +22,13 @@ from .stream_helpers import consumer_idle_at_least, pending_idle_at_least, poll_
 S, G = "trade.intent", "execution"
 CRASHED = "execution-prod-1-3933260"
 LIVE = "execution-prod-1"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def bus(request: pytest.FixtureRequest) -> Bus:
+    """The buses with per-entry claims (``Capabilities.claim``), which this relies on."""
+    factory: Callable[[], Awaitable[Bus]] = request.getfixturevalue(f"{request.param}_bus_factory")
+    return await factory()
 
 
 async def _intents(bus: Bus, n: int) -> list[bytes]:

@@ -1,9 +1,11 @@
-"""ReliableConsumer: at-least-once handling for a user's own service, on every bus backend."""
+"""ReliableConsumer: at-least-once handling for a user's own service, on SQLite and Redis."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sized
+from collections.abc import Awaitable, Callable, Sized
+
+import pytest
 
 from tickvault import Entry, ReliableConsumer
 from tickvault.bus.base import Bus
@@ -13,6 +15,13 @@ from .servers import RedisServer
 from .stream_helpers import poll_until
 
 S, G = "trade.intent", "execution"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def bus(request: pytest.FixtureRequest) -> Bus:
+    """The buses with per-entry claims (``Capabilities.claim``), which this relies on."""
+    factory: Callable[[], Awaitable[Bus]] = request.getfixturevalue(f"{request.param}_bus_factory")
+    return await factory()
 
 
 async def _run_until(consumer: ReliableConsumer, handled: Sized, n: int) -> None:
