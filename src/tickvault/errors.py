@@ -58,3 +58,27 @@ class BatchRejected(StoreError):
 
 class QueryRejected(StoreError):
     """A query was refused: not a single read-only statement, or too expensive."""
+
+
+class PositionError(TickvaultError):
+    """A position operation was refused; nothing was written."""
+
+
+class PositionInputError(PositionError):
+    """An argument is invalid (a non-positive or non-finite size or price, an unknown side...)."""
+
+
+class PositionStateError(PositionError):
+    """The operation does not fit the trade's state (not open, already exists, changed)."""
+
+
+class SafeModeError(PositionError):
+    """The position book is in safe mode (crash-loop guard tripped): it writes nothing."""
+
+
+class LedgerError(PositionError):
+    """A capital ledger has a shape or content the reader does not accept."""
+
+
+class PositionSourceError(PositionError):
+    """A restore source cannot be read (missing, unreachable, corrupt); restore tries the next."""

@@ -1,1 +1,52 @@
-"""Position state that restores safely (see docs/positions.md)."""
+"""Position state that restores safely (see docs/positions.md).
+
+A trading process calls :func:`start_positions` once, then changes positions through the
+returned :class:`PositionBook`; every change is an append-only snapshot row in the state
+store, and a restart restores through :func:`restore` without ever failing on a bad row.
+"""
+
+from tickvault.positions.book import PositionBook
+from tickvault.positions.guard import AlertEvent, CrashLoopGuard, CrashLoopPolicy, GuardDecision
+from tickvault.positions.importer import ImportReport, import_jsonl
+from tickvault.positions.ledger import LedgerReading, parse_capital_ledger, read_capital_ledger
+from tickvault.positions.model import EPSILON, Position, StateRow, assess_latest
+from tickvault.positions.reconcile import ReconcileReport, reconcile
+from tickvault.positions.restore import QuarantinedRow, RestoreReport, SourceAttempt, restore
+from tickvault.positions.sources import (
+    JsonFileSource,
+    RedisHashSource,
+    RestoreSource,
+    StateStoreSource,
+)
+from tickvault.positions.startup import Startup, start_positions
+from tickvault.positions.store import PositionStore
+
+__all__ = [
+    "EPSILON",
+    "AlertEvent",
+    "CrashLoopGuard",
+    "CrashLoopPolicy",
+    "GuardDecision",
+    "ImportReport",
+    "JsonFileSource",
+    "LedgerReading",
+    "Position",
+    "PositionBook",
+    "PositionStore",
+    "QuarantinedRow",
+    "ReconcileReport",
+    "RedisHashSource",
+    "RestoreReport",
+    "RestoreSource",
+    "SourceAttempt",
+    "Startup",
+    "StateRow",
+    "StateStoreSource",
+    "assess_latest",
+    "import_jsonl",
+    "parse_capital_ledger",
+    "read_capital_ledger",
+    "reconcile",
+    "restore",
+    "start_positions",
+]

@@ -1,7 +1,267 @@
-"""``tickvault positions ...`` commands."""
+"""``tickvault positions ...`` commands.
+
+All take ``--data-dir`` (env ``TICKVAULT_DATA_DIR``, default ``./tickvault-data``); the
+state lives in ``<data dir>/state.sqlite3``. ``--json`` prints JSON on stdout. Errors that
+are the user's to fix print one line and exit 2. Malformed stored rows are never an error:
+they are reported, and the exit status stays 0.
+"""
 
 from __future__ import annotations
 
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import orjson
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from tickvault.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
+from tickvault.errors import TickvaultError
+from tickvault.positions.guard import CrashLoopGuard, CrashLoopPolicy
+from tickvault.positions.importer import import_jsonl
+from tickvault.positions.reconcile import reconcile as run_reconcile
+from tickvault.positions.restore import judge, restore
+from tickvault.positions.sources import (
+    JsonFileSource,
+    RedisHashSource,
+    RestoreSource,
+    StateStoreSource,
+)
+from tickvault.positions.startup import STATE_FILE
+from tickvault.positions.store import PositionStore
 
 app = typer.Typer(help="Position state: import, show, restore, reconcile.", no_args_is_help=True)
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[
+    Path,
+    typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory.", show_default=True),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _print_json(value: Any) -> None:
+    data = msgspec.to_builtins(value)
+    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.flush()
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except TickvaultError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _iso(ts: Any) -> str:
+    if isinstance(ts, int) and not isinstance(ts, bool):
+        try:
+            return datetime.fromtimestamp(ts / 1e6, UTC).isoformat(timespec="seconds")
+        except (OverflowError, OSError, ValueError):
+            pass
+    return repr(ts)
+
+
+def _state_path(data_dir: Path) -> Path:
+    return data_dir / STATE_FILE
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One JSON row per line.")],
+    json_out: JsonFlag = False,
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+) -> None:
+    """Load snapshot rows exported from another system as they are (invalid ones too)."""
+    with _user_errors(), PositionStore(_state_path(data_dir)) as store:
+        report = import_jsonl(store, file)
+    if json_out:
+        _print_json(report)
+        return
+    out.print(
+        f"{report.lines:,} lines: imported {report.imported:,}, already present"
+        f" {report.duplicates:,}, unparseable {len(report.unparseable):,},"
+        f" flagged {len(report.flagged):,} (stored anyway)",
+        highlight=False,
+    )
+    for f in report.flagged:
+        out.print(f"  flagged line {f.line}: trade {f.trade_id!r}: {f.reason}", highlight=False)
+    for f in report.unparseable:
+        out.print(f"  unparseable line {f.line}: {f.reason}", highlight=False)
+    if report.extra_columns:
+        out.print(f"  extra columns kept in raw: {', '.join(report.extra_columns)}")
+
+
+@app.command()
+def show(json_out: JsonFlag = False, data_dir: DataDir = Path(DEFAULT_DATA_DIR)) -> None:
+    """Show open positions and malformed latest rows (reads only)."""
+    path = _state_path(data_dir)
+    if not path.is_file():
+        if json_out:
+            _print_json({"positions": [], "malformed": [], "rows": 0, "quarantined": 0})
+        else:
+            out.print(f"no position state in {data_dir}")
+        return
+    with _user_errors(), PositionStore(path, read_only=True) as store:
+        candidates = StateStoreSource(store).read() or []
+        positions, malformed = judge(candidates, "state-store")
+        rows, quarantined = store.row_count(), len(store.quarantined())
+    if json_out:
+        _print_json(
+            {
+                "positions": positions,
+                "malformed": [
+                    {"trade_id": q.trade_id, "reason": q.reason, "row": q.row} for q in malformed
+                ],
+                "rows": rows,
+                "quarantined": quarantined,
+            }
+        )
+        return
+    table = Table(
+        "trade", "symbol", "side", "quantity", "notional", "entry", "bars", "since", "seq"
+    )
+    for p in positions:
+        table.add_row(
+            p.trade_id,
+            p.symbol,
+            p.side,
+            f"{p.quantity:g}",
+            f"{p.notional:,.2f}",
+            f"{p.entry_price:g}",
+            str(p.bars_held),
+            _iso(p.ts),
+            str(p.seq),
+        )
+    out.print(table)
+    out.print(
+        f"{len(positions)} open, {len(malformed)} malformed latest row(s), {rows:,} rows,"
+        f" {quarantined} quarantine copies",
+        highlight=False,
+    )
+    for q in malformed:
+        out.print(f"  [yellow]malformed[/yellow] trade {q.trade_id!r}: {q.reason}", highlight=False)
+
+
+@app.command("restore")
+def restore_(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Write nothing.")] = False,
+    json_out: JsonFlag = False,
+    snapshot: Annotated[
+        Path | None, typer.Option("--snapshot", help="Secondary JSON snapshot file.")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option("--redis-url", help="Secondary Redis hash server.")
+    ] = None,
+    redis_key: Annotated[str, typer.Option(help="Key of the Redis hash.")] = "tickvault:positions",
+    ledger: Annotated[Path | None, typer.Option(help="Capital ledger JSON file.")] = None,
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+) -> None:
+    """Run the restore chain (state store, --snapshot, --redis-url, flat) and report it."""
+    # The report below says everything restore logs; keep stderr for errors.
+    logging.getLogger("tickvault.positions").addHandler(logging.NullHandler())
+    path = _state_path(data_dir)
+    with _user_errors():
+        store: PositionStore | None = None
+        if not dry_run:
+            store = PositionStore(path)
+        elif path.is_file():
+            store = PositionStore(path, read_only=True)
+        chain: list[RestoreSource] = [StateStoreSource(store if store is not None else path)]
+        if snapshot is not None:
+            chain.append(JsonFileSource(snapshot))
+        if redis_url is not None:
+            chain.append(RedisHashSource(redis_url, redis_key))
+        try:
+            report = restore(chain, quarantine_store=store, dry_run=dry_run, ledger=ledger)
+        finally:
+            if store is not None:
+                store.close()
+    if json_out:
+        _print_json(report.to_dict())
+        return
+    for a in report.sources_tried:
+        detail = f" ({a.detail})" if a.detail else ""
+        out.print(
+            f"source {a.source}: {a.outcome}{detail}: {a.rows} rows, {a.restored} restored,"
+            f" {a.quarantined} quarantined",
+            highlight=False,
+        )
+    out.print(f"restored {len(report.restored)} position(s) from {report.source_used}")
+    for p in report.restored:
+        out.print(f"  {p.trade_id} {p.symbol} {p.side} {p.quantity:g} @ {p.entry_price:g}")
+    for q in report.quarantined:
+        out.print(f"  [yellow]quarantined[/yellow] {q.trade_id!r}: {q.reason}", highlight=False)
+    if report.capital is not None:
+        c = report.capital
+        out.print(f"capital {c.capital:,.2f} (ledger {c.shape}-shaped, {c.entries} entries)")
+    for w in report.warnings:
+        out.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    if dry_run:
+        out.print("(dry run: nothing written)")
+
+
+@app.command()
+def reconcile(
+    apply: Annotated[bool, typer.Option("--apply", help="Append tombstone CLOSED rows.")] = False,
+    json_out: JsonFlag = False,
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+) -> None:
+    """List legacy malformed rows; with --apply, settle latest ones with tombstones."""
+    path = _state_path(data_dir)
+    if not path.is_file():
+        if json_out:
+            _print_json({"latest": [], "superseded": [], "applied": apply, "tombstones": []})
+        else:
+            out.print(f"no position state in {data_dir}")
+        return
+    with _user_errors(), PositionStore(path, read_only=not apply) as store:
+        report = run_reconcile(store, apply=apply)
+    if json_out:
+        _print_json(report)
+        return
+    out.print(f"{len(report.latest)} trade(s) with a malformed latest row (restore quarantines)")
+    for m in report.latest:
+        out.print(f"  row {m.row_id} trade {m.trade_id!r}: {m.reason}", highlight=False)
+    out.print(f"{len(report.superseded)} malformed row(s) already superseded (no action)")
+    for t in report.tombstones:
+        what = f"tombstone seq {t.seq}" if t.seq is not None else "skipped (changed meanwhile)"
+        out.print(f"  trade {t.trade_id!r}: {what}", highlight=False)
+    if report.latest and not apply:
+        out.print("run with --apply to append tombstone CLOSED rows (history is kept)")
+
+
+@app.command()
+def guard(
+    reset: Annotated[bool, typer.Option("--reset", help="Forget recorded starts.")] = False,
+    max_starts: Annotated[int, typer.Option(help="Starts allowed in the window.")] = 5,
+    window: Annotated[float, typer.Option(help="Window in seconds.")] = 600.0,
+    json_out: JsonFlag = False,
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+) -> None:
+    """Show the crash-loop guard's start count; --reset clears it (leaves safe mode)."""
+    with _user_errors(), PositionStore(_state_path(data_dir)) as store:
+        g = CrashLoopGuard(store, CrashLoopPolicy(max_starts=max_starts, window_seconds=window))
+        cleared = g.reset() if reset else 0
+        status = g.status()
+    if json_out:
+        _print_json({"status": status, "cleared": cleared})
+        return
+    state = "[red]tripped[/red]" if status.safe_mode else "ok"
+    out.print(
+        f"{status.starts_in_window} start(s) within {status.window_seconds:g} s"
+        f" (limit {status.max_starts}): {state}"
+    )
+    if reset:
+        out.print(f"cleared {cleared} recorded start(s)")
