@@ -3,7 +3,7 @@
 ``python -m tests.writer_process BUS_URL STORE_PATH CONSUMER`` opens the bus and its own
 DuckDB file, prints ``ready``, waits for a line on stdin (so several writers start
 together), drains the ``writers`` group of stream ``ticks`` as ``CONSUMER``, and prints one
-JSON line with what it stored and how long it took.
+JSON line with what it stored, when it started and when it committed its last batch.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ async def drain(bus_url: str, store_path: Path, consumer: str) -> dict[str, floa
         await bus.ensure_group("ticks", "writers")
         print("ready", flush=True)
         await asyncio.to_thread(sys.stdin.readline)
-        started = time.perf_counter()
+        started = time.time()
         writer = Writer(bus, store, WriterConfig(consumer=consumer, claim_idle_ms=600_000))
         drained = asyncio.Event()
         drained.set()
@@ -36,7 +36,9 @@ async def drain(bus_url: str, store_path: Path, consumer: str) -> dict[str, floa
         return {
             "inserted": writer.stats.inserted,
             "entries": writer.stats.entries,
-            "seconds": time.perf_counter() - started,
+            "started_at": started,
+            "last_commit_at": writer.stats.last_commit_at or started,
+            "seconds": time.time() - started,
         }
     finally:
         await bus.close()
