@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import os
 import sys
 import time
 from collections.abc import Coroutine
@@ -25,11 +26,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tickvault import control
+from tickvault.backfill_cli import app as backfill_app
 from tickvault.bus import open_bus
 from tickvault.bus.base import DeadLetter
 from tickvault.codec import FrameBuilder
 from tickvault.config import (
     ENV_DATA_DIR,
+    BinanceSettings,
+    PolygonSettings,
     ReplaySettings,
     Settings,
     SyntheticSettings,
@@ -57,6 +61,7 @@ dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(positions_app, name="positions")
 app.add_typer(streams_app, name="streams")
+app.add_typer(backfill_app, name="backfill")
 
 out = Console()
 err = Console(stderr=True)
@@ -126,6 +131,10 @@ def _build_sources(settings: Settings) -> list[Source]:
             sources.append(
                 ReplaySource([Path(p) for p in opts.paths], CheckpointStore(settings.state_path))
             )
+        elif isinstance(opts, BinanceSettings | PolygonSettings):
+            from tickvault.backfill_cli import build_collector
+
+            sources.append(build_collector(opts, settings, os.environ))
     return sources
 
 
@@ -419,6 +428,18 @@ def status(
                 f" consumers {g['consumers']}",
                 highlight=False,
             )
+    for src in data.get("sources") or []:
+        age = src.get("last_message_age_s")
+        out.print(
+            f"[bold]source[/bold] {src['name']} ({src['kind']}): connected {src['connected']},"
+            f" last message {'-' if age is None else f'{age:,.1f} s'} ago,"
+            f" {src['messages']:,} messages, {src['reconnects']} reconnects, gaps open"
+            f" {src['gaps_open']} / backfilled {src['gaps_backfilled']} / unrecoverable"
+            f" {src.get('gaps_unrecoverable', 0)}",
+            highlight=False,
+        )
+        if src.get("detail"):
+            out.print(f"  {src['detail']}", highlight=False)
     dl = data["dead_letters"]
     out.print(f"[bold]dead letters[/bold] {dl['total']:,}")
     for reason, n in dl["by_reason"].items():

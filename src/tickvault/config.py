@@ -103,10 +103,85 @@ class UpkeepSettings(_Section):
     """Remove bus entries every group has acknowledged."""
 
 
-SourceSettings = SyntheticSettings | ReplaySettings
+class BinanceSettings(_Section):
+    kind: str = "binance"
+    name: str = "binance"
+    symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT"])
+    """Spot symbols, e.g. ``["BTCUSDT", "ETHUSDT"]``."""
+    channels: list[str] = msgspec.field(default_factory=lambda: ["trade"])
+    """Any of ``trade``, ``aggTrade``, ``bookTicker``, ``depth`` (diffs at 100 ms)."""
+    ws_url: str = "wss://stream.binance.com:9443"
+    """Websocket base URL (testnets, mirrors and test servers override it)."""
+    rest_url: str = "https://api.binance.com"
+    """REST base URL for backfills and depth snapshots."""
+    api_key_env: str | None = None
+    """Environment variable holding an API key; enables exact trade backfill
+    (``historicalTrades``). The key itself never goes into the config file."""
+    max_streams_per_connection: int = 1024
+    """Streams per websocket connection (the venue's limit is 1024)."""
+    stall_timeout_s: float = 60.0
+    """No message for this long → reconnect (raise it for quiet symbols)."""
+    rollover_after_s: float = 82_800.0
+    """Replace each connection after this long, overlapping (the venue cuts at 24 h)."""
+    overlap_s: float = 5.0
+    """How long old and new connection are read together at a rollover."""
+    backoff_initial_s: float = 0.5
+    """First reconnect / REST retry delay; doubles up to ``backoff_max_s``, with jitter."""
+    backoff_max_s: float = 30.0
+    gap_settle_s: float = 2.0
+    """A trade-id hole must stay unfilled this long before it is a gap."""
+    rest_attempts: int = 8
+    """REST attempts per request (429 / 5xx / network errors) before giving up."""
+    depth_snapshot_limit: int = 1000
+    """Levels per side in REST depth snapshots and local book snapshots."""
+    book_snapshot_every_s: float = 300.0
+    """How often the local book of each depth symbol is written to ``book_snapshots``."""
+    record_dir: str | None = None
+    """Also record every raw frame to rotating ``.jsonl.gz`` files here (for replay)."""
+    record_rotate_s: float = 3600.0
+    record_rotate_mb: float = 256.0
+
+    def __post_init__(self) -> None:
+        known = ("trade", "aggTrade", "bookTicker", "depth")
+        bad = [c for c in self.channels if c not in known]
+        if bad or not self.channels:
+            raise ValueError(f"channels {bad or self.channels} not among {', '.join(known)}")
+        if not self.symbols:
+            raise ValueError("symbols must not be empty")
+
+
+class PolygonSettings(_Section):
+    kind: str = "polygon"
+    name: str = "polygon"
+    tickers: list[str] = msgspec.field(default_factory=list)
+    """Polygon tickers, e.g. ``["C:EURUSD", "X:BTCUSD", "AAPL"]``."""
+    timeframe: str = "1m"
+    """Bar size: ``1m``, ``5m``, ``1h``, ``1d``..."""
+    start: str = msgspec.field(default="", name="from")
+    """First day, ``YYYY-MM-DD`` (the TOML key is ``from``)."""
+    end: str | None = msgspec.field(default=None, name="to")
+    """Last day, inclusive (the TOML key is ``to``); default today (UTC)."""
+    rest_url: str = "https://api.polygon.io"
+    api_key_env: str = "POLYGON_API_KEY"
+    """Environment variable holding the API key."""
+    chunk_days: int | None = None
+    """Days per request range and checkpoint (default by timeframe: 7 for minutes)."""
+    rest_attempts: int = 8
+    backoff_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.tickers:
+            raise ValueError("tickers must not be empty")
+        if not self.start:
+            raise ValueError("from (first day, YYYY-MM-DD) is required")
+
+
+SourceSettings = SyntheticSettings | ReplaySettings | BinanceSettings | PolygonSettings
 SOURCE_KINDS: dict[str, type[_Section]] = {
     "synthetic": SyntheticSettings,
     "replay": ReplaySettings,
+    "binance": BinanceSettings,
+    "polygon": PolygonSettings,
 }
 
 
@@ -218,6 +293,8 @@ def settings_reference() -> str:
         ("[upkeep]", UpkeepSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
+        ('[[sources]] kind = "binance"', BinanceSettings),
+        ('[[sources]] kind = "polygon"', PolygonSettings),
     ]
     for title, cls in sections:
         lines += [f"## `{title}`", "", "| key | type | default |", "| --- | --- | --- |"]
@@ -226,6 +303,6 @@ def settings_reference() -> str:
             if f.default_factory is not msgspec.NODEFAULT:
                 default = f.default_factory()
             type_name = getattr(f.type, "__name__", None) or str(f.type).replace("typing.", "")
-            lines.append(f"| `{f.name}` | `{type_name}` | `{default!r}` |")
+            lines.append(f"| `{f.encode_name}` | `{type_name}` | `{default!r}` |")
         lines.append("")
     return "\n".join(lines)

@@ -102,7 +102,47 @@ class DepthUpdate(msgspec.Struct, frozen=True, kw_only=True):
     ts_recv: int
 
 
-Record = Trade | AggTrade | Quote | Bar | DepthUpdate
+class Gap(msgspec.Struct, frozen=True, kw_only=True):
+    """A status change of a gap in a venue's id sequence; key
+    ``(exchange, symbol, channel, from_id, status)``.
+
+    Stores only ever insert, so a gap's life is a series of rows: one ``open`` row when it
+    is detected, then one final row: ``backfilled``, ``unrecoverable``, ``resynced`` (a
+    depth book rebuilt from a snapshot) or ``missing`` (a range the venue has no data
+    for). Its current state is its row with the latest ``status_at``. ``from_id`` and
+    ``to_id`` are inclusive; for day-based sources they are ``YYYYMMDD`` numbers.
+    """
+
+    exchange: str
+    symbol: str
+    channel: str
+    from_id: int
+    to_id: int
+    detected_at: int
+    status: str
+    reason: str
+    status_at: int
+
+
+class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A full order book at ``last_update_id``; key ``(exchange, symbol, last_update_id)``.
+
+    ``origin`` is ``rest`` (the venue's snapshot) or ``local`` (the collector's own book
+    after applying every diff up to ``last_update_id``). Levels are parallel lists.
+    """
+
+    exchange: str
+    symbol: str
+    last_update_id: int
+    origin: str
+    bid_prices: list[float]
+    bid_qtys: list[float]
+    ask_prices: list[float]
+    ask_qtys: list[float]
+    ts_recv: int
+
+
+Record = Trade | AggTrade | Quote | Bar | DepthUpdate | Gap | BookSnapshot
 
 _TS = pa.timestamp("us")
 _LIST = pa.list_(pa.float64())
@@ -303,6 +343,69 @@ KINDS: dict[str, KindSpec] = {
         ),
     )
 }
+
+KINDS["gap"] = _spec(
+    "gap",
+    Gap,
+    "gaps",
+    [
+        ("exchange", pa.string(), False),
+        ("symbol", pa.string(), False),
+        ("channel", pa.string(), False),
+        ("from_id", pa.int64(), False),
+        ("to_id", pa.int64(), False),
+        ("detected_at", _TS, False),
+        ("status", pa.string(), False),
+        ("reason", pa.string(), False),
+        ("status_at", _TS, False),
+    ],
+    ("exchange", "symbol", "channel", "from_id", "status"),
+    {
+        "exchange": _NAME,
+        "symbol": _NAME,
+        "channel": _NAME,
+        "from_id": ("required",),
+        "to_id": ("required",),
+        "detected_at": ("required",),
+        "status": _NAME,
+        "reason": _NAME,
+        "status_at": ("required",),
+    },
+)
+KINDS["book_snapshot"] = _spec(
+    "book_snapshot",
+    BookSnapshot,
+    "book_snapshots",
+    [
+        ("exchange", pa.string(), False),
+        ("symbol", pa.string(), False),
+        ("last_update_id", pa.int64(), False),
+        ("origin", pa.string(), False),
+        ("bid_prices", _LIST, False),
+        ("bid_qtys", _LIST, False),
+        ("ask_prices", _LIST, False),
+        ("ask_qtys", _LIST, False),
+        ("ts_recv", _TS, False),
+    ],
+    ("exchange", "symbol", "last_update_id"),
+    {
+        "exchange": _NAME,
+        "symbol": _NAME,
+        "last_update_id": ("required",),
+        "origin": _NAME,
+        "bid_prices": ("required",),
+        "bid_qtys": ("required",),
+        "ask_prices": ("required",),
+        "ask_qtys": ("required",),
+        "ts_recv": ("required",),
+    },
+    {
+        "bid_prices": "positive",
+        "bid_qtys": "non_negative",
+        "ask_prices": "positive",
+        "ask_qtys": "non_negative",
+    },
+)
 
 KIND_OF_TYPE: dict[type[msgspec.Struct], str] = {s.record_type: s.kind for s in KINDS.values()}
 

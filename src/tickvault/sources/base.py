@@ -47,6 +47,7 @@ class SourceHealth(msgspec.Struct):
     gaps_open: int = 0
     gaps_backfilled: int = 0
     detail: str = ""
+    gaps_unrecoverable: int = 0
 
 
 class Source(abc.ABC):

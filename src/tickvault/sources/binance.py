@@ -1,0 +1,731 @@
+"""``binance``: the live Binance spot collector (websocket market streams + REST repair).
+
+Contract:
+
+- **Connections.** The configured ``<symbol>@<channel>`` streams are split into
+  combined-stream connections (``/stream?streams=a/b/...``) of at most
+  ``max_streams_per_connection`` streams each; each group has one supervisor that keeps
+  one connection open for as long as the source runs.
+- **Reconnects never stop.** A failed connect or a lost connection is retried with capped
+  exponential backoff and jitter, forever. A connection that delivers nothing for
+  ``stall_timeout_s`` is considered stalled and replaced. Pings from the venue are answered
+  by the websocket library while the connection is being read (which is always: frames go
+  to an internal queue at once).
+- **Rollover.** The venue closes connections after 24 hours. ``rollover_after_s`` after a
+  connection opened, its supervisor opens a successor for the same streams, reads both for
+  ``overlap_s``, then closes the old one, so no message falls between the two. Messages
+  received twice during the overlap are dropped by the id trackers (and would be harmless
+  anyway: natural keys).
+- **Gaps.** Trade and aggregate ids are tracked per symbol (:mod:`.binance_gaps`); every
+  gap is written to ``gaps`` (``open``), backfilled from REST, and closed as ``backfilled``
+  or ``unrecoverable`` with the reason. Backfilled rows travel in this source's batches,
+  through the same publisher, bus and writer as live rows.
+- **Depth.** Diffs are stored in ``depth_updates``; a book per symbol is kept with the
+  venue's sync procedure (:mod:`.binance_book`). A break is a ``depth`` gap row, then a
+  resync from a REST snapshot and a ``resynced`` row. REST snapshots, and the local book
+  every ``book_snapshot_every_s``, go to ``book_snapshots``.
+- **Bad frames** become dead letters keyed ``binance:<connection>:<recv µs>:<n>``.
+- **Recording.** With ``record_dir`` every frame is also written to rotating ``.jsonl.gz``
+  files (:mod:`.recorder`) that ``tickvault replay`` accepts.
+
+Timing uses an injectable monotonic ``clock``; the supervisors look at it at least every
+``tick_s``, so a test can move the clock forward (stall, rollover) without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+
+from tickvault.bus.base import NewDeadLetter
+from tickvault.errors import ConfigError
+from tickvault.sources.base import Source, SourceBatch, SourceHealth
+from tickvault.sources.binance_book import DUPLICATE, GAP, BookSync
+from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
+from tickvault.sources.binance_wire import EXCHANGE, ParseError, parse_values
+from tickvault.sources.recorder import FrameRecorder
+from tickvault.sources.rest import RestClient, VenueError, backoff_delay
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("trade", "aggTrade", "bookTicker", "depth")
+_STREAM_SUFFIX = {
+    "trade": "trade",
+    "aggTrade": "aggTrade",
+    "bookTicker": "bookTicker",
+    "depth": "depth@100ms",
+}
+_CONNECT_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
+
+
+@dataclass
+class BinanceOptions:
+    """Everything the collector can be told; ``BinanceSettings`` in the config maps here."""
+
+    symbols: list[str]
+    channels: list[str]
+    ws_url: str = "wss://stream.binance.com:9443"
+    rest_url: str = "https://api.binance.com"
+    api_key: str | None = None
+    max_streams_per_connection: int = 1024
+    stall_timeout_s: float = 60.0
+    rollover_after_s: float = 23 * 3600.0
+    overlap_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    open_timeout_s: float = 10.0
+    gap_settle_s: float = 2.0
+    rest_attempts: int = 8
+    depth_snapshot_limit: int = 1000
+    book_snapshot_every_s: float = 300.0
+    record_dir: str | None = None
+    record_rotate_s: float = 3600.0
+    record_rotate_bytes: int = 256 << 20
+    batch_linger_s: float = 0.05
+    batch_max_records: int = 5000
+    stop_grace_s: float = 5.0
+    tick_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ConfigError("binance: symbols must not be empty")
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown or not self.channels:
+            raise ConfigError(
+                f"binance: unknown channel(s) {unknown or self.channels}"
+                f" (known: {', '.join(CHANNELS)})"
+            )
+        if self.max_streams_per_connection < 1:
+            raise ConfigError("binance: max_streams_per_connection must be at least 1")
+
+
+def stream_names(symbols: list[str], channels: list[str]) -> list[str]:
+    return [f"{s.lower()}@{_STREAM_SUFFIX[c]}" for s in symbols for c in channels]
+
+
+def split_streams(streams: list[str], limit: int) -> list[list[str]]:
+    return [streams[i : i + limit] for i in range(0, len(streams), limit)]
+
+
+class _Snapshot(msgspec.Struct):
+    lastUpdateId: int
+    bids: list[tuple[float, float]]
+    asks: list[tuple[float, float]]
+
+
+class _Conn:
+    """One websocket connection and the task that reads it."""
+
+    def __init__(self, tag: str, ws: ClientConnection, now: float, rollover_at: float) -> None:
+        self.tag = tag
+        self.ws = ws
+        self.opened_at = now
+        self.last_msg_at = now
+        self.rollover_at = rollover_at
+        self.messages = 0
+        self.reader: asyncio.Task[None] | None = None
+        self.close_reason = ""
+
+
+class BinanceSource(Source):
+    """The live collector; see the module docstring for its contract."""
+
+    kind = "binance"
+
+    def __init__(
+        self,
+        options: BinanceOptions,
+        *,
+        name: str = "binance",
+        clock: Callable[[], float] = time.monotonic,
+        wall_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.options = o = options
+        self.name = name
+        self.clock = clock
+        self.wall_us = wall_us
+        self.rng = rng or random.Random()
+        self.streams = stream_names(o.symbols, o.channels)
+        self.groups = split_streams(self.streams, o.max_streams_per_connection)
+        self.trades = IdTracker("trade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)
+        self.aggs = IdTracker("aggTrade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)
+        self.books: dict[str, BookSync] = {}
+        self.messages = 0
+        self.reconnects = 0
+        self.rollovers = 0
+        self.stalls = 0
+        self.gaps_open = 0
+        self.gaps_backfilled = 0
+        self.gaps_unrecoverable = 0
+        self.gaps_resynced = 0
+        self.last_error = ""
+        self.last_message_at: float | None = None
+        self.recorder: FrameRecorder | None = None
+        if o.record_dir:
+            self.recorder = FrameRecorder(
+                o.record_dir,
+                prefix=f"binance-{name}",
+                rotate_s=o.record_rotate_s,
+                rotate_bytes=o.record_rotate_bytes,
+            )
+        headers = {"X-MBX-APIKEY": o.api_key} if o.api_key else None
+        self.rest = RestClient(
+            o.rest_url,
+            headers=headers,
+            max_attempts=o.rest_attempts,
+            backoff_initial_s=o.backoff_initial_s,
+            backoff_max_s=o.backoff_max_s,
+            rng=self.rng,
+        )
+        self.backfiller = TradeBackfiller(self.rest, api_key=o.api_key, wall_us=wall_us)
+        self._queue: asyncio.Queue[tuple[str, int, int, bytes] | None] = asyncio.Queue(100_000)
+        self._emit: dict[str, list[tuple[Any, ...]]] = {}
+        self._backfills: asyncio.Queue[Hole] = asyncio.Queue()
+        self._depth_gaps: dict[str, list[tuple[int, int, int]]] = {}
+        self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._conns: dict[int, list[_Conn]] = {}
+        self._conn_seq = 0
+        self._stopping = asyncio.Event()
+        self._next_book_snapshot = 0.0
+        self._next_flush = 0.0
+        self._started = False
+
+    # -- public surface ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Finish: close the connections, let in-flight backfills end (``stop_grace_s``),
+        yield the last batch."""
+        self._stopping.set()
+
+    @property
+    def open_connections(self) -> int:
+        return sum(len(c) for c in self._conns.values())
+
+    def health(self) -> SourceHealth:
+        now = self.clock()
+        pending = self.trades.pending + self.aggs.pending
+        return SourceHealth(
+            name=self.name,
+            kind=self.kind,
+            connected=all(self._conns.get(i) for i in range(len(self.groups))),
+            last_message_age_s=None
+            if self.last_message_at is None
+            else max(0.0, now - self.last_message_at),
+            messages=self.messages,
+            reconnects=self.reconnects,
+            gaps_open=self.gaps_open + pending,
+            gaps_backfilled=self.gaps_backfilled,
+            gaps_unrecoverable=self.gaps_unrecoverable,
+            detail=(
+                f"{self.open_connections}/{len(self.groups)} connections,"
+                f" {self.rollovers} rollovers, {self.stalls} stalls,"
+                f" {self.gaps_resynced} depth resyncs"
+                + (f"; last error: {self.last_error}" if self.last_error else "")
+            ),
+        )
+
+    # -- the batch loop ---------------------------------------------------------------------
+
+    async def batches(self) -> AsyncIterator[SourceBatch]:
+        self._start()
+        try:
+            while True:
+                batch = SourceBatch()
+                self._ingest(batch, await self._collect(batch, drain=False))
+                if self._stopping.is_set():
+                    # The pump stops asking after the batch it gets once stop() was called,
+                    # so that batch is the final one.
+                    yield await self._final_batch(batch)
+                    return
+                self._housekeeping()
+                self._take_emitted(batch)
+                if len(batch) or batch.rejects or batch.lines:
+                    yield batch
+                self._check_tasks()
+        finally:
+            await self.close()
+
+    def _ingest(self, batch: SourceBatch, frames: list[bytes]) -> None:
+        if self.recorder is not None and frames:
+            self.recorder.write(frames)
+
+    def _take_emitted(self, batch: SourceBatch) -> None:
+        if self._emit:
+            for kind, rows in self._emit.items():
+                batch.rows.setdefault(kind, []).extend(rows)
+            self._emit = {}
+
+    def _check_tasks(self) -> None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled():
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+
+    async def _collect(
+        self, batch: SourceBatch, *, drain: bool, limit: int | None = None
+    ) -> list[bytes]:
+        """Parse queued frames into ``batch``: for up to ``batch_linger_s`` (``drain``: only
+        what is queued now), at most ``limit`` frames (default ``batch_max_records``)."""
+        o = self.options
+        frames: list[bytes] = []
+        record = self.recorder is not None
+        deadline = time.monotonic() + o.batch_linger_s
+        queue = self._queue
+        trades, aggs = self.trades, self.aggs
+        rows = batch.rows
+        count = 0
+        limit = o.batch_max_records if limit is None else limit
+        while count < limit:
+            if queue.empty():
+                if drain:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                except TimeoutError:
+                    break
+            else:
+                item = queue.get_nowait()
+            if item is None:
+                continue
+            tag, seq, recv_us, data = item
+            count += 1
+            if record:
+                frames.append(data)
+            try:
+                kind, row = parse_values(data, recv_us)
+            except ParseError as exc:
+                batch.rejects.append(
+                    NewDeadLetter("raw", exc.reason, data, f"binance:{tag}:{recv_us}:{seq}")
+                )
+                continue
+            if kind == "trade":
+                if not trades.observe(row[1], row[2], row[6]):
+                    continue
+            elif kind == "agg_trade":
+                if not aggs.observe(row[1], row[2], row[8]):
+                    continue
+            elif kind == "depth" and not self._on_depth(row):
+                continue
+            bucket = rows.get(kind)
+            if bucket is None:
+                bucket = rows[kind] = []
+            bucket.append(row)
+        batch.lines += count
+        self.messages += count
+        return frames
+
+    # -- depth --------------------------------------------------------------------------------
+
+    def _on_depth(self, row: tuple[Any, ...]) -> bool:
+        symbol = row[1]
+        sync = self.books.get(symbol)
+        if sync is None:
+            sync = self.books[symbol] = BookSync(symbol)
+        was_live = sync.live
+        outcome = sync.on_diff(row[2], row[3], row[4], row[5], row[6], row[7])
+        if outcome == DUPLICATE:
+            return False
+        if outcome == GAP and sync.last_gap is not None:
+            a, b = sync.last_gap
+            now = self.wall_us()
+            self._depth_gaps.setdefault(symbol, []).append((a, b, now))
+            self.gaps_open += 1
+            self._add_gap(symbol, "depth", a, b, now, "open", "depth diff sequence broke", now)
+        if not was_live and sync.live:
+            self._book_live(sync)
+        if sync.wants_snapshot and symbol not in self._snapshot_tasks:
+            self._fetch_snapshot(sync)
+        return True
+
+    def _fetch_snapshot(self, sync: BookSync) -> None:
+        sync.snapshot_requested()
+        task = asyncio.create_task(self._snapshot(sync), name=f"binance-snapshot-{sync.symbol}")
+        self._snapshot_tasks[sync.symbol] = task
+
+    async def _snapshot(self, sync: BookSync) -> None:
+        symbol = sync.symbol
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                sync.snapshot_requested()
+                try:
+                    raw = await self.rest.get_json(
+                        "/api/v3/depth",
+                        {"symbol": symbol, "limit": self.options.depth_snapshot_limit},
+                    )
+                    snap = msgspec.convert(raw, _Snapshot, strict=False)
+                except (VenueError, msgspec.ValidationError) as exc:
+                    attempt += 1
+                    self.last_error = f"depth snapshot {symbol}: {exc}"
+                    log.warning("%s", self.last_error)
+                    await asyncio.sleep(
+                        backoff_delay(
+                            attempt,
+                            self.options.backoff_initial_s,
+                            self.options.backoff_max_s,
+                            self.rng,
+                        )
+                    )
+                    continue
+                recv = self.wall_us()
+                self._emit_row(
+                    "book_snapshot",
+                    (
+                        EXCHANGE,
+                        symbol,
+                        snap.lastUpdateId,
+                        "rest",
+                        [p for p, _ in snap.bids],
+                        [q for _, q in snap.bids],
+                        [p for p, _ in snap.asks],
+                        [q for _, q in snap.asks],
+                        recv,
+                    ),
+                )
+                was_live = sync.live
+                sync.on_snapshot(snap.lastUpdateId, snap.bids, snap.asks)
+                if not was_live and sync.live:
+                    self._book_live(sync)
+                if not sync.wants_snapshot:
+                    return  # live, or waiting for the diff that straddles the snapshot
+                # The snapshot is older than the buffered stream: take another.
+                attempt += 1
+                await asyncio.sleep(
+                    backoff_delay(attempt, 0.05, self.options.backoff_max_s, self.rng)
+                )
+        finally:
+            self._snapshot_tasks.pop(symbol, None)
+            if not sync.live and not sync.bridging:
+                sync.snapshot_failed()
+
+    def _book_live(self, sync: BookSync) -> None:
+        """The book of ``sync.symbol`` became correct: close its open depth gaps."""
+        gaps = self._depth_gaps.pop(sync.symbol, [])
+        now = self.wall_us()
+        for a, b, detected in gaps:
+            self.gaps_open -= 1
+            self.gaps_resynced += 1
+            self._add_gap(
+                sync.symbol,
+                "depth",
+                a,
+                b,
+                detected,
+                "resynced",
+                f"book rebuilt from a REST snapshot, live again at update {sync.book_update_id}",
+                now,
+            )
+
+    def _local_snapshots(self) -> None:
+        now = self.wall_us()
+        for sync in self.books.values():
+            if not sync.live or sync.book_update_id is None:
+                continue
+            bids, asks = sync.book.sorted_levels(self.options.depth_snapshot_limit)
+            self._emit_row(
+                "book_snapshot",
+                (
+                    EXCHANGE,
+                    sync.symbol,
+                    sync.book_update_id,
+                    "local",
+                    [p for p, _ in bids],
+                    [q for _, q in bids],
+                    [p for p, _ in asks],
+                    [q for _, q in asks],
+                    now,
+                ),
+            )
+
+    # -- gaps and backfill ----------------------------------------------------------------------
+
+    def _emit_row(self, kind: str, row: tuple[Any, ...]) -> None:
+        self._emit.setdefault(kind, []).append(row)
+
+    def _add_gap(
+        self,
+        symbol: str,
+        channel: str,
+        from_id: int,
+        to_id: int,
+        detected_us: int,
+        status: str,
+        reason: str,
+        status_us: int,
+    ) -> None:
+        self._emit_row(
+            "gap",
+            (EXCHANGE, symbol, channel, from_id, to_id, detected_us, status, reason, status_us),
+        )
+        log.log(
+            logging.WARNING if status in ("open", "unrecoverable") else logging.INFO,
+            "gap %s %s [%d, %d] %s: %s",
+            symbol,
+            channel,
+            from_id,
+            to_id,
+            status,
+            reason,
+        )
+
+    def _housekeeping(self, *, final: bool = False) -> None:
+        for tracker in (self.trades, self.aggs):
+            for hole in tracker.settled():
+                n = hole.to_id - hole.from_id + 1
+                self.gaps_open += 1
+                self._add_gap(
+                    hole.symbol,
+                    hole.channel,
+                    hole.from_id,
+                    hole.to_id,
+                    hole.detected_at_us,
+                    "open",
+                    f"{n} id(s) missing from the stream",
+                    hole.detected_at_us,
+                )
+                self._backfills.put_nowait(hole)
+        now = self.clock()
+        if self.books and now >= self._next_book_snapshot:
+            if self._next_book_snapshot:
+                self._local_snapshots()
+            self._next_book_snapshot = now + self.options.book_snapshot_every_s
+        if self.recorder is not None and (final or now >= self._next_flush):
+            self.recorder.flush()
+            self._next_flush = now + 1.0
+
+    async def _backfill_worker(self) -> None:
+        while True:
+            hole = await self._backfills.get()
+            try:
+                result = await self.backfiller.backfill(hole)
+            finally:
+                self._backfills.task_done()
+            if result.rows:
+                self._emit.setdefault(result.kind, []).extend(result.rows)
+            self.gaps_open -= 1
+            if result.status == "backfilled":
+                self.gaps_backfilled += 1
+            else:
+                self.gaps_unrecoverable += 1
+                self.last_error = f"gap {hole.symbol} {hole.channel}: {result.reason}"
+            self._add_gap(
+                hole.symbol,
+                hole.channel,
+                hole.from_id,
+                hole.to_id,
+                hole.detected_at_us,
+                result.status,
+                result.reason,
+                self.wall_us(),
+            )
+            self._wake()
+
+    # -- connections ------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(None)
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._next_flush = self.clock() + 1.0
+        for index, group in enumerate(self.groups):
+            self._tasks.append(
+                asyncio.create_task(self._supervise(index, group), name=f"binance-conn-{index}")
+            )
+        self._tasks.append(asyncio.create_task(self._backfill_worker(), name="binance-backfill"))
+
+    def url_for(self, group: list[str]) -> str:
+        return f"{self.options.ws_url.rstrip('/')}/stream?streams={'/'.join(group)}"
+
+    async def _open(self, index: int) -> _Conn:
+        o = self.options
+        ws = await ws_connect(
+            self.url_for(self.groups[index]),
+            open_timeout=o.open_timeout_s,
+            max_size=1 << 22,
+            max_queue=1024,
+            close_timeout=2.0,
+        )
+        self._conn_seq += 1
+        now = self.clock()
+        conn = _Conn(f"{index}.{self._conn_seq}", ws, now, now + o.rollover_after_s)
+        conn.reader = asyncio.create_task(self._read(conn), name=f"binance-read-{conn.tag}")
+        self._conns.setdefault(index, []).append(conn)
+        return conn
+
+    async def _read(self, conn: _Conn) -> None:
+        ws, queue, tag, clock = conn.ws, self._queue, conn.tag, self.clock
+        seq = 0
+        try:
+            while True:
+                data = await ws.recv(decode=False)
+                seq += 1
+                now = clock()
+                conn.last_msg_at = now
+                self.last_message_at = now
+                conn.messages = seq
+                await queue.put((tag, seq, time.time_ns() // 1000, bytes(data)))
+        except websockets.ConnectionClosed as exc:
+            conn.close_reason = f"closed by the venue ({exc})"
+
+    async def _close(self, index: int, conn: _Conn) -> None:
+        with contextlib.suppress(ValueError):
+            self._conns.get(index, []).remove(conn)
+        if not self._conns.get(index):
+            self._conns.pop(index, None)
+        with contextlib.suppress(Exception):
+            await conn.ws.close()
+        if conn.reader is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(conn.reader, timeout=2.0)
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _watch(self, conn: _Conn) -> str:
+        o = self.options
+        assert conn.reader is not None
+        while True:
+            if self._stopping.is_set():
+                return "stopping"
+            if conn.reader.done():
+                return "ended"
+            now = self.clock()
+            if now >= conn.rollover_at:
+                return "rollover"  # first: a successor also cures a stall, without a gap
+            if now - conn.last_msg_at >= o.stall_timeout_s:
+                return "stalled"
+            await asyncio.wait({conn.reader}, timeout=o.tick_s)
+
+    async def _supervise(self, index: int, group: list[str]) -> None:
+        o = self.options
+        attempt = 0
+        conn: _Conn | None = None
+        ever_connected = False
+        while not self._stopping.is_set():
+            if conn is None:
+                try:
+                    conn = await self._open(index)
+                except _CONNECT_ERRORS as exc:
+                    attempt += 1
+                    self.last_error = f"connect {index}: {type(exc).__name__}: {exc}"
+                    delay = backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
+                    log.warning("%s; retry %d in %.2fs", self.last_error, attempt, delay)
+                    await self._pause(delay)
+                    continue
+                if ever_connected:
+                    self.reconnects += 1
+                ever_connected = True
+                log.info("binance connection %s open (%d streams)", conn.tag, len(group))
+            outcome = await self._watch(conn)
+            if outcome == "stopping":
+                break
+            if outcome == "rollover":
+                successor = await self._rollover(index, conn)
+                if successor is None:
+                    conn.rollover_at = self.clock() + backoff_delay(
+                        1, o.backoff_initial_s, o.backoff_max_s, self.rng
+                    )
+                else:
+                    conn = successor
+                    self.rollovers += 1
+                continue
+            if outcome == "stalled":
+                self.stalls += 1
+                self.last_error = f"connection {conn.tag} stalled (no message for"
+                self.last_error += f" {o.stall_timeout_s:g}s)"
+            else:
+                self.last_error = f"connection {conn.tag} {conn.close_reason or 'ended'}"
+            log.warning("%s; reconnecting", self.last_error)
+            short_lived = self.clock() - conn.opened_at < max(5.0, o.stall_timeout_s)
+            await self._close(index, conn)
+            conn = None
+            if short_lived:
+                attempt += 1
+                await self._pause(
+                    backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
+                )
+            else:
+                attempt = 0
+        if conn is not None:
+            await self._close(index, conn)
+        for other in list(self._conns.get(index, [])):
+            await self._close(index, other)
+
+    async def _rollover(self, index: int, old: _Conn) -> _Conn | None:
+        """Open a successor, read both for ``overlap_s``, close ``old``."""
+        o = self.options
+        try:
+            new = await self._open(index)
+        except _CONNECT_ERRORS as exc:
+            self.last_error = f"rollover connect {index}: {type(exc).__name__}: {exc}"
+            log.warning("%s", self.last_error)
+            return None
+        assert new.reader is not None
+        deadline = time.monotonic() + o.overlap_s
+        while time.monotonic() < deadline and not new.reader.done():
+            if self._stopping.is_set():
+                break
+            await asyncio.wait({new.reader}, timeout=min(o.tick_s, o.overlap_s))
+        if new.reader.done():
+            await self._close(index, new)
+            return None
+        log.info("binance connection %s replaced by %s (rollover)", old.tag, new.tag)
+        await self._close(index, old)
+        return new
+
+    # -- shutdown -----------------------------------------------------------------------------
+
+    async def _final_batch(self, batch: SourceBatch) -> SourceBatch:
+        """Stop reading; parse what is queued; settle every hole at once; give backfills
+        ``stop_grace_s`` to complete. Gaps still unresolved then stay ``open`` in ``gaps``."""
+        for task in self._tasks[: len(self.groups)]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+        self._ingest(batch, await self._collect(batch, drain=True, limit=1 << 62))
+        for tracker in (self.trades, self.aggs):
+            for holes in tracker.holes.values():
+                for hole in holes:
+                    hole.due_at = 0.0
+        self._housekeeping(final=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._backfills.join(), timeout=self.options.stop_grace_s)
+        self._take_emitted(batch)
+        return batch
+
+    async def close(self) -> None:
+        self._stopping.set()
+        tasks = [*self._tasks, *self._snapshot_tasks.values()]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for index, conns in list(self._conns.items()):
+            for conn in list(conns):
+                await self._close(index, conn)
+        await self.rest.aclose()
+        if self.recorder is not None:
+            self.recorder.close()
