@@ -39,6 +39,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,7 @@ _STREAM_SUFFIX = {
     "bookTicker": "bookTicker",
     "depth": "depth@100ms",
 }
+MAX_QUEUED = 100_000
 _CONNECT_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
 
 
@@ -190,7 +192,12 @@ class BinanceSource(Source):
             rng=self.rng,
         )
         self.backfiller = TradeBackfiller(self.rest, api_key=o.api_key, wall_us=wall_us)
-        self._queue: asyncio.Queue[tuple[str, int, int, bytes] | None] = asyncio.Queue(100_000)
+        # Received frames, oldest first: a deque and two events cost a fraction of an
+        # asyncio.Queue per frame. Readers wait for room when it holds MAX_QUEUED frames.
+        self._frames: deque[tuple[str, int, int, bytes]] = deque()
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
         self._emit: dict[str, list[tuple[Any, ...]]] = {}
         self._backfills: asyncio.Queue[Hole] = asyncio.Queue()
         self._depth_gaps: dict[str, list[tuple[int, int, int]]] = {}
@@ -284,27 +291,27 @@ class BinanceSource(Source):
         frames: list[bytes] = []
         record = self.recorder is not None
         deadline = time.monotonic() + o.batch_linger_s
-        queue = self._queue
+        queued = self._frames
+        pop = queued.popleft
+        arrived = self._arrived
         trades, aggs = self.trades, self.aggs
         rows = batch.rows
         count = 0
         limit = o.batch_max_records if limit is None else limit
         while count < limit:
-            if queue.empty():
+            if not queued:
                 if drain:
                     break
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
+                arrived.clear()
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout=remaining)
+                    await asyncio.wait_for(arrived.wait(), timeout=remaining)
                 except TimeoutError:
                     break
-            else:
-                item = queue.get_nowait()
-            if item is None:
                 continue
-            tag, seq, recv_us, data = item
+            tag, seq, recv_us, data = pop()
             count += 1
             if record:
                 frames.append(data)
@@ -329,6 +336,8 @@ class BinanceSource(Source):
             bucket.append(row)
         batch.lines += count
         self.messages += count
+        if not self._room.is_set() and len(queued) < MAX_QUEUED:
+            self._room.set()
         return frames
 
     # -- depth --------------------------------------------------------------------------------
@@ -540,8 +549,7 @@ class BinanceSource(Source):
     # -- connections ------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self._queue.put_nowait(None)
+        self._arrived.set()
 
     def _start(self) -> None:
         if self._started:
@@ -574,7 +582,8 @@ class BinanceSource(Source):
         return conn
 
     async def _read(self, conn: _Conn) -> None:
-        ws, queue, tag, clock = conn.ws, self._queue, conn.tag, self.clock
+        ws, tag, clock = conn.ws, conn.tag, self.clock
+        queued, arrived, room = self._frames, self._arrived, self._room
         seq = 0
         try:
             while True:
@@ -584,7 +593,12 @@ class BinanceSource(Source):
                 conn.last_msg_at = now
                 self.last_message_at = now
                 conn.messages = seq
-                await queue.put((tag, seq, time.time_ns() // 1000, bytes(data)))
+                queued.append((tag, seq, time.time_ns() // 1000, bytes(data)))
+                if not arrived.is_set():
+                    arrived.set()
+                if len(queued) >= MAX_QUEUED:
+                    room.clear()
+                    await room.wait()  # backpressure: stop reading until parsed
         except websockets.ConnectionClosed as exc:
             conn.close_reason = f"closed by the venue ({exc})"
 
