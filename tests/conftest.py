@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import Bus
+from tickvault.bus.nats import NatsBus
 from tickvault.bus.redis import RedisBus
 from tickvault.bus.sqlite import SqliteBus
 from tickvault.stores.base import Store
@@ -24,9 +25,9 @@ from tickvault.stores.duckdb import DuckDBStore
 from tickvault.stores.questdb import QuestDBStore
 
 from .questdb_double import QuestDBDouble
-from .servers import ClickHouseServer, RedisServer
+from .servers import ClickHouseServer, NatsServer, RedisServer
 
-BUS_BACKENDS = ["sqlite", "redis"]
+BUS_BACKENDS = ["sqlite", "redis", "nats"]
 STORE_BACKENDS = ["duckdb", "clickhouse", "questdb"]
 
 BusFactory = Callable[[], Awaitable[Bus]]
@@ -103,6 +104,34 @@ def redis_bus_factory(redis_session_server: RedisServer) -> Iterator[BusFactory]
     async def make() -> Bus:
         prefix = f"t{uuid.uuid4().hex[:12]}:"
         bus = RedisBus.from_url(f"{redis_session_server.url}?prefix={prefix}")
+        made.append(bus)
+        return bus
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture(scope="session")
+def nats_session_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One nats-server (JetStream) for the session; tests isolate themselves by prefix."""
+    server = NatsServer(tmp_path_factory.mktemp("nats-session")).start()
+    yield server
+    server.stop()
+
+
+NATS_CONTRACT_ACK_WAIT_MS = 2000
+"""Redelivery delay of the contract suite's NATS groups (it replaces claims there)."""
+
+
+@pytest.fixture
+def nats_bus_factory(nats_session_server: NatsServer) -> Iterator[BusFactory]:
+    made: list[Bus] = []
+
+    async def make() -> Bus:
+        prefix = f"t{uuid.uuid4().hex[:12]}_"
+        bus = NatsBus.from_url(
+            f"{nats_session_server.url}?prefix={prefix}&ack_wait_ms={NATS_CONTRACT_ACK_WAIT_MS}"
+        )
         made.append(bus)
         return bus
 

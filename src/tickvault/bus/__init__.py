@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 _PLANNED = {
-    "nats": "NATS JetStream",
     "kafka": "Kafka",
 }
 
@@ -45,9 +44,16 @@ def open_bus(url: str) -> Bus:
         from tickvault.bus.redis import RedisBus
 
         return RedisBus.from_url(url)
+    if scheme in ("nats", "tls"):
+        from tickvault.bus.nats import NatsBus
+
+        return NatsBus.from_url(url)
     if scheme in _PLANNED:
         raise BackendNotAvailable(
             f"the {_PLANNED[scheme]} bus ({scheme}://) is not available in this version;"
-            " use sqlite:///PATH or redis://HOST:PORT/DB"
+            " use sqlite:///PATH, redis://HOST:PORT/DB or nats://HOST:PORT"
         )
-    raise ConfigError(f"unknown bus URL {url!r}: expected sqlite:///PATH or redis://HOST:PORT/DB")
+    raise ConfigError(
+        f"unknown bus URL {url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB"
+        " or nats://HOST:PORT"
+    )
