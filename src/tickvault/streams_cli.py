@@ -181,30 +181,35 @@ def inspect(
 
 
 def _print_report(report: UpkeepReport) -> None:
-    verb = "WOULD " if report.dry_run else ""
+    """One line per action, never wrapped (these lines end up in logs that people grep)."""
+    lines = []
+    if report.dry_run:
+        lines.append("[DRY-RUN] nothing was changed; the lines below say what a pass would do")
     if not report.group_exists:
-        out.print(f"[SKIP] no group {report.group!r} on stream {report.stream!r}")
-        return
-    out.print(
-        f"[RECOVER] {verb}claimed={report.claimed} consumer={report.consumer}"
-        f" processed={report.processed} acked_missing={report.acked_missing}",
-        highlight=False,
-    )
-    out.print(f"[DLQ] {verb}dead_lettered={report.dead_lettered}", highlight=False)
-    for c in report.consumers:
-        tag = "CLEAN" if c.action == "deleted" else "KEEP"
-        action = f"{verb}deleted_consumer" if c.action == "deleted" else "kept_consumer"
-        out.print(
-            f"[{tag}] {action}={c.name} idle_ms={c.idle_ms} pending={c.pending} ({c.reason})",
-            highlight=False,
+        lines.append(f"[SKIP] no group {report.group!r} on stream {report.stream!r}")
+    else:
+        lines.append(
+            f"[RECOVER] claimed={report.claimed} consumer={report.consumer}"
+            f" processed={report.processed} acked_missing={report.acked_missing}"
         )
-    if report.trimmed:
-        out.print(f"[TRIM] trimmed={report.trimmed}", highlight=False)
-    out.print(
-        f"[SUMMARY] {verb}claimed={report.claimed} dead_lettered={report.dead_lettered}"
-        f" deleted={len(report.deleted_consumers)} kept={len(report.kept_consumers)}",
-        highlight=False,
-    )
+        lines.append(f"[DLQ] dead_lettered={report.dead_lettered}")
+        for c in report.consumers:
+            tag, key = (
+                ("CLEAN", "deleted_consumer")
+                if c.action == "deleted"
+                else ("KEEP", "kept_consumer")
+            )
+            lines.append(
+                f"[{tag}] {key}={c.name} idle_ms={c.idle_ms} pending={c.pending} ({c.reason})"
+            )
+        if report.trimmed:
+            lines.append(f"[TRIM] trimmed={report.trimmed}")
+        lines.append(
+            f"[SUMMARY] claimed={report.claimed} dead_lettered={report.dead_lettered}"
+            f" deleted={len(report.deleted_consumers)} kept={len(report.kept_consumers)}"
+        )
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
 
 async def recover_pass(
