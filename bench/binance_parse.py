@@ -144,9 +144,9 @@ def time_source(frames: list[bytes]) -> float:
             sync = src.books[s] = BookSync(s)
             sync.snapshot_requested()
             sync.on_snapshot(FIRST_DEPTH, [(1.0, 1.0)], [(2.0, 1.0)])
-        queue = src._frames
+        queue = src.inbox.frames
         elapsed = 0.0
-        chunk = 50_000
+        chunk = src.options.batch_max_records  # frames per yielded batch, as live
         rows = 0
         recv = time.time_ns() // 1000
         for start in range(0, len(frames), chunk):

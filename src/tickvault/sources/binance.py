@@ -4,18 +4,11 @@ Contract:
 
 - **Connections.** The configured ``<symbol>@<channel>`` streams are split into
   combined-stream connections (``/stream?streams=a/b/...``) of at most
-  ``max_streams_per_connection`` streams each; each group has one supervisor that keeps
-  one connection open for as long as the source runs.
-- **Reconnects never stop.** A failed connect or a lost connection is retried with capped
-  exponential backoff and jitter, forever. A connection that delivers nothing for
-  ``stall_timeout_s`` is considered stalled and replaced. Pings from the venue are answered
-  by the websocket library while the connection is being read (which is always: frames go
-  to an internal queue at once).
-- **Rollover.** The venue closes connections after 24 hours. ``rollover_after_s`` after a
-  connection opened, its supervisor opens a successor for the same streams, reads both for
-  ``overlap_s``, then closes the old one, so no message falls between the two. Messages
-  received twice during the overlap are dropped by the id trackers (and would be harmless
-  anyway: natural keys).
+  ``max_streams_per_connection`` streams each, kept open forever by
+  :class:`~tickvault.sources.binance_conn.StreamConnections`: reconnects with capped
+  backoff and jitter and no retry limit, stall detection, answered pings, and an
+  overlapping rollover before the venue's 24-hour cut. Messages received twice during an
+  overlap are dropped by the id trackers (and would be harmless anyway: natural keys).
 - **Gaps.** Trade and aggregate ids are tracked per symbol (:mod:`.binance_gaps`); every
   gap is written to ``gaps`` (``open``), backfilled from REST, and closed as ``backfilled``
   or ``unrecoverable`` with the reason. Backfilled rows travel in this source's batches,
@@ -39,20 +32,17 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import websockets
-from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 
 from tickvault.bus.base import NewDeadLetter
 from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance_book import DUPLICATE, GAP, BookSync
+from tickvault.sources.binance_conn import FrameInbox, StreamConnections
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
 from tickvault.sources.binance_wire import EXCHANGE, ParseError, parse_values
 from tickvault.sources.recorder import FrameRecorder
@@ -67,8 +57,6 @@ _STREAM_SUFFIX = {
     "bookTicker": "bookTicker",
     "depth": "depth@100ms",
 }
-MAX_QUEUED = 100_000
-_CONNECT_ERRORS = (OSError, TimeoutError, websockets.WebSocketException)
 
 
 @dataclass
@@ -126,20 +114,6 @@ class _Snapshot(msgspec.Struct):
     asks: list[tuple[float, float]]
 
 
-class _Conn:
-    """One websocket connection and the task that reads it."""
-
-    def __init__(self, tag: str, ws: ClientConnection, now: float, rollover_at: float) -> None:
-        self.tag = tag
-        self.ws = ws
-        self.opened_at = now
-        self.last_msg_at = now
-        self.rollover_at = rollover_at
-        self.messages = 0
-        self.reader: asyncio.Task[None] | None = None
-        self.close_reason = ""
-
-
 class BinanceSource(Source):
     """The live collector; see the module docstring for its contract."""
 
@@ -165,15 +139,11 @@ class BinanceSource(Source):
         self.aggs = IdTracker("aggTrade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)
         self.books: dict[str, BookSync] = {}
         self.messages = 0
-        self.reconnects = 0
-        self.rollovers = 0
-        self.stalls = 0
         self.gaps_open = 0
         self.gaps_backfilled = 0
         self.gaps_unrecoverable = 0
         self.gaps_resynced = 0
         self.last_error = ""
-        self.last_message_at: float | None = None
         self.recorder: FrameRecorder | None = None
         if o.record_dir:
             self.recorder = FrameRecorder(
@@ -192,20 +162,22 @@ class BinanceSource(Source):
             rng=self.rng,
         )
         self.backfiller = TradeBackfiller(self.rest, api_key=o.api_key, wall_us=wall_us)
-        # Received frames, oldest first: a deque and two events cost a fraction of an
-        # asyncio.Queue per frame. Readers wait for room when it holds MAX_QUEUED frames.
-        self._frames: deque[tuple[str, int, int, bytes]] = deque()
-        self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self._stopping = asyncio.Event()
+        self.inbox = FrameInbox()
+        self.connections = StreamConnections(
+            o,
+            self.groups,
+            self.inbox,
+            self._stopping,
+            clock=clock,
+            rng=self.rng,
+            note_error=self._note_error,
+        )
         self._emit: dict[str, list[tuple[Any, ...]]] = {}
         self._backfills: asyncio.Queue[Hole] = asyncio.Queue()
         self._depth_gaps: dict[str, list[tuple[int, int, int]]] = {}
         self._snapshot_tasks: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[Any]] = []
-        self._conns: dict[int, list[_Conn]] = {}
-        self._conn_seq = 0
-        self._stopping = asyncio.Event()
         self._next_book_snapshot = 0.0
         self._next_flush = 0.0
         self._started = False
@@ -219,18 +191,32 @@ class BinanceSource(Source):
 
     @property
     def open_connections(self) -> int:
-        return sum(len(c) for c in self._conns.values())
+        return self.connections.open_connections
+
+    @property
+    def reconnects(self) -> int:
+        return self.connections.reconnects
+
+    @property
+    def rollovers(self) -> int:
+        return self.connections.rollovers
+
+    @property
+    def stalls(self) -> int:
+        return self.connections.stalls
+
+    def _note_error(self, text: str) -> None:
+        self.last_error = text
 
     def health(self) -> SourceHealth:
         now = self.clock()
         pending = self.trades.pending + self.aggs.pending
+        last = self.connections.last_message_at
         return SourceHealth(
             name=self.name,
             kind=self.kind,
-            connected=all(self._conns.get(i) for i in range(len(self.groups))),
-            last_message_age_s=None
-            if self.last_message_at is None
-            else max(0.0, now - self.last_message_at),
+            connected=self.connections.connected,
+            last_message_age_s=None if last is None else max(0.0, now - last),
             messages=self.messages,
             reconnects=self.reconnects,
             gaps_open=self.gaps_open + pending,
@@ -291,9 +277,9 @@ class BinanceSource(Source):
         frames: list[bytes] = []
         record = self.recorder is not None
         deadline = time.monotonic() + o.batch_linger_s
-        queued = self._frames
+        queued = self.inbox.frames
         pop = queued.popleft
-        arrived = self._arrived
+        arrived = self.inbox.arrived
         trades, aggs = self.trades, self.aggs
         rows = batch.rows
         count = 0
@@ -336,8 +322,7 @@ class BinanceSource(Source):
             bucket.append(row)
         batch.lines += count
         self.messages += count
-        if not self._room.is_set() and len(queued) < MAX_QUEUED:
-            self._room.set()
+        self.inbox.release()
         return frames
 
     # -- depth --------------------------------------------------------------------------------
@@ -546,168 +531,18 @@ class BinanceSource(Source):
             )
             self._wake()
 
-    # -- connections ------------------------------------------------------------------------
+    # -- tasks --------------------------------------------------------------------------------
 
     def _wake(self) -> None:
-        self._arrived.set()
+        self.inbox.arrived.set()
 
     def _start(self) -> None:
         if self._started:
             return
         self._started = True
         self._next_flush = self.clock() + 1.0
-        for index, group in enumerate(self.groups):
-            self._tasks.append(
-                asyncio.create_task(self._supervise(index, group), name=f"binance-conn-{index}")
-            )
+        self._tasks.extend(self.connections.start())
         self._tasks.append(asyncio.create_task(self._backfill_worker(), name="binance-backfill"))
-
-    def url_for(self, group: list[str]) -> str:
-        return f"{self.options.ws_url.rstrip('/')}/stream?streams={'/'.join(group)}"
-
-    async def _open(self, index: int) -> _Conn:
-        o = self.options
-        ws = await ws_connect(
-            self.url_for(self.groups[index]),
-            open_timeout=o.open_timeout_s,
-            max_size=1 << 22,
-            max_queue=1024,
-            close_timeout=2.0,
-        )
-        self._conn_seq += 1
-        now = self.clock()
-        conn = _Conn(f"{index}.{self._conn_seq}", ws, now, now + o.rollover_after_s)
-        conn.reader = asyncio.create_task(self._read(conn), name=f"binance-read-{conn.tag}")
-        self._conns.setdefault(index, []).append(conn)
-        return conn
-
-    async def _read(self, conn: _Conn) -> None:
-        ws, tag, clock = conn.ws, conn.tag, self.clock
-        queued, arrived, room = self._frames, self._arrived, self._room
-        seq = 0
-        try:
-            while True:
-                data = await ws.recv(decode=False)
-                seq += 1
-                now = clock()
-                conn.last_msg_at = now
-                self.last_message_at = now
-                conn.messages = seq
-                queued.append((tag, seq, time.time_ns() // 1000, bytes(data)))
-                if not arrived.is_set():
-                    arrived.set()
-                if len(queued) >= MAX_QUEUED:
-                    room.clear()
-                    await room.wait()  # backpressure: stop reading until parsed
-        except websockets.ConnectionClosed as exc:
-            conn.close_reason = f"closed by the venue ({exc})"
-
-    async def _close(self, index: int, conn: _Conn) -> None:
-        with contextlib.suppress(ValueError):
-            self._conns.get(index, []).remove(conn)
-        if not self._conns.get(index):
-            self._conns.pop(index, None)
-        with contextlib.suppress(Exception):
-            await conn.ws.close()
-        if conn.reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(conn.reader, timeout=2.0)
-
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
-
-    async def _watch(self, conn: _Conn) -> str:
-        o = self.options
-        assert conn.reader is not None
-        while True:
-            if self._stopping.is_set():
-                return "stopping"
-            if conn.reader.done():
-                return "ended"
-            now = self.clock()
-            if now >= conn.rollover_at:
-                return "rollover"  # first: a successor also cures a stall, without a gap
-            if now - conn.last_msg_at >= o.stall_timeout_s:
-                return "stalled"
-            await asyncio.wait({conn.reader}, timeout=o.tick_s)
-
-    async def _supervise(self, index: int, group: list[str]) -> None:
-        o = self.options
-        attempt = 0
-        conn: _Conn | None = None
-        ever_connected = False
-        while not self._stopping.is_set():
-            if conn is None:
-                try:
-                    conn = await self._open(index)
-                except _CONNECT_ERRORS as exc:
-                    attempt += 1
-                    self.last_error = f"connect {index}: {type(exc).__name__}: {exc}"
-                    delay = backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
-                    log.warning("%s; retry %d in %.2fs", self.last_error, attempt, delay)
-                    await self._pause(delay)
-                    continue
-                if ever_connected:
-                    self.reconnects += 1
-                ever_connected = True
-                log.info("binance connection %s open (%d streams)", conn.tag, len(group))
-            outcome = await self._watch(conn)
-            if outcome == "stopping":
-                break
-            if outcome == "rollover":
-                successor = await self._rollover(index, conn)
-                if successor is None:
-                    conn.rollover_at = self.clock() + backoff_delay(
-                        1, o.backoff_initial_s, o.backoff_max_s, self.rng
-                    )
-                else:
-                    conn = successor
-                    self.rollovers += 1
-                continue
-            if outcome == "stalled":
-                self.stalls += 1
-                self.last_error = f"connection {conn.tag} stalled (no message for"
-                self.last_error += f" {o.stall_timeout_s:g}s)"
-            else:
-                self.last_error = f"connection {conn.tag} {conn.close_reason or 'ended'}"
-            log.warning("%s; reconnecting", self.last_error)
-            short_lived = self.clock() - conn.opened_at < max(5.0, o.stall_timeout_s)
-            await self._close(index, conn)
-            conn = None
-            if short_lived:
-                attempt += 1
-                await self._pause(
-                    backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
-                )
-            else:
-                attempt = 0
-        if conn is not None:
-            await self._close(index, conn)
-        for other in list(self._conns.get(index, [])):
-            await self._close(index, other)
-
-    async def _rollover(self, index: int, old: _Conn) -> _Conn | None:
-        """Open a successor, read both for ``overlap_s``, close ``old``."""
-        o = self.options
-        try:
-            new = await self._open(index)
-        except _CONNECT_ERRORS as exc:
-            self.last_error = f"rollover connect {index}: {type(exc).__name__}: {exc}"
-            log.warning("%s", self.last_error)
-            return None
-        assert new.reader is not None
-        deadline = time.monotonic() + o.overlap_s
-        while time.monotonic() < deadline and not new.reader.done():
-            if self._stopping.is_set():
-                break
-            await asyncio.wait({new.reader}, timeout=min(o.tick_s, o.overlap_s))
-        if new.reader.done():
-            await self._close(index, new)
-            return None
-        log.info("binance connection %s replaced by %s (rollover)", old.tag, new.tag)
-        await self._close(index, old)
-        return new
 
     # -- shutdown -----------------------------------------------------------------------------
 
@@ -737,9 +572,7 @@ class BinanceSource(Source):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        for index, conns in list(self._conns.items()):
-            for conn in list(conns):
-                await self._close(index, conn)
+        await self.connections.close_all()
         await self.rest.aclose()
         if self.recorder is not None:
             self.recorder.close()
