@@ -33,16 +33,25 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
-
 from tickvault.bus.base import NewDeadLetter
-from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
-from tickvault.sources.binance_book import DUPLICATE, GAP, BookSync
-from tickvault.sources.binance_conn import FrameInbox, StreamConnections
+from tickvault.sources.binance_book import (
+    DUPLICATE,
+    GAP,
+    BookSync,
+    fetch_snapshot,
+    snapshot_row,
+)
+from tickvault.sources.binance_conn import (
+    CHANNELS,
+    BinanceOptions,
+    FrameInbox,
+    StreamConnections,
+    split_streams,
+    stream_names,
+)
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
 from tickvault.sources.binance_wire import EXCHANGE, ParseError, parse_values
 from tickvault.sources.recorder import FrameRecorder
@@ -50,68 +59,7 @@ from tickvault.sources.rest import RestClient, VenueError, backoff_delay
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("trade", "aggTrade", "bookTicker", "depth")
-_STREAM_SUFFIX = {
-    "trade": "trade",
-    "aggTrade": "aggTrade",
-    "bookTicker": "bookTicker",
-    "depth": "depth@100ms",
-}
-
-
-@dataclass
-class BinanceOptions:
-    """Everything the collector can be told; ``BinanceSettings`` in the config maps here."""
-
-    symbols: list[str]
-    channels: list[str]
-    ws_url: str = "wss://stream.binance.com:9443"
-    rest_url: str = "https://api.binance.com"
-    api_key: str | None = None
-    max_streams_per_connection: int = 1024
-    stall_timeout_s: float = 60.0
-    rollover_after_s: float = 23 * 3600.0
-    overlap_s: float = 5.0
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    open_timeout_s: float = 10.0
-    gap_settle_s: float = 2.0
-    rest_attempts: int = 8
-    depth_snapshot_limit: int = 1000
-    book_snapshot_every_s: float = 300.0
-    record_dir: str | None = None
-    record_rotate_s: float = 3600.0
-    record_rotate_bytes: int = 256 << 20
-    batch_linger_s: float = 0.05
-    batch_max_records: int = 5000
-    stop_grace_s: float = 5.0
-    tick_s: float = 0.1
-
-    def __post_init__(self) -> None:
-        if not self.symbols:
-            raise ConfigError("binance: symbols must not be empty")
-        unknown = [c for c in self.channels if c not in CHANNELS]
-        if unknown or not self.channels:
-            raise ConfigError(
-                f"binance: unknown channel(s) {unknown or self.channels}"
-                f" (known: {', '.join(CHANNELS)})"
-            )
-        if self.max_streams_per_connection < 1:
-            raise ConfigError("binance: max_streams_per_connection must be at least 1")
-
-
-def stream_names(symbols: list[str], channels: list[str]) -> list[str]:
-    return [f"{s.lower()}@{_STREAM_SUFFIX[c]}" for s in symbols for c in channels]
-
-
-def split_streams(streams: list[str], limit: int) -> list[list[str]]:
-    return [streams[i : i + limit] for i in range(0, len(streams), limit)]
-
-
-class _Snapshot(msgspec.Struct):
-    lastUpdateId: int
-    bids: list[tuple[float, float]]
-    asks: list[tuple[float, float]]
+__all__ = ["CHANNELS", "BinanceOptions", "BinanceSource", "split_streams", "stream_names"]
 
 
 class BinanceSource(Source):
@@ -360,12 +308,10 @@ class BinanceSource(Source):
             while not self._stopping.is_set():
                 sync.snapshot_requested()
                 try:
-                    raw = await self.rest.get_json(
-                        "/api/v3/depth",
-                        {"symbol": symbol, "limit": self.options.depth_snapshot_limit},
+                    snap = await fetch_snapshot(
+                        self.rest, symbol, self.options.depth_snapshot_limit
                     )
-                    snap = msgspec.convert(raw, _Snapshot, strict=False)
-                except (VenueError, msgspec.ValidationError) as exc:
+                except VenueError as exc:
                     attempt += 1
                     self.last_error = f"depth snapshot {symbol}: {exc}"
                     log.warning("%s", self.last_error)
@@ -378,19 +324,10 @@ class BinanceSource(Source):
                         )
                     )
                     continue
-                recv = self.wall_us()
                 self._emit_row(
                     "book_snapshot",
-                    (
-                        EXCHANGE,
-                        symbol,
-                        snap.lastUpdateId,
-                        "rest",
-                        [p for p, _ in snap.bids],
-                        [q for _, q in snap.bids],
-                        [p for p, _ in snap.asks],
-                        [q for _, q in snap.asks],
-                        recv,
+                    snapshot_row(
+                        symbol, snap.lastUpdateId, "rest", snap.bids, snap.asks, self.wall_us()
                     ),
                 )
                 was_live = sync.live
@@ -435,17 +372,7 @@ class BinanceSource(Source):
             bids, asks = sync.book.sorted_levels(self.options.depth_snapshot_limit)
             self._emit_row(
                 "book_snapshot",
-                (
-                    EXCHANGE,
-                    sync.symbol,
-                    sync.book_update_id,
-                    "local",
-                    [p for p, _ in bids],
-                    [q for _, q in bids],
-                    [p for p, _ in asks],
-                    [q for _, q in asks],
-                    now,
-                ),
+                snapshot_row(sync.symbol, sync.book_update_id, "local", bids, asks, now),
             )
 
     # -- gaps and backfill ----------------------------------------------------------------------

@@ -20,6 +20,12 @@ one seen are duplicates (the overlap of a connection rollover) and are ignored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from tickvault.sources.binance_wire import EXCHANGE
+from tickvault.sources.rest import RestClient, VenueError
 
 Levels = list[tuple[float, float]]
 
@@ -198,3 +204,38 @@ class BookSync:
     @property
     def bridging(self) -> bool:
         return self._snapshot_id is not None
+
+
+class Snapshot(msgspec.Struct):
+    """``GET /api/v3/depth`` answer (prices and quantities arrive as decimal strings)."""
+
+    lastUpdateId: int
+    bids: Levels
+    asks: Levels
+
+
+async def fetch_snapshot(rest: RestClient, symbol: str, limit: int) -> Snapshot:
+    """The venue's book of ``symbol``; raises VenueError, also for an answer of the wrong
+    shape."""
+    raw = await rest.get_json("/api/v3/depth", {"symbol": symbol, "limit": limit})
+    try:
+        return msgspec.convert(raw, Snapshot, strict=False)
+    except msgspec.ValidationError as exc:
+        raise VenueError(f"depth snapshot of {symbol} malformed: {exc}") from None
+
+
+def snapshot_row(
+    symbol: str, last_update_id: int, origin: str, bids: Levels, asks: Levels, recv_us: int
+) -> tuple[Any, ...]:
+    """A ``book_snapshot`` row (column order of ``KINDS["book_snapshot"]``)."""
+    return (
+        EXCHANGE,
+        symbol,
+        last_update_id,
+        origin,
+        [p for p, _ in bids],
+        [q for _, q in bids],
+        [p for p, _ in asks],
+        [q for _, q in asks],
+        recv_us,
+    )

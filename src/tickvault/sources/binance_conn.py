@@ -1,4 +1,4 @@
-"""Websocket connections of the Binance collector: open, watch, replace, forever.
+"""Binance collector options and websocket connections: open, watch, replace, forever.
 
 :class:`StreamConnections` keeps one combined-stream connection open per group of streams:
 
@@ -25,18 +25,74 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from tickvault.errors import ConfigError
 from tickvault.sources.rest import backoff_delay
 
-if TYPE_CHECKING:
-    from tickvault.sources.binance import BinanceOptions
-
 log = logging.getLogger(__name__)
+
+CHANNELS = ("trade", "aggTrade", "bookTicker", "depth")
+_STREAM_SUFFIX = {
+    "trade": "trade",
+    "aggTrade": "aggTrade",
+    "bookTicker": "bookTicker",
+    "depth": "depth@100ms",
+}
+
+
+@dataclass
+class BinanceOptions:
+    """Everything the collector can be told; ``BinanceSettings`` in the config maps here."""
+
+    symbols: list[str]
+    channels: list[str]
+    ws_url: str = "wss://stream.binance.com:9443"
+    rest_url: str = "https://api.binance.com"
+    api_key: str | None = None
+    max_streams_per_connection: int = 1024
+    stall_timeout_s: float = 60.0
+    rollover_after_s: float = 23 * 3600.0
+    overlap_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    open_timeout_s: float = 10.0
+    gap_settle_s: float = 2.0
+    rest_attempts: int = 8
+    depth_snapshot_limit: int = 1000
+    book_snapshot_every_s: float = 300.0
+    record_dir: str | None = None
+    record_rotate_s: float = 3600.0
+    record_rotate_bytes: int = 256 << 20
+    batch_linger_s: float = 0.05
+    batch_max_records: int = 5000
+    stop_grace_s: float = 5.0
+    tick_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.symbols:
+            raise ConfigError("binance: symbols must not be empty")
+        unknown = [c for c in self.channels if c not in CHANNELS]
+        if unknown or not self.channels:
+            raise ConfigError(
+                f"binance: unknown channel(s) {unknown or self.channels}"
+                f" (known: {', '.join(CHANNELS)})"
+            )
+        if self.max_streams_per_connection < 1:
+            raise ConfigError("binance: max_streams_per_connection must be at least 1")
+
+
+def stream_names(symbols: list[str], channels: list[str]) -> list[str]:
+    return [f"{s.lower()}@{_STREAM_SUFFIX[c]}" for s in symbols for c in channels]
+
+
+def split_streams(streams: list[str], limit: int) -> list[list[str]]:
+    return [streams[i : i + limit] for i in range(0, len(streams), limit)]
+
 
 MAX_QUEUED = 100_000
 """Frames received and not yet parsed, at most; then the readers pause (backpressure)."""
