@@ -50,6 +50,18 @@ class BusSettings(_Section):
     """Stream that carries market-data frames."""
     group: str = "writers"
     """Consumer group of the store writers."""
+    fallback: list[str] = msgspec.field(default_factory=list)
+    """Fallback bus URLs, tried in order when the primary fails (a writer consumes each)."""
+    spool_dir: str | None = None
+    """Disk spool for frames no bus takes; default ``<data dir>/spool``; ``""`` disables it."""
+    spool_quota: int | str = "1GiB"
+    """Disk the spool may use (bytes, or e.g. ``512MiB``)."""
+    spool_full_policy: str = "block"
+    """At the quota: ``block`` (hold the sources back) or ``drop_newest`` (counted, alerted)."""
+    spool_fsync: str = "batch"
+    """``batch`` (fsync once per publisher batch) or ``never`` (leave it to the OS)."""
+    health_check_s: float = 2.0
+    """How often a failed bus is tried again and the spool drained."""
 
 
 class StoreSettings(_Section):
@@ -68,6 +80,21 @@ class WriterSettings(_Section):
     """Entries pending this long on another consumer are taken over."""
     consumer: str | None = None
     """Consumer name; default ``<hostname>-writer`` (stable across restarts)."""
+
+
+class BreakerSettings(_Section):
+    failure_threshold: int = 5
+    """Consecutive store failures that open the store breaker."""
+    bus_failure_threshold: int = 1
+    """Consecutive failed appends that open a bus breaker (an append already retries)."""
+    success_threshold: int = 2
+    """Consecutive half-open successes that close a breaker."""
+    open_base_s: float = 0.5
+    """Open timeout of a first opening; doubles per consecutive opening (jittered)."""
+    open_max_s: float = 15.0
+    """Cap of the open timeout (a bus breaker is capped at ``[bus] health_check_s``)."""
+    jitter: float = 0.2
+    """The open timeout is scaled by a random factor in ``[1 - jitter, 1]``."""
 
 
 class PublisherSettings(_Section):
@@ -192,6 +219,7 @@ class Settings(_Section):
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
     upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
+    breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     sources: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -201,6 +229,13 @@ class Settings(_Section):
     @property
     def store_url(self) -> str:
         return self.store.url or f"duckdb:///{self.data_dir / 'ticks.duckdb'}"
+
+    @property
+    def spool_path(self) -> Path | None:
+        """The spool directory, or None when ``spool_dir = ""`` disables the spool."""
+        if self.bus.spool_dir == "":
+            return None
+        return Path(self.bus.spool_dir) if self.bus.spool_dir else self.data_dir / "spool"
 
     @property
     def state_path(self) -> Path:
@@ -291,6 +326,7 @@ def settings_reference() -> str:
         ("[writer]", WriterSettings),
         ("[publisher]", PublisherSettings),
         ("[upkeep]", UpkeepSettings),
+        ("[breaker]", BreakerSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
         ('[[sources]] kind = "binance"', BinanceSettings),

@@ -4,8 +4,14 @@ Used by ``tickvault run`` (configured sources, until a signal), ``replay`` (file
 every record is stored and acknowledged) and ``demo`` (synthetic, for N seconds).
 
 Shutdown order (SIGTERM/SIGINT, or the sources running out): stop the sources, flush the
-publisher, let the writer drain what is on the bus (bounded by ``drain_timeout``), ack,
-exit. A second signal skips the drain; whatever is unacknowledged stays on the bus.
+publisher, let the spool drain to a bus and the writer drain what is on the bus (bounded by
+``drain_timeout``), ack, exit. A second signal skips the drain; whatever is unacknowledged
+stays on the bus, and whatever is spooled stays in the spool (both durable).
+
+Outages (incident 002): the publisher appends through a
+:class:`~tickvault.failover.FailoverPublisher` (primary bus, ``[bus] fallback`` buses, disk
+spool); one writer consumes each bus, all writing to the one store through one shared store
+circuit breaker.
 """
 
 from __future__ import annotations
@@ -25,18 +31,22 @@ from typing import IO, Any
 import msgspec
 
 from tickvault import control
+from tickvault.breaker import BreakerPolicy, CircuitBreaker
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus
 from tickvault.config import Settings
-from tickvault.errors import ConfigError
+from tickvault.errors import BusError, ConfigError
+from tickvault.events import EVENTS
+from tickvault.failover import FailoverPublisher
 from tickvault.maintenance import start_service_upkeep
 from tickvault.producer import ProducerProcess
 from tickvault.publisher import FramePublisher, SourcePump
 from tickvault.sources.base import Source
+from tickvault.spool import Spool
 from tickvault.status import collect_status
 from tickvault.stores import open_store
 from tickvault.stores.base import Store
-from tickvault.writer import Writer, WriterConfig, default_consumer_name
+from tickvault.writer import Writer, WriterConfig, WriterStats, default_consumer_name
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +90,7 @@ class RunSummary:
     drained: bool = False
     seconds: float = 0.0
     backlog: int = 0
+    spool_backlog: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,6 +121,12 @@ class Pipeline:
         self.store: Store
         self.publisher: FramePublisher
         self.writer: Writer
+        self.buses: list[Bus] = []
+        self.writers: list[Writer] = []
+        self.spool: Spool | None = None
+        self.failover: FailoverPublisher
+        self.store_breaker: CircuitBreaker
+        self._stop_health = asyncio.Event()
         self._control: control.ControlServer | None = None
 
     async def __aenter__(self) -> Pipeline:
@@ -117,27 +134,56 @@ class Pipeline:
         self._lock.acquire()
         try:
             self.bus = open_bus(s.bus_url)
+            self.buses = [self.bus, *(open_bus(url) for url in s.bus.fallback)]
             self.store = open_store(s.store_url)
+            spool_dir = s.spool_path
+            if spool_dir is not None:
+                self.spool = Spool(
+                    spool_dir,
+                    quota_bytes=s.bus.spool_quota,
+                    full_policy=s.bus.spool_full_policy,  # type: ignore[arg-type]
+                    fsync=s.bus.spool_fsync,  # type: ignore[arg-type]
+                )
         except BaseException:
             self._lock.release()
             raise
+        b = s.breaker
+        policy = BreakerPolicy(
+            b.failure_threshold, b.success_threshold, b.open_base_s, b.open_max_s, b.jitter
+        )
+        self.store_breaker = CircuitBreaker("store", policy)
+        self.failover = FailoverPublisher(
+            self.buses,
+            self.spool,
+            names=[_redact(u) for u in [s.bus_url, *s.bus.fallback]],
+            policy=BreakerPolicy(
+                b.bus_failure_threshold, b.success_threshold, b.open_base_s, b.open_max_s, b.jitter
+            ),
+            check_every_s=s.bus.health_check_s,
+            probe_stream=s.bus.stream,
+        )
         self.publisher = FramePublisher(
-            self.bus, s.bus.stream, max_records=s.publisher.frame_records
+            self.failover, s.bus.stream, max_records=s.publisher.frame_records
         )
         self._pump = SourcePump(self.publisher, self.stop_sources, self.stop_writer)
-        self.writer = Writer(
-            self.bus,
-            self.store,
-            WriterConfig(
-                stream=s.bus.stream,
-                group=s.bus.group,
-                consumer=s.writer.consumer or default_consumer_name(),
-                batch_records=s.writer.batch_records,
-                linger_ms=s.writer.linger_ms,
-                max_deliveries=s.writer.max_deliveries,
-                claim_idle_ms=s.writer.claim_idle_ms,
-            ),
-        )
+        self.writers = [
+            Writer(
+                bus,
+                self.store,
+                WriterConfig(
+                    stream=s.bus.stream,
+                    group=s.bus.group,
+                    consumer=s.writer.consumer or default_consumer_name(),
+                    batch_records=s.writer.batch_records,
+                    linger_ms=s.writer.linger_ms,
+                    max_deliveries=s.writer.max_deliveries,
+                    claim_idle_ms=s.writer.claim_idle_ms,
+                ),
+                store_breaker=self.store_breaker,
+            )
+            for bus in self.buses
+        ]
+        self.writer = self.writers[0]
         self._control = control.ControlServer(
             s.data_dir, {"status": self._status_op, "query": self._query_op}
         )
@@ -150,7 +196,10 @@ class Pipeline:
         for source in self.sources:
             with contextlib.suppress(Exception):
                 await source.close()
-        await self.bus.close()
+        for bus in self.buses:
+            await bus.close()
+        if self.spool is not None:
+            await self.spool.close()
         await self.store.close()
         self._lock.release()
 
@@ -185,6 +234,14 @@ class Pipeline:
                 "rejected": self.publisher.stats.rejected,
             },
             "sources": [_health(s) for s in self.sources],
+            "breakers": [self.store_breaker.snapshot()]
+            + [b.snapshot() for b in self.failover.breakers],
+            "failover": self.failover.snapshot(),
+            "fallback_writers": [
+                {"bus": name, "inserted": w.stats.inserted, "records": w.stats.records}
+                for name, w in zip(self.failover.names[1:], self.writers[1:], strict=True)
+            ],
+            "events": [e.as_dict() for e in EVENTS.recent(20)],
         }
 
     async def _status_op(self, _: dict[str, Any]) -> dict[str, Any]:
@@ -230,20 +287,23 @@ class Pipeline:
         """Run until the sources end (or are stopped) and the writer drained."""
         started = time.perf_counter()
         writer_task = None
-        upkeep_task = None
+        upkeep_tasks: list[asyncio.Task[None] | None] = []
+        health_task = asyncio.create_task(self.failover.run(self._stop_health))
         if self.with_writer:
             # Stream upkeep (incident 003): one pass before the writer consumes, then periodic.
-            upkeep_task = await start_service_upkeep(
-                self.bus, self.writer, self.settings.upkeep, self.stop_writer
-            )
-            writer_task = asyncio.create_task(
-                self.writer.run(self.stop_writer, until_drained=self.sources_done)
+            for bus, writer in zip(self.buses, self.writers, strict=True):
+                upkeep_tasks.append(
+                    await start_service_upkeep(bus, writer, self.settings.upkeep, self.stop_writer)
+                )
+            writer_task = asyncio.gather(
+                *(w.run(self.stop_writer, until_drained=self.sources_done) for w in self.writers)
             )
         try:
             await asyncio.gather(
                 *(self.pump(s) for s in self.sources), *(p.run() for p in self.producers)
             )
         finally:
+            await self._wait_spool_drained()
             self.sources_done.set()
         drained = False
         if writer_task is not None:
@@ -256,13 +316,26 @@ class Pipeline:
                 )
                 self.stop_writer.set()
                 await writer_task
-        if upkeep_task is not None:
-            upkeep_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await upkeep_task
-        info = await self.bus.info(self.settings.bus.stream)
-        backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.settings.bus.group)
-        w = self.writer.stats
+        self._stop_health.set()
+        await health_task
+        for upkeep_task in upkeep_tasks:
+            if upkeep_task is not None:
+                upkeep_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await upkeep_task
+        backlog = 0
+        for bus in self.buses:
+            try:
+                info = await bus.info(self.settings.bus.stream)
+            except BusError as exc:  # an unreachable fallback: its backlog is unknown
+                log.warning("backlog unknown: %s", exc)
+                backlog += 1
+                continue
+            backlog += sum(
+                g.lag + g.pending for g in info.groups if g.name == self.settings.bus.group
+            )
+        spool_backlog = self.spool.stats.backlog if self.spool is not None else 0
+        w = _total(self.writers)
         dead = Counter(self._pump.rejects)
         dead.update(w.dead_letters)
         published = self.publisher.stats.records
@@ -275,10 +348,46 @@ class Pipeline:
             stored=w.inserted,
             duplicates=w.duplicates,
             dead_letters=dict(dead),
-            drained=drained and backlog == 0,
+            drained=drained and backlog == 0 and spool_backlog == 0,
             seconds=time.perf_counter() - started,
             backlog=backlog,
+            spool_backlog=spool_backlog,
         )
+
+    async def _wait_spool_drained(self) -> None:
+        """At shutdown: give the spool ``drain_timeout`` to reach a bus (it stays on disk,
+        durable, if it cannot)."""
+        if self.spool is None or not self.with_writer:
+            return
+        deadline = None if self.drain_timeout is None else time.monotonic() + self.drain_timeout
+        while self.spool.has_backlog and not self.stop_writer.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning(
+                    "spool not drained at shutdown: %d frames stay spooled on disk",
+                    self.spool.stats.backlog,
+                )
+                return
+            await asyncio.sleep(0.05)
+
+
+def _total(writers: list[Writer]) -> WriterStats:
+    """The writers' counters added up (one writer per bus)."""
+    total = WriterStats()
+    for w in writers:
+        total.inserted += w.stats.inserted
+        total.duplicates += w.stats.duplicates
+        total.records += w.stats.records
+        total.dead_letters.update(w.stats.dead_letters)
+    return total
+
+
+def _redact(url: str) -> str:
+    """A bus URL without its password, for status output."""
+    scheme, sep, rest = url.partition("://")
+    if "@" not in rest.split("/", 1)[0]:
+        return url
+    creds, _, host = rest.partition("@")
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
 
 
 def _health(source: Source) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from tickvault.bus.base import Bus, NewDeadLetter
+from tickvault.bus.base import NewDeadLetter
 from tickvault.codec import FrameBuilder
 from tickvault.errors import BusError
 from tickvault.records import Record, kind_of
@@ -35,10 +35,21 @@ class PublisherStats:
     by_kind: dict[str, int] = field(default_factory=dict)
 
 
+class FrameSink(Protocol):
+    """What the publisher needs: a :class:`~tickvault.bus.base.Bus`, or a
+    :class:`~tickvault.failover.FailoverPublisher` in front of several buses and a spool."""
+
+    async def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]: ...
+
+    async def add_dead_letters(
+        self, stream: str, group: str | None, letters: Sequence[NewDeadLetter]
+    ) -> int: ...
+
+
 class FramePublisher:
     """Packs records into per-kind frames and appends them to ``stream`` on ``bus``."""
 
-    def __init__(self, bus: Bus, stream: str, *, max_records: int = 5000) -> None:
+    def __init__(self, bus: FrameSink, stream: str, *, max_records: int = 5000) -> None:
         self.bus = bus
         self.stream = stream
         self.max_records = max_records

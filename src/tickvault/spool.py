@@ -41,7 +41,7 @@ import mmap
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -314,15 +314,19 @@ class Spool:
         self._full = False
         return True
 
-    async def append(self, stream: str, payloads: Sequence[bytes], records: int = 0) -> bool:
-        """Append frames for ``stream`` (``records`` = how many records they carry, for the
-        drop count). True once written; False if the quota policy dropped them."""
+    async def append(
+        self, stream: str, payloads: Sequence[bytes], records: int | Callable[[], int] = 0
+    ) -> bool:
+        """Append frames for ``stream``; True once written, False if the quota policy dropped
+        them. ``records`` (or a function computing it, called only on a drop) is how many
+        records the frames carry, for the exact drop count."""
         if not payloads:
             return True
         blob = b"".join(encode_record(FRAME, _frame_body(stream, p)) for p in payloads)
         if not self._opened:
             await self.open()
         if not await self._admit(len(blob), "frames"):
+            records = records() if callable(records) else records
             self.stats.dropped_frames += len(payloads)
             self.stats.dropped_records += records
             self.events.emit(

@@ -12,7 +12,11 @@ Contract
   dead-lettered with the server's message and the rest is written.
 * While the store fails, the writer keeps its one in-flight batch, stops reading, and
   retries with capped exponential backoff: memory stays bounded, nothing is acknowledged,
-  and it resumes by itself when the store is back.
+  and it resumes by itself when the store is back. Store calls go through a circuit breaker
+  (:mod:`tickvault.breaker`, shared by every writer of one store): after
+  ``failure_threshold`` consecutive failures it opens and the writer waits for its half-open
+  trial instead of hammering the store. Nothing ever discards the in-flight batch: the
+  backlog stays on the bus, where it is durable.
 * On start it first re-delivers its own pending entries (from before a crash), then reads
   new ones, and periodically claims entries that other consumers left idle too long.
 """
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import orjson
 import pyarrow as pa
 
+from tickvault.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
 from tickvault.codec import decode_frame, split_valid
 from tickvault.errors import BatchRejected, BusError, DecodeError, StoreError
@@ -84,12 +89,24 @@ class WriterStopped(Exception):
 class Writer:
     """Consumes ``config.stream`` as ``config.group`` and writes into ``store``."""
 
-    def __init__(self, bus: Bus, store: Store, config: WriterConfig | None = None) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        store: Store,
+        config: WriterConfig | None = None,
+        *,
+        store_breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.bus = bus
         self.store = store
         self.config = config or WriterConfig()
         self.stats = WriterStats()
         self._last_claim = 0.0
+        cfg = self.config
+        self.store_breaker = store_breaker or CircuitBreaker(
+            "store",
+            BreakerPolicy(open_base_s=cfg.backoff_initial_s, open_max_s=cfg.backoff_max_s),
+        )
 
     async def run(self, stop: asyncio.Event, *, until_drained: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set; with ``until_drained``, also return once that event is
@@ -97,7 +114,7 @@ class Writer:
         cfg = self.config
         await self._retry(lambda: self.bus.ensure_group(cfg.stream, cfg.group), stop)
         try:
-            await self._retry(self.store.ensure_schema, stop)
+            await self._retry(self.store.ensure_schema, stop, self.store_breaker)
             while not stop.is_set():
                 own = await self._retry(
                     lambda: self.bus.read_own_pending(
@@ -169,12 +186,20 @@ class Writer:
             approx_records += sum(len(e.payload) for e in got) // 60  # ~bytes per record
         return entries
 
-    async def _retry(self, op, stop: asyncio.Event):  # type: ignore[no-untyped-def]
-        """Run a bus or store operation until it succeeds, backing off on errors."""
+    async def _retry(self, op, stop: asyncio.Event, breaker: CircuitBreaker | None = None):  # type: ignore[no-untyped-def]
+        """Run a bus or store operation until it succeeds, backing off on errors; through
+        ``breaker`` when given (an open breaker is waited out, not retried against)."""
         delay = self.config.backoff_initial_s
         while True:
+            if breaker is not None and not breaker.available:
+                self.stats.retrying = True
+                if not await breaker.wait_ready(stop):
+                    raise WriterStopped
+                continue
             try:
-                return await op()
+                return await (op() if breaker is None else breaker.call(op))
+            except BreakerOpen:
+                continue  # another writer holds the half-open trial
             except BatchRejected:
                 raise  # the data is refused: retrying cannot help, the caller bisects
             except (BusError, StoreError) as exc:
@@ -199,7 +224,7 @@ class Writer:
             return await self.store.write(kind, table)
 
         try:
-            return await self._retry(write, stop), []
+            return await self._retry(write, stop, self.store_breaker), []
         except BatchRejected as exc:
             if table.num_rows == 1:
                 row = table.to_pylist()[0]
