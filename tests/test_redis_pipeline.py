@@ -193,3 +193,49 @@ def test_two_writer_processes_share_a_backlog_and_store_each_record_once(
         assert a[table].isdisjoint(b[table]), f"{table}: a record was stored twice"
         assert a[table] | b[table] == expected
     assert sum(r["inserted"] for r in results) == rec.unique_records
+
+
+async def _crashed_writer(bus_url: str, path: Path, name: str, idle_ms: int) -> int:
+    """Publish ``path``, have writer ``name`` read every entry and die; wait until stale."""
+    await _publish(bus_url, path)
+    bus = open_bus(bus_url)
+    try:
+        taken = 0
+        while batch := await bus.read("ticks", "writers", name, 100, 100):
+            taken += len(batch)
+        deadline = time.monotonic() + 30
+        while not all(
+            c.idle_ms >= idle_ms for c in await bus.consumers("ticks", "writers") if c.name == name
+        ) or any(p.idle_ms < idle_ms for p in await bus.pending("ticks", "writers")):
+            assert time.monotonic() < deadline, "entries did not become stale"
+            await asyncio.sleep(0.01)  # polling a condition with a deadline
+        return taken
+    finally:
+        await bus.close()
+
+
+def test_the_service_reclaims_a_crashed_writers_entries_before_consuming(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    old = write_recording(tmp_path / "old.jsonl", 30_000, duplicate_share=0.0, seed=21)
+    new = write_recording(
+        tmp_path / "new.jsonl", 20_000, duplicate_share=0.0, seed=22, first_id=5_000_000
+    )
+    taken = asyncio.run(_crashed_writer(redis_server.url, old.path, "old-host-writer", 300))
+    assert taken > 0
+    config = tmp_path / "tickvault.toml"
+    config.write_text("[writer]\nclaim_idle_ms = 300\n\n[upkeep]\nzombie_idle_ms = 300\n")
+    data = tmp_path / "data"
+
+    summary = tv_json(
+        "replay", new.path, "--data-dir", data, "--bus", redis_server.url, "--config", config
+    )
+
+    assert summary["drained"] is True
+    keys = _keys(data / "ticks.duckdb")
+    assert keys["trades"] == old.trade_keys | new.trade_keys
+    assert keys["quotes"] == old.quote_keys | new.quote_keys
+    inspect = tv_json("streams", "inspect", "--bus", redis_server.url)
+    (group,) = inspect["streams"][0]["groups"]
+    assert group["pending"] == 0 and group["lag"] == 0
+    assert "old-host-writer" not in {c["name"] for c in group["consumers"]}
