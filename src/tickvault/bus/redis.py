@@ -17,7 +17,9 @@ Durability
 ``append`` is one ``MULTI``/``XADD``.../``EXEC`` and returns after Redis replied. That reply
 means "on disk" only with ``appendonly yes`` and ``appendfsync always`` (the tests and the
 benchmark run so); with ``everysec`` a crash of the Redis host can lose up to a second of
-appends. The bus logs a warning once when the server says it runs otherwise.
+appends. The bus logs a warning once when the server says it runs otherwise. An append
+retried after its connection broke may land twice if the first attempt had reached Redis;
+the store's natural keys make the duplicate frame harmless.
 
 Delivery
 --------
