@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -40,7 +40,7 @@ from tickvault.config import (
     load_settings,
     settings_reference,
 )
-from tickvault.errors import ConfigError, StoreError, TickvaultError
+from tickvault.errors import ConfigError, StoreUnavailable, TickvaultError
 from tickvault.positions.cli import app as positions_app
 from tickvault.records import KINDS
 from tickvault.sources.base import Source
@@ -328,9 +328,25 @@ def _offline_store(settings: Settings) -> Any:
     return open_store(url, read_only=True)
 
 
-def _owner_request(settings: Settings, payload: dict[str, Any]) -> Any | None:
-    """Ask the live owner of the data dir; None when there is none."""
-    return control.request(settings.data_dir, payload)
+async def _ask_owner_or_open(
+    settings: Settings, payload: dict[str, Any], offline: Callable[[], Awaitable[T]]
+) -> Any:
+    """Ask the live owner of the data dir, or, when there is none, run ``offline``.
+
+    While an owner starts or stops, its files are locked but its control socket is not
+    answering; that window is waited out (polling both) rather than shown as an error.
+    """
+    deadline = time.monotonic() + 20.0
+    while True:
+        answer = control.request(settings.data_dir, payload)
+        if answer is not None:
+            return answer
+        try:
+            return await offline()
+        except StoreUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 @app.command()
@@ -345,16 +361,17 @@ def query(
     """Run a read-only query (works while `run` or `replay` holds the data dir)."""
     settings = _settings(config, data_dir, None, store)
 
-    async def main() -> dict[str, Any]:
-        result = _owner_request(settings, {"op": "query", "sql": sql, "limit": limit})
-        if result is not None:
-            return dict(result)
+    async def offline() -> dict[str, Any]:
         st = _offline_store(settings)
         try:
             r = await st.query(sql, limit)
         finally:
             await st.close()
         return {"columns": r.columns, "rows": r.rows, "truncated": r.truncated}
+
+    async def main() -> dict[str, Any]:
+        payload = {"op": "query", "sql": sql, "limit": limit}
+        return dict(await _ask_owner_or_open(settings, payload, offline))
 
     try:
         result = _run(main())
@@ -383,17 +400,14 @@ def status(
     """Rows per table, bus backlog and pending per group, dead letters, last write time."""
     settings = _settings(config, data_dir, bus, store)
 
-    async def main() -> dict[str, Any]:
-        live = _owner_request(settings, {"op": "status"})
-        if live is not None:
-            return dict(live)
+    async def offline() -> dict[str, Any]:
         bus_ = open_bus(settings.bus_url)
         st = None
         try:
             try:
                 st = _offline_store(settings)
                 await st.ensure_schema()
-            except (ConfigError, StoreError):
+            except ConfigError:
                 st = None
             return await collect_status(
                 bus_,
@@ -406,6 +420,9 @@ def status(
             await bus_.close()
             if st is not None:
                 await st.close()
+
+    async def main() -> dict[str, Any]:
+        return dict(await _ask_owner_or_open(settings, {"op": "status"}, offline))
 
     data = _run(main())
     if json_out:

@@ -130,23 +130,26 @@ class Writer:
                 if entries:
                     await self.process(entries, stop)
                     continue
-                if until_drained is not None and until_drained.is_set() and await self._drained():
+                if (
+                    until_drained is not None
+                    and until_drained.is_set()
+                    and await self._drained(stop)
+                ):
                     return
         except WriterStopped:
             log.info("writer stopped with a batch unwritten; it stays pending on the bus")
 
-    async def _drained(self) -> bool:
+    async def _drained(self, stop: asyncio.Event) -> bool:
         info = await self.bus.info(self.config.stream)
         for group in info.groups:
             if group.name == self.config.group:
-                if group.pending and not self.bus.capabilities.claim:
-                    return False
-                if group.pending:
+                if group.pending and self.bus.capabilities.claim:
                     # Entries pending for a consumer that no longer runs (another name):
-                    # take them over once they are idle long enough.
-                    await self._claim(force=True)
-                    return False
-                return group.lag == 0
+                    # take them over once they are idle long enough, and write them.
+                    claimed = await self._claim(force=True)
+                    if claimed:
+                        await self.process(claimed, stop)
+                return group.pending == 0 and group.lag == 0
         return True
 
     async def _claim(self, force: bool = False) -> list[Entry]:
