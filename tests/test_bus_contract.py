@@ -195,3 +195,46 @@ async def test_payloads_round_trip_bytes_exactly(bus: Bus, n: int) -> None:
         assert batch
         got.extend(e.payload for e in batch)
     assert got == payloads
+
+
+# -- retention and scan (the bus as a replay source for `tickvault rebuild`) -----------------
+
+
+async def test_trim_retained_keeps_young_acknowledged_entries(bus: Bus) -> None:
+    await bus.ensure_group(S, G)
+    ids = await _fill(bus, 4)
+    await bus.ack(S, G, [e.id for e in await bus.read(S, G, "c", 10, 100)])
+    if not bus.capabilities.retention:
+        assert await bus.trim_retained(S, keep_age_s=0) == 0
+        assert (await bus.info(S)).length == 4
+        return
+    assert await bus.trim_retained(S, keep_age_s=3600) == 0
+    held = await bus.scan(S, since_ms=0)
+    assert [e.id for e in held] == ids
+    assert [e.payload for e in held] == [f"payload-{i}".encode() for i in range(4)]
+    assert all(abs(e.appended_ms - time.time() * 1000) < 60_000 for e in held)
+
+
+async def test_trim_retained_never_passes_unacknowledged_entries(bus: Bus) -> None:
+    if not bus.capabilities.retention:
+        return
+    await bus.ensure_group(S, "a")
+    await bus.ensure_group(S, "b")
+    ids = await _fill(bus, 5)
+    await bus.ack(S, "a", [e.id for e in await bus.read(S, "a", "x", 10, 100)])
+    eb = await bus.read(S, "b", "y", 3, 100)
+    await bus.ack(S, "b", [eb[0].id, eb[2].id])  # ids[1] still pending on b
+    assert await bus.trim_retained(S, keep_age_s=0) == 1
+    assert [e.id for e in await bus.scan(S, since_ms=0)] == ids[1:]
+    assert [e.id for e in await bus.read(S, "b", "y", 10, 100)] == ids[3:]
+
+
+async def test_scan_pages_and_bounds_by_append_time(bus: Bus) -> None:
+    if not bus.capabilities.retention:
+        return
+    ids = await _fill(bus, 7)
+    first = await bus.scan(S, since_ms=0, limit=3)
+    second = await bus.scan(S, since_ms=0, limit=10, after_id=first[-1].id)
+    assert [e.id for e in first + second] == ids
+    assert await bus.scan(S, since_ms=int(time.time() * 1000) + 60_000) == []
+    assert await bus.scan(S, since_ms=0, until_ms=first[0].appended_ms) == []

@@ -41,6 +41,8 @@ from tickvault.config import (
     settings_reference,
 )
 from tickvault.errors import ConfigError, StoreUnavailable, TickvaultError
+from tickvault.guardian.cli import app as guardian_app
+from tickvault.guardian.cli import rebuild_command
 from tickvault.positions.cli import app as positions_app
 from tickvault.records import KINDS
 from tickvault.sources.base import Source
@@ -62,6 +64,8 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(positions_app, name="positions")
 app.add_typer(streams_app, name="streams")
 app.add_typer(backfill_app, name="backfill")
+app.add_typer(guardian_app, name="guardian")
+app.command("rebuild")(rebuild_command)
 
 out = Console()
 err = Console(stderr=True)
@@ -162,6 +166,7 @@ def run(
                 "no [[sources]] configured: only the writer runs (draining the bus)"
             )
         async with Pipeline(settings, sources) as pipeline:
+            pipeline.with_guardian = True
             pipeline.install_signal_handlers()
             if not sources:
                 await pipeline.stop_sources.wait()

@@ -63,6 +63,11 @@ class BusSettings(_Section):
     health_check_s: float = 2.0
     """How often a failed bus is tried again and the spool drained."""
 
+    retention: str = "7d"
+    """Acknowledged entries are kept this long for ``tickvault rebuild`` (``0s``: trim all)."""
+    retention_bytes: int | str = "1GiB"
+    """...and trimmed oldest first while the stream holds more payload than this."""
+
 
 class StoreSettings(_Section):
     url: str | None = None
@@ -212,6 +217,52 @@ SOURCE_KINDS: dict[str, type[_Section]] = {
 }
 
 
+class GuardianSettings(_Section):
+    enabled: bool = True
+    """Run the guardian inside ``tickvault run``."""
+    dry_run: bool = False
+    """Decide and journal, but perform no action."""
+    interval_s: float = 5.0
+    """Seconds between check cycles."""
+    for_cycles: int = msgspec.field(default=3, name="for")
+    """Consecutive cycles a finding must persist before the resource is unhealthy."""
+    grace: str = "60s"
+    """Resources younger than this are not judged."""
+    cooldown: str = "60s"
+    """After a recovery the resource's findings do not count for this long."""
+    backoff_initial: str = "10s"
+    backoff_max: str = "5m"
+    backoff_reset: str = "10m"
+    """Healthy this long → the recovery backoff starts again from ``backoff_initial``."""
+    max_recoveries: int = 3
+    """Recoveries per ``window``; the next finding escalates to a human."""
+    window: str = "1h"
+    writer_stale: str = "5m"
+    """An active symbol with no new rows for this long (while the bus has a backlog)."""
+    backlog_max: int = 100_000
+    """Bus entries waiting (lag + pending) above which the bus is flagged."""
+    pending_age_max: str = "5m"
+    """Oldest pending entry older than this → stream upkeep."""
+    spool_max_bytes: int | str = "512MiB"
+    source_stale: str = "2m"
+    wal_lag_max: int = 1000
+    """QuestDB: committed transactions not yet applied above which the table is flagged."""
+    zero_price_share_max: float = 0.05
+    """Data quality: share of zero or non-finite prices in the newest rows."""
+    quality_rows: int = 10_000
+    """Rows per table the data-quality check looks at."""
+    alerts: list[str] = msgspec.field(default_factory=lambda: ["log"])
+    """Channels: ``log``, ``webhook``, ``telegram``."""
+    webhook_url: str | None = None
+    telegram_token_env: str = "TICKVAULT_TELEGRAM_TOKEN"
+    """Environment variable holding the bot token (never the token itself)."""
+    telegram_chat_id: str | None = None
+    telegram_api_url: str = "https://api.telegram.org"
+    group_wait: str = "30s"
+    group_interval: str = "5m"
+    repeat_interval: str = "4h"
+
+
 class Settings(_Section):
     data_dir: Path = Path(DEFAULT_DATA_DIR)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
@@ -220,6 +271,7 @@ class Settings(_Section):
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
     upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
+    guardian: GuardianSettings = msgspec.field(default_factory=GuardianSettings)
     sources: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -327,6 +379,7 @@ def settings_reference() -> str:
         ("[publisher]", PublisherSettings),
         ("[upkeep]", UpkeepSettings),
         ("[breaker]", BreakerSettings),
+        ("[guardian]", GuardianSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
         ('[[sources]] kind = "binance"', BinanceSettings),

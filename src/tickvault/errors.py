@@ -82,3 +82,12 @@ class LedgerError(PositionError):
 
 class PositionSourceError(PositionError):
     """A restore source cannot be read (missing, unreachable, corrupt); restore tries the next."""
+
+
+class GuardianError(TickvaultError):
+    """The guardian could not do something (its journal, a timeline, an alert channel)."""
+
+
+class UnsafeActionRefused(GuardianError):
+    """The guardian refused an action: not allowlisted, or aimed at a write-ahead-log or
+    sequencer path, or at deleting/renaming database files. Nothing was changed."""

@@ -29,7 +29,10 @@ One pass of :meth:`StreamUpkeep.run_once`
    that still has pending entries is kept and reported. A consumer idle less than
    ``zombie_idle`` is never deleted, and its entries are only claimed once they have been
    idle longer than ``min_idle`` (standard claim semantics).
-3. **Trim** (opt-in): entries every group has acknowledged are removed.
+3. **Trim** (opt-in): entries every group has acknowledged are removed; with a
+   :class:`Retention` (``[bus] retention`` / ``retention_bytes``) on a bus that supports it,
+   only those older than the retention or beyond its size, so ``tickvault rebuild`` can
+   replay them into a store.
 
 ``dry_run`` only reads, and reports what the pass would do.
 """
@@ -95,6 +98,14 @@ class UpkeepPolicy:
     """Pending entries looked at per pass (for the dry-run estimate and ``acked_missing``)."""
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How long / how much acknowledged payload the bus keeps for rebuilds."""
+
+    keep_age_s: float
+    keep_bytes: int | None = None
+
+
 @dataclass
 class ConsumerAction:
     name: str
@@ -149,6 +160,7 @@ class StreamUpkeep:
         *,
         handler: EntriesHandler | None = None,
         trim: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         self.bus = bus
         self.stream = stream
@@ -157,6 +169,7 @@ class StreamUpkeep:
         self.policy = policy or UpkeepPolicy()
         self.handler = handler
         self.trim = trim
+        self.retention = retention
         self.last_report: UpkeepReport | None = None
 
     async def _stale(self) -> list[PendingEntry]:
@@ -195,7 +208,13 @@ class StreamUpkeep:
         for c in consumers:
             await self._zombie(report, c, claimed_from.get(c.name, 0))
         if self.trim and not dry_run and self.bus.capabilities.per_entry_ack:
-            report.trimmed = await self.bus.trim_acknowledged(self.stream)
+            keep = self.retention
+            if keep is not None and self.bus.capabilities.retention:
+                report.trimmed = await self.bus.trim_retained(
+                    self.stream, keep_age_s=keep.keep_age_s, keep_bytes=keep.keep_bytes
+                )
+            else:
+                report.trimmed = await self.bus.trim_acknowledged(self.stream)
         return self._finish(report, started)
 
     def _finish(self, report: UpkeepReport, started: float) -> UpkeepReport:
@@ -274,14 +293,19 @@ class StreamUpkeep:
 
 
 async def start_service_upkeep(
-    bus: Bus, writer: Writer, settings: UpkeepSettings, stop: asyncio.Event
+    bus: Bus,
+    writer: Writer,
+    settings: UpkeepSettings,
+    stop: asyncio.Event,
+    retention: Retention | None = None,
 ) -> asyncio.Task[None] | None:
     """Upkeep for the service's writer group: one pass now, then a task repeating it.
 
     The first pass runs before the writer consumes and has no handler: what it claims stays
     pending for the writer's consumer, which re-reads its own pending entries first. The
     periodic passes hand what they claim to :meth:`Writer.process`. Thresholds come from the
-    ``[writer]`` settings (``claim_idle_ms``, ``max_deliveries``) and ``[upkeep]``. Returns
+    ``[writer]`` settings (``claim_idle_ms``, ``max_deliveries``), ``[upkeep]`` and
+    ``retention`` (see :func:`bus_retention`). Returns
     the periodic task (cancel it on shutdown), or None when upkeep is disabled.
     """
     if not settings.enabled:
@@ -292,7 +316,9 @@ async def start_service_upkeep(
         zombie_idle_ms=settings.zombie_idle_ms,
         max_deliveries=cfg.max_deliveries,
     )
-    first = StreamUpkeep(bus, cfg.stream, cfg.group, cfg.consumer, policy, trim=settings.trim)
+    first = StreamUpkeep(
+        bus, cfg.stream, cfg.group, cfg.consumer, policy, trim=settings.trim, retention=retention
+    )
     try:
         report = await first.run_once()
         if report.claimed or report.deleted_consumers or report.dead_lettered:
@@ -304,6 +330,21 @@ async def start_service_upkeep(
         await writer.process(entries, stop)
 
     periodic = StreamUpkeep(
-        bus, cfg.stream, cfg.group, cfg.consumer, policy, handler=process, trim=settings.trim
+        bus,
+        cfg.stream,
+        cfg.group,
+        cfg.consumer,
+        policy,
+        handler=process,
+        trim=settings.trim,
+        retention=retention,
     )
     return asyncio.create_task(periodic.run_periodically(settings.every_s, stop))
+
+
+def bus_retention(retention: str, retention_bytes: int | str) -> Retention:
+    """``[bus] retention`` / ``retention_bytes`` as a :class:`Retention` (ConfigError if bad)."""
+    from tickvault.spool import parse_size
+
+    size = parse_size(retention_bytes)
+    return Retention(parse_duration_ms(retention) / 1000, size or None)

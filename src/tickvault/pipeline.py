@@ -38,7 +38,7 @@ from tickvault.config import Settings
 from tickvault.errors import BusError, ConfigError
 from tickvault.events import EVENTS
 from tickvault.failover import FailoverPublisher
-from tickvault.maintenance import start_service_upkeep
+from tickvault.maintenance import bus_retention, start_service_upkeep
 from tickvault.producer import ProducerProcess
 from tickvault.publisher import FramePublisher, SourcePump
 from tickvault.sources.base import Source
@@ -98,6 +98,9 @@ class RunSummary:
 
 class Pipeline:
     """One process's pipeline; ``async with Pipeline(settings, sources) as p: await p.run()``."""
+
+    with_guardian: bool = False
+    """``tickvault run`` sets it: ``run()`` then also runs the guardian (``[guardian]``)."""
 
     def __init__(
         self,
@@ -289,11 +292,19 @@ class Pipeline:
         writer_task = None
         upkeep_tasks: list[asyncio.Task[None] | None] = []
         health_task = asyncio.create_task(self.failover.run(self._stop_health))
+        guardian_task = None
+        if self.with_guardian and self.with_writer:  # stops together with the health task
+            from tickvault.guardian.service import start_in_pipeline
+
+            guardian_task = start_in_pipeline(self, self._stop_health)
+        retention = bus_retention(self.settings.bus.retention, self.settings.bus.retention_bytes)
         if self.with_writer:
             # Stream upkeep (incident 003): one pass before the writer consumes, then periodic.
             for bus, writer in zip(self.buses, self.writers, strict=True):
                 upkeep_tasks.append(
-                    await start_service_upkeep(bus, writer, self.settings.upkeep, self.stop_writer)
+                    await start_service_upkeep(
+                        bus, writer, self.settings.upkeep, self.stop_writer, retention
+                    )
                 )
             writer_task = asyncio.gather(
                 *(w.run(self.stop_writer, until_drained=self.sources_done) for w in self.writers)
@@ -318,6 +329,8 @@ class Pipeline:
                 await writer_task
         self._stop_health.set()
         await health_task
+        if guardian_task is not None:
+            await guardian_task
         for upkeep_task in upkeep_tasks:
             if upkeep_task is not None:
                 upkeep_task.cancel()

@@ -17,6 +17,13 @@ Contract (every backend; checked by ``tests/test_bus_contract.py``):
 * ``delete_consumer`` removes a consumer and returns how many pending entries it still had;
   callers claim them first (Redis silently drops them).
 * ``trim_acknowledged`` removes only entries that every group has acknowledged.
+* ``trim_retained`` is the retention-aware trim: it removes acknowledged entries only once
+  they are older than ``keep_age_s`` or, oldest first, while the stream holds more than
+  ``keep_bytes`` of payload; it never removes an entry some group has not acknowledged.
+  Backends that cannot (``capabilities.retention`` false) remove nothing and rely on the
+  server's own limits.
+* ``scan`` returns the entries still held on a stream appended in ``[since_ms, until_ms)``,
+  oldest first, whatever any group did with them (``tickvault rebuild`` replays them).
 
 Backends that are logs with offsets (Kafka) cannot do per-entry pending lists or claims;
 they say so in :attr:`Bus.capabilities` and the writer adapts.
@@ -30,6 +37,8 @@ from dataclasses import dataclass
 
 import msgspec
 
+from tickvault.errors import BusError
+
 
 @dataclass(frozen=True)
 class Capabilities:
@@ -37,6 +46,8 @@ class Capabilities:
     claim: bool = True
     delivery_counts: bool = True
     consumer_registry: bool = True
+    retention: bool = False
+    """``trim_retained`` and ``scan`` are implemented (acknowledged entries can be kept)."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,15 @@ class Entry:
     id: str
     payload: bytes
     delivery_count: int = 1
+
+
+@dataclass(frozen=True)
+class RetainedEntry:
+    """An entry as ``scan`` returns it: with the wall-clock time it was appended."""
+
+    id: str
+    payload: bytes
+    appended_ms: int
 
 
 class PendingEntry(msgspec.Struct, frozen=True):
@@ -168,6 +188,28 @@ class Bus(abc.ABC):
 
     @abc.abstractmethod
     async def trim_acknowledged(self, stream: str) -> int: ...
+
+    async def trim_retained(
+        self, stream: str, *, keep_age_s: float, keep_bytes: int | None = None
+    ) -> int:
+        """Remove acknowledged entries beyond the retention; see the module contract.
+
+        The default (backends without retention support) removes nothing.
+        """
+        return 0
+
+    async def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        *,
+        limit: int = 1000,
+        after_id: str | None = None,
+    ) -> list[RetainedEntry]:
+        """Up to ``limit`` retained entries appended in ``[since_ms, until_ms)`` with ids
+        after ``after_id`` (for paging), oldest first."""
+        raise BusError(f"{type(self).__name__} cannot scan retained entries")
 
     @abc.abstractmethod
     async def info(self, stream: str) -> StreamInfo: ...

@@ -51,12 +51,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from tickvault.bus.base import (
     Bus,
+    Capabilities,
     ConsumerInfo,
     DeadLetter,
     Entry,
     GroupInfo,
     NewDeadLetter,
     PendingEntry,
+    RetainedEntry,
     StreamInfo,
 )
 from tickvault.bus.redis_letters import DLQ_SUFFIX, RedisDeadLetters
@@ -90,6 +92,8 @@ _Tag = tuple[str, str, str]
 
 class RedisBus(Bus):
     """Bus on Redis Streams; ``RedisBus.from_url("redis://127.0.0.1:6379/0?prefix=tv:")``."""
+
+    capabilities = Capabilities(retention=True)
 
     def __init__(self, url: str, *, prefix: str = "", retry_s: float = 5.0) -> None:
         self.link = RedisLink(url, prefix=prefix, retry_s=retry_s)
@@ -379,27 +383,80 @@ class RedisBus(Bus):
                 return []
             raise
 
+    async def _ack_bound(self, key: str) -> str | None:
+        """The smallest id some group still needs (next undelivered or oldest pending)."""
+        groups = await self._groups(key)
+        if not groups:
+            return None
+        pipe = self._r.pipeline(transaction=False)
+        for g in groups:
+            pipe.xpending(key, g["name"])
+        summaries = await pipe.execute()
+        bound: str | None = None
+        for g, summary in zip(groups, summaries, strict=True):
+            candidate = next_id(text(g["last-delivered-id"]))
+            if summary["pending"] and id_tuple(text(summary["min"])) < id_tuple(candidate):
+                candidate = text(summary["min"])
+            if bound is None or id_tuple(candidate) < id_tuple(bound):
+                bound = candidate
+        return bound
+
     async def trim_acknowledged(self, stream: str) -> int:
         key = self.link.key(stream)
 
         async def op() -> int:
-            groups = await self._groups(key)
-            if not groups:
+            bound = await self._ack_bound(key)
+            if bound is None:
                 return 0
-            pipe = self._r.pipeline(transaction=False)
-            for g in groups:
-                pipe.xpending(key, g["name"])
-            summaries = await pipe.execute()
-            bound: str | None = None
-            for g, summary in zip(groups, summaries, strict=True):
-                candidate = next_id(text(g["last-delivered-id"]))
-                if summary["pending"] and id_tuple(text(summary["min"])) < id_tuple(candidate):
-                    candidate = text(summary["min"])
-                if bound is None or id_tuple(candidate) < id_tuple(bound):
-                    bound = candidate
             return int(await self._r.xtrim(key, minid=bound, approximate=False))
 
         return await self.link.call(f"trim {stream}", op)
+
+    async def trim_retained(
+        self, stream: str, *, keep_age_s: float, keep_bytes: int | None = None
+    ) -> int:
+        """``XTRIM MINID`` at the older of the acknowledgement bound and ``now - keep_age_s``
+        (entry ids carry the server's append time). ``keep_bytes`` is not enforced here: set
+        ``maxmemory`` / stream limits on the server."""
+        key = self.link.key(stream)
+
+        async def op() -> int:
+            bound = await self._ack_bound(key)
+            if bound is None:
+                return 0
+            secs, micros = await self._r.time()
+            now_ms = int(secs) * 1000 + int(micros) // 1000
+            age_bound = f"{max(0, now_ms - int(keep_age_s * 1000))}-0"
+            if id_tuple(age_bound) < id_tuple(bound):
+                bound = age_bound
+            return int(await self._r.xtrim(key, minid=bound, approximate=False))
+
+        return await self.link.call(f"trim {stream}", op)
+
+    async def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        *,
+        limit: int = 1000,
+        after_id: str | None = None,
+    ) -> list[RetainedEntry]:
+        key = self.link.key(stream)
+        start = f"({after_id}" if after_id else f"{since_ms}-0"
+        end = f"({until_ms}-0" if until_ms is not None else "+"
+
+        async def op() -> list[RetainedEntry]:
+            rows = await self._r.xrange(key, start, end, count=limit)
+            out = []
+            for raw_id, fields in rows or ():
+                entry_id = text(raw_id)
+                ms = id_tuple(entry_id)[0]
+                if fields and ms >= since_ms:
+                    out.append(RetainedEntry(entry_id, payload_of(fields), ms))
+            return out
+
+        return await self.link.call(f"scan {stream}", op)
 
     async def _group_infos(self, key: str, groups: list[dict[str, Any]]) -> list[GroupInfo]:
         pipe = self._r.pipeline(transaction=False)

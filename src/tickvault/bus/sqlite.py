@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 
 from tickvault.bus.base import (
     Bus,
+    Capabilities,
     ConsumerInfo,
     DeadLetter,
     Entry,
     GroupInfo,
     NewDeadLetter,
     PendingEntry,
+    RetainedEntry,
     StreamInfo,
 )
 from tickvault.errors import BusError, BusUnavailable
@@ -95,6 +97,8 @@ def _ms(seconds: float) -> int:
 
 class SqliteBus(Bus):
     """Bus on a local SQLite file. ``SqliteBus.from_url("sqlite:///data/bus.db")``."""
+
+    capabilities = Capabilities(retention=True)
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
@@ -487,6 +491,68 @@ class SqliteBus(Bus):
             return cur.rowcount
 
         return await self._run(self._tx, op)
+
+    @staticmethod
+    def _ack_bound(conn: sqlite3.Connection, stream: str) -> int | None:
+        """The smallest entry id some group still needs (delivered-to bound or pending)."""
+        bound = conn.execute(
+            "SELECT min(b) FROM (SELECT g.last_id + 1 AS b FROM groups g WHERE g.stream=?"
+            " UNION ALL SELECT min(entry_id) FROM pending WHERE stream=?)",
+            (stream, stream),
+        ).fetchone()[0]
+        return None if bound is None else int(bound)
+
+    async def trim_retained(
+        self, stream: str, *, keep_age_s: float, keep_bytes: int | None = None
+    ) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            bound = self._ack_bound(conn, stream)
+            if bound is None:
+                return 0
+            oldest_kept = time.time() - keep_age_s
+            total = conn.execute(
+                "SELECT coalesce(sum(length(payload)), 0) FROM entries WHERE stream=?",
+                (stream,),
+            ).fetchone()[0]
+            cut = 0
+            rows = conn.execute(
+                "SELECT id, created_at, length(payload) FROM entries WHERE stream=? AND id<?"
+                " ORDER BY id",
+                (stream, bound),
+            )
+            for entry_id, created_at, size in rows:
+                too_big = keep_bytes is not None and total > keep_bytes
+                if created_at >= oldest_kept and not too_big:
+                    break
+                cut = entry_id
+                total -= size
+            if not cut:
+                return 0
+            cur = conn.execute("DELETE FROM entries WHERE stream=? AND id<=?", (stream, cut))
+            return cur.rowcount
+
+        return await self._run(self._tx, op)
+
+    async def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        *,
+        limit: int = 1000,
+        after_id: str | None = None,
+    ) -> list[RetainedEntry]:
+        def op(conn: sqlite3.Connection) -> list[RetainedEntry]:
+            sql = "SELECT id, payload, created_at FROM entries WHERE stream=? AND id>?"
+            sql += " AND created_at>=?"
+            args: list[Any] = [stream, int(after_id or 0), since_ms / 1000]
+            if until_ms is not None:
+                sql += " AND created_at<?"
+                args.append(until_ms / 1000)
+            rows = conn.execute(sql + " ORDER BY id LIMIT ?", [*args, limit]).fetchall()
+            return [RetainedEntry(str(r[0]), r[1], int(r[2] * 1000)) for r in rows]
+
+        return await self._run(self._tx, op, False)
 
     async def info(self, stream: str) -> StreamInfo:
         def op(conn: sqlite3.Connection) -> StreamInfo:

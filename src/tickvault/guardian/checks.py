@@ -1,0 +1,411 @@
+"""Checks: each asks a component's own API and turns the answer into observations.
+
+Nothing here looks at files or directory names (incident 000 judged health from a
+``txn_seq`` directory that a fresh table does not have yet and picked "the first matching"
+table directory). QuestDB tables are found through ``tables()`` and judged through
+``wal_tables()``; a table's age is the time the guardian first saw its current identity.
+
+Each check returns one :class:`Observation` per resource it looked at (no findings: healthy)
+and never raises: a component that cannot answer is itself a finding.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tickvault.bus.base import Bus
+from tickvault.guardian.findings import Clock, Finding, Observation
+from tickvault.records import KINDS
+from tickvault.stores.base import Store
+
+LiveFn = Callable[[], dict[str, Any]]
+Check = Callable[[], Awaitable[list[Observation]]]
+
+_EPOCH = dt.datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    writer_stale_s: float = 300.0
+    backlog_max: int = 100_000
+    pending_age_max_s: float = 300.0
+    spool_max_bytes: int = 512 << 20
+    source_stale_s: float = 120.0
+    wal_lag_max: int = 1000
+    zero_price_share_max: float = 0.05
+    quality_rows: int = 10_000
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(dt.UTC).replace(tzinfo=None)
+        return float((value - _EPOCH).total_seconds())
+    if isinstance(value, int | float):
+        return float(value) / 1e6 if value > 1e12 else float(value)
+    return None
+
+
+@dataclass
+class Checks:
+    """The guardian's checks over one pipeline (any part may be missing)."""
+
+    clock: Clock
+    bus: Bus | None = None
+    store: Store | None = None
+    stream: str = "ticks"
+    group: str = "writers"
+    live: LiveFn | None = None
+    limits: Thresholds = field(default_factory=Thresholds)
+    _dead_letters: int | None = None
+    _identities: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def all(self) -> list[Check]:
+        return [
+            self.bus_check,
+            self.store_check,
+            self.questdb_check,
+            self.quality_check,
+            self.live_check,
+            self.writer_check,
+        ]
+
+    async def run(self) -> list[Observation]:
+        out: list[Observation] = []
+        for check in self.all():
+            out.extend(await check())
+        return out
+
+    def _f(
+        self,
+        resource: str,
+        code: str,
+        severity: str,
+        evidence: dict[str, Any],
+        action: str | None = None,
+        **params: Any,
+    ) -> Finding:
+        return Finding(resource, code, severity, evidence, self.clock.now(), action, params)
+
+    def _seen(self, resource: str, identity: str) -> float:
+        """When the guardian first saw ``resource`` with this identity (re-created → new)."""
+        known = self._identities.get(resource)
+        if known is None or known[0] != identity:
+            known = self._identities[resource] = (identity, self.clock.now())
+        return known[1]
+
+    # -- bus ------------------------------------------------------------------------------
+
+    async def bus_check(self) -> list[Observation]:
+        if self.bus is None:
+            return []
+        resource = f"bus/{self.stream}/{self.group}"
+        try:
+            info = await self.bus.info(self.stream)
+            letters = sum((await self.bus.dead_letter_counts(self.stream)).values())
+        except Exception as exc:
+            return [
+                Observation(
+                    resource,
+                    (self._f(resource, "bus.unreachable", "critical", {"error": str(exc)}),),
+                )
+            ]
+        found: list[Finding] = []
+        for g in info.groups:
+            if g.name != self.group:
+                continue
+            backlog = g.lag + g.pending
+            if backlog > self.limits.backlog_max:
+                found.append(
+                    self._f(
+                        resource,
+                        "bus.backlog",
+                        "warning",
+                        {"backlog": backlog, "max": self.limits.backlog_max},
+                    )
+                )
+            age_s = (g.oldest_pending_age_ms or 0) / 1000
+            if age_s > self.limits.pending_age_max_s:
+                found.append(
+                    self._f(
+                        resource,
+                        "bus.pending_stale",
+                        "warning",
+                        {"oldest_pending_age_s": age_s, "pending": g.pending},
+                        "stream_upkeep",
+                    )
+                )
+        previous, self._dead_letters = self._dead_letters, letters
+        if previous is not None and letters > previous:
+            found.append(
+                self._f(
+                    resource,
+                    "bus.dead_letters_growing",
+                    "warning",
+                    {"dead_letters": letters, "new": letters - previous},
+                )
+            )
+        return [Observation(resource, tuple(found))]
+
+    # -- store ----------------------------------------------------------------------------
+
+    async def store_check(self) -> list[Observation]:
+        if self.store is None:
+            return []
+        resource = f"store/{self.store.url.split('://', 1)[0] or 'store'}"
+        found: list[Finding] = []
+        try:
+            health = await self.store.health()
+        except Exception as exc:
+            health = None
+            found.append(self._f(resource, "store.unavailable", "critical", {"error": str(exc)}))
+        if health is not None and not health.ok:
+            found.append(
+                self._f(resource, "store.unavailable", "critical", {"detail": health.detail})
+            )
+        elif (
+            health is not None
+            and not health.writable
+            and not getattr(self.store, "read_only", False)
+        ):
+            found.append(
+                self._f(resource, "store.not_writable", "critical", {"detail": health.detail})
+            )
+        if health is not None and health.ok and self.store.url.startswith("clickhouse"):
+            found.extend(await self._clickhouse(resource))
+        return [Observation(resource, tuple(found))]
+
+    async def _clickhouse(self, resource: str) -> list[Finding]:
+        found: list[Finding] = []
+        try:
+            parts = await self.store.query(  # type: ignore[union-attr]
+                "SELECT max(c) AS m FROM (SELECT count() AS c FROM system.parts WHERE active"
+                " GROUP BY database, table, partition)"
+            )
+            readonly = await self.store.query(  # type: ignore[union-attr]
+                "SELECT value FROM system.settings WHERE name = 'readonly'"
+            )
+        except Exception as exc:
+            return [
+                self._f(resource, "clickhouse.system_unreadable", "warning", {"error": str(exc)})
+            ]
+        most = int(parts.rows[0][0] or 0) if parts.rows else 0
+        if most > 300:
+            found.append(
+                self._f(
+                    resource,
+                    "clickhouse.too_many_parts",
+                    "warning",
+                    {"max_active_parts_per_partition": most},
+                )
+            )
+        if readonly.rows and str(readonly.rows[0][0]) not in ("0", ""):
+            found.append(
+                self._f(
+                    resource, "clickhouse.readonly", "critical", {"readonly": readonly.rows[0][0]}
+                )
+            )
+        return found
+
+    async def questdb_check(self) -> list[Observation]:
+        """Per QuestDB table (found through ``tables()``): suspended, or the writer trailing
+        the sequencer, or a WAL table the server does not list in ``wal_tables()`` yet."""
+        store: Any = self.store
+        if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
+            return []
+        try:
+            tables = await store.tables()
+            wal = await store._rest.wal_tables()
+        except Exception as exc:
+            resource = "questdb"
+            return [
+                Observation(
+                    resource,
+                    (self._f(resource, "questdb.unreachable", "critical", {"error": str(exc)}),),
+                )
+            ]
+        out: list[Observation] = []
+        for name in sorted(tables):
+            info = tables[name]
+            resource = f"questdb/{name}"
+            identity = str(info.directory or name)  # changes when the table is re-created
+            created = self._seen(resource, identity)
+            found: list[Finding] = []
+            status = wal.get(name)
+            if info.wal and status is None:
+                found.append(
+                    self._f(resource, "questdb.wal_not_initialised", "warning", {"table": name})
+                )
+            elif status is not None and status.suspended:
+                found.append(
+                    self._f(
+                        resource,
+                        "questdb.wal_suspended",
+                        "critical",
+                        {
+                            "table": name,
+                            "error_tag": status.error_tag,
+                            "error_message": status.error_message,
+                            "writer_txn": status.writer_txn,
+                            "sequencer_txn": status.sequencer_txn,
+                        },
+                        "questdb_resume_wal",
+                        table=name,
+                    )
+                )
+            elif status is not None and status.lag_txns > self.limits.wal_lag_max:
+                found.append(
+                    self._f(
+                        resource,
+                        "questdb.wal_lag",
+                        "warning",
+                        {
+                            "table": name,
+                            "lag_txns": status.lag_txns,
+                            "max": self.limits.wal_lag_max,
+                        },
+                    )
+                )
+            out.append(Observation(resource, tuple(found), created))
+        return out
+
+    # -- data quality ---------------------------------------------------------------------
+
+    async def quality_check(self) -> list[Observation]:
+        """Share of zero or non-finite prices among each table's newest rows."""
+        if self.store is None:
+            return []
+        out: list[Observation] = []
+        for spec in KINDS.values():
+            prices = [c for c in spec.columns if c == "price" or c.endswith("_price")]
+            if not prices or "ts_recv" not in spec.columns:
+                continue
+            resource = f"quality/{spec.table}"
+            bad = " OR ".join(f"NOT ({c} > 0 AND {c} < 1e300)" for c in prices)
+            sql = (
+                f"SELECT count(*) AS n, sum(CASE WHEN {bad} THEN 1 ELSE 0 END) AS bad FROM"
+                f" (SELECT {', '.join(prices)} FROM {spec.table} ORDER BY ts_recv DESC"
+                f" LIMIT {int(self.limits.quality_rows)}) t"
+            )
+            try:
+                result = await self.store.query(sql)
+            except Exception:
+                continue  # a missing table is the store check's business
+            n, n_bad = result.rows[0] if result.rows else (0, 0)
+            n, n_bad = int(n or 0), int(n_bad or 0)
+            found: list[Finding] = []
+            if n and n_bad / n > self.limits.zero_price_share_max:
+                found.append(
+                    self._f(
+                        resource,
+                        "quality.bad_prices",
+                        "warning",
+                        {"rows": n, "bad": n_bad, "share": round(n_bad / n, 4)},
+                    )
+                )
+            out.append(Observation(resource, tuple(found)))
+        return out
+
+    # -- the running pipeline (sources, breakers, spool, writer) ---------------------------
+
+    async def live_check(self) -> list[Observation]:
+        if self.live is None:
+            return []
+        live = self.live()
+        started = self.clock.now() - float(live.get("uptime_s") or 0.0)
+        out: list[Observation] = []
+        for src in live.get("sources") or []:
+            resource = f"source/{src.get('name')}"
+            found: list[Finding] = []
+            if not src.get("connected", True):
+                found.append(self._f(resource, "source.disconnected", "warning", dict(src)))
+            age = src.get("last_message_age_s")
+            if age is not None and age > self.limits.source_stale_s:
+                found.append(
+                    self._f(resource, "source.stale", "warning", {"last_message_age_s": age})
+                )
+            if src.get("gaps_open"):
+                found.append(
+                    self._f(resource, "source.gaps_open", "info", {"gaps_open": src["gaps_open"]})
+                )
+            out.append(Observation(resource, tuple(found), started))
+        for b in live.get("breakers") or []:
+            resource = f"breaker/{b.get('name')}"
+            found = []
+            if b.get("state") == "open":
+                found.append(
+                    self._f(
+                        resource,
+                        "breaker.open",
+                        "warning",
+                        {k: b.get(k) for k in ("times_opened", "last_error", "retry_in_s")},
+                    )
+                )
+            out.append(Observation(resource, tuple(found), started))
+        spool = (live.get("failover") or {}).get("spool")
+        if spool:
+            resource = "spool"
+            found = []
+            size = int(spool.get("size_bytes") or 0)
+            if size > self.limits.spool_max_bytes:
+                found.append(
+                    self._f(
+                        resource,
+                        "spool.large",
+                        "warning",
+                        {"size_bytes": size, "max": self.limits.spool_max_bytes},
+                        "drain_spool",
+                    )
+                )
+            out.append(Observation(resource, tuple(found), started))
+        return out
+
+    async def writer_check(self) -> list[Observation]:
+        """Freshness per active table and symbol, judged only while the bus has a backlog
+        (a quiet market is not a stuck writer)."""
+        if self.live is None or self.store is None or self.bus is None:
+            return []
+        live = self.live()
+        started = self.clock.now() - float(live.get("uptime_s") or 0.0)
+        try:
+            info = await self.bus.info(self.stream)
+        except Exception:
+            return []  # the bus check reports it
+        backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.group)
+        now = self.clock.now()
+        out: list[Observation] = []
+        for spec in KINDS.values():
+            if "symbol" not in spec.columns or "ts_recv" not in spec.columns:
+                continue
+            try:
+                result = await self.store.query(
+                    f"SELECT symbol, max(ts_recv) AS last FROM {spec.table} GROUP BY symbol"
+                )
+            except Exception:
+                continue
+            for symbol, last in result.rows:
+                last_s = _epoch(last)
+                if last_s is None or not math.isfinite(last_s):
+                    continue
+                age = now - last_s
+                if age > 86_400:  # not active
+                    continue
+                resource = f"writer/{spec.table}/{symbol}"
+                found: list[Finding] = []
+                if backlog and age > self.limits.writer_stale_s:
+                    found.append(
+                        self._f(
+                            resource,
+                            "writer.stale",
+                            "warning",
+                            {"last_row_age_s": round(age, 1), "backlog": backlog},
+                            "restart_component",
+                            component="writer",
+                        )
+                    )
+                out.append(Observation(resource, tuple(found), started))
+        return out
