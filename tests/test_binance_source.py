@@ -126,11 +126,12 @@ async def test_trades_missed_during_a_disconnect_are_backfilled_and_the_gap_reco
     assert final[8] >= final[5]  # status time after detection time
     # Restored rows carry the venue's values.
     restored = {r[2]: r for r in got.rows["trade"] if r[2] in missed}
-    for trade in market.trades[7 * 0 + 20 : 27]:
+    for trade in market.trades[20:27]:
         row = restored[trade["id"]]
         assert row[3] == float(trade["price"]) and row[4] == float(trade["qty"])
         assert row[6] == trade["time"] * 1000
     assert fake.refused == 3
+    assert set(fake.keyed_paths) == {"/api/v3/historicalTrades"}  # the key goes nowhere else
     assert (
         "/api/v3/historicalTrades",
         {"symbol": "BTCUSDT", "fromId": str(missed[0]), "limit": "1000"},
@@ -164,6 +165,25 @@ async def test_without_a_key_trades_are_rebuilt_from_aggregates_where_possible(
     ]
     assert sorted(got.ids("agg_trade", "BTCUSDT")) == full_range(FIRST_AGG, 13)
     assert src.health().gaps_unrecoverable == 1
+
+
+async def test_a_refused_key_falls_back_to_aggregates(fakes: MakeFake) -> None:
+    fake = fakes(api_key="the-right-key")
+    src = BinanceSource(options(fake, api_key="a-revoked-key"))
+    async with Collected(src) as got:
+        await subscribed(fake, "btcusdt@trade")
+        await fake.run(fake.emit_trades("BTCUSDT", 3))
+        await fake.run(fake.emit_trades("BTCUSDT", 3, deliver=False))
+        await fake.run(fake.emit_trades("BTCUSDT", 3))
+        await eventually(lambda: src.gaps_backfilled == 1, 10)
+    (final,) = [g for g in got.gaps() if g[6] != "open"]
+    assert final[6] == "backfilled"
+    assert final[7] == "3 restored from aggTrades (historicalTrades refused: HTTP 401)"
+    assert sorted(got.ids("trade", "BTCUSDT")) == full_range(FIRST_TRADE, 9)
+    assert [path for path, _ in fake.requests] == [
+        "/api/v3/historicalTrades",
+        "/api/v3/aggTrades",
+    ]
 
 
 async def test_rate_limits_are_honoured_and_server_errors_retried(fakes: MakeFake) -> None:

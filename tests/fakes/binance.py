@@ -111,6 +111,8 @@ class FakeBinance:
         self.ping_failures = 0
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.keyed_paths: list[str] = []
+        """Paths of the REST requests that carried an ``X-MBX-APIKEY`` header."""
         self.request_times: list[tuple[float, str, int]] = []
         """(monotonic time, path, status) of every REST answer."""
         self.stale_snapshots = 0
@@ -423,6 +425,8 @@ class FakeBinance:
 
     async def _answer(self, req: Request) -> Response:
         self.requests.append((req.path, dict(req.query)))
+        if "x-mbx-apikey" in req.headers:
+            self.keyed_paths.append(req.path)
         for fault in self.faults:
             if fault.times > 0 and req.path.startswith(fault.path):
                 fault.times -= 1

@@ -100,10 +100,9 @@ class BinanceSource(Source):
                 rotate_s=o.record_rotate_s,
                 rotate_bytes=o.record_rotate_bytes,
             )
-        headers = {"X-MBX-APIKEY": o.api_key} if o.api_key else None
+        # The key goes only where it is needed (historicalTrades), never on public calls.
         self.rest = RestClient(
             o.rest_url,
-            headers=headers,
             max_attempts=o.rest_attempts,
             backoff_initial_s=o.backoff_initial_s,
             backoff_max_s=o.backoff_max_s,
