@@ -172,7 +172,8 @@ class AlertRouter:
                 g.dirty = False
             elif send:
                 g.dirty = False
-            idle = g.last_flush is None or now - g.last_flush >= self.group_interval
+            since = g.last_flush if g.last_flush is not None else g.created_at
+            idle = now - since >= self.group_interval  # a flapping group keeps its timers
             if not g.firing and not g.resolved and idle:
                 del self._groups[resource]
         return out
