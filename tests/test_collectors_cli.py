@@ -174,3 +174,54 @@ def test_run_records_every_trade_across_a_forced_disconnect(
     assert [(g["symbol"], g["channel"], g["from_id"], g["to_id"]) for g in current] == expected
     assert {g["status"] for g in current} == {"backfilled"}
     assert all(g["reason"].endswith(("from historicalTrades", "from aggTrades")) for g in current)
+
+
+def test_bad_collector_config_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[sources]]\nkind = "binance"\nchannels = ["trades"]\n')
+    proc = tv("run", "--config", config, "--data-dir", tmp_path / "d", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "channels ['trades'] not among trade, aggTrade, bookTicker, depth" in proc.stderr
+    config.write_text(
+        '[[sources]]\nkind = "polygon"\ntickers = ["C:EURUSD"]\nfrom = "2024-01-01"\n'
+    )
+    proc = tv("run", "--config", config, "--data-dir", tmp_path / "d", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "set the environment variable POLYGON_API_KEY" in proc.stderr
+
+
+def test_run_with_a_polygon_source_downloads_its_range_and_stops(tmp_path: Path) -> None:
+    from .fakes.polygon import FakePolygon
+
+    fake = FakePolygon(page_size=50).start()
+    try:
+        config = tmp_path / "tv.toml"
+        config.write_text(
+            "[[sources]]\n"
+            'kind = "polygon"\n'
+            'tickers = ["C:EURUSD", "X:BTCUSD"]\n'
+            'timeframe = "1h"\n'
+            'from = "2024-03-01"\n'
+            'to = "2024-03-04"\n'
+            f'rest_url = "{fake.url}"\n'
+            'api_key_env = "TV_TEST_POLYGON_KEY"\n'
+        )
+        data = tmp_path / "data"
+        proc = subprocess.run(
+            [sys.executable, "-m", "tickvault", "run", "--config", str(config),
+             "--data-dir", str(data)],
+            capture_output=True, text=True, timeout=120,
+            env=cli_env(TV_TEST_POLYGON_KEY=fake.api_key),
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        fake.stop()
+    rows = tv_json(
+        "query",
+        "SELECT symbol, count(*) AS n FROM bars GROUP BY symbol ORDER BY symbol",
+        "--data-dir",
+        data,
+    )
+    # Forex: Friday 1st and Monday 4th; crypto: all four days. 24 hourly bars a day.
+    assert rows == [{"symbol": "C:EURUSD", "n": 2 * 24}, {"symbol": "X:BTCUSD", "n": 4 * 24}]
+    assert tv_json("query", "SELECT count(*) AS n FROM gaps", "--data-dir", data) == [{"n": 0}]
