@@ -37,6 +37,7 @@ from tickvault.config import (
     ReplaySettings,
     Settings,
     SyntheticSettings,
+    http_token,
     load_settings,
     settings_reference,
 )
@@ -84,6 +85,14 @@ StoreUrl = Annotated[
     str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+HttpListen = Annotated[
+    str | None,
+    typer.Option(
+        "--http-listen",
+        help='HTTP API and dashboard address, host:port ("" = off)'
+        " [default: [http] listen, 127.0.0.1:8765].",
+    ),
+]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
 
@@ -152,12 +161,15 @@ def run(
     bus: BusUrl = None,
     store: StoreUrl = None,
     verbose: Verbose = False,
+    http_listen: HttpListen = None,
 ) -> None:
     """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
     from tickvault.pipeline import Pipeline
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
+    if http_listen is not None:
+        settings.http.listen = http_listen
 
     async def main() -> None:
         sources = _build_sources(settings)
@@ -165,7 +177,9 @@ def run(
             logging.getLogger("tickvault").warning(
                 "no [[sources]] configured: only the writer runs (draining the bus)"
             )
-        async with Pipeline(settings, sources) as pipeline:
+        async with Pipeline(
+            settings, sources, serve_http=True, http_token=http_token(settings)
+        ) as pipeline:
             pipeline.with_guardian = True
             pipeline.install_signal_handlers()
             if not sources:
@@ -188,19 +202,28 @@ def demo(
     config: ConfigFile = None,
     bus: BusUrl = None,
     store: StoreUrl = None,
+    http_listen: HttpListen = None,
 ) -> None:
-    """Synthetic ticks through the full pipeline with live progress and a summary (offline)."""
+    """Synthetic ticks through the full pipeline with live progress and a summary (offline).
+
+    The HTTP API and dashboard are served meanwhile (``--http-listen``)."""
     from tickvault.pipeline import Pipeline
     from tickvault.sources.synthetic import SyntheticSource
 
     _setup_logging(False)
     settings = _settings(config, data_dir, bus, store)
+    if http_listen is not None:
+        settings.http.listen = http_listen
 
     async def main() -> None:
         source = SyntheticSource(rate=rate, symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], seed=42)
-        async with Pipeline(settings, [source]) as pipeline:
+        async with Pipeline(
+            settings, [source], serve_http=True, http_token=http_token(settings)
+        ) as pipeline:
             pipeline.install_signal_handlers()
             started = time.monotonic()
+            if pipeline.http is not None:
+                err.print(f"dashboard: {pipeline.http.url}/", highlight=False)
 
             def view() -> Table:
                 elapsed = max(time.monotonic() - started, 1e-6)

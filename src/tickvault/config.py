@@ -62,7 +62,6 @@ class BusSettings(_Section):
     """``batch`` (fsync once per publisher batch) or ``never`` (leave it to the OS)."""
     health_check_s: float = 2.0
     """How often a failed bus is tried again and the spool drained."""
-
     retention: str = "7d"
     """Acknowledged entries are kept this long for ``tickvault rebuild`` (``0s``: trim all)."""
     retention_bytes: int | str = "1GiB"
@@ -208,6 +207,26 @@ class PolygonSettings(_Section):
             raise ValueError("from (first day, YYYY-MM-DD) is required")
 
 
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:8765"
+    """``host:port`` of the HTTP API and dashboard (``run`` and ``demo``); loopback by
+    default; ``""`` turns the server off."""
+    token_env: str = "TICKVAULT_HTTP_TOKEN"
+    """Environment variable holding a bearer token; when it is set and not empty, every
+    endpoint but ``/health`` requires ``Authorization: Bearer <token>``."""
+    query_max_rows: int = 10_000
+    """Rows ``/query`` returns at most (``truncated`` says when there were more)."""
+    query_timeout_s: float = 10.0
+    """``/query`` answers 504 when the store takes longer than this."""
+
+
+def http_token(settings: Settings, env: dict[str, str] | None = None) -> str | None:
+    """The bearer token ``[http] token_env`` names, or None (no token: the API is open)."""
+    env = dict(os.environ) if env is None else env
+    name = settings.http.token_env
+    return (env.get(name) or None) if name else None
+
+
 SourceSettings = SyntheticSettings | ReplaySettings | BinanceSettings | PolygonSettings
 SOURCE_KINDS: dict[str, type[_Section]] = {
     "synthetic": SyntheticSettings,
@@ -272,6 +291,7 @@ class Settings(_Section):
     upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     guardian: GuardianSettings = msgspec.field(default_factory=GuardianSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     sources: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -380,6 +400,7 @@ def settings_reference() -> str:
         ("[upkeep]", UpkeepSettings),
         ("[breaker]", BreakerSettings),
         ("[guardian]", GuardianSettings),
+        ("[http]", HttpSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
         ('[[sources]] kind = "binance"', BinanceSettings),

@@ -109,7 +109,11 @@ class Pipeline:
         *,
         with_writer: bool = True,
         drain_timeout: float | None = 30.0,
+        serve_http: bool = False,
+        http_token: str | None = None,
     ) -> None:
+        """``serve_http``: also serve the HTTP API and dashboard on ``[http] listen`` (``run``
+        and ``demo``); ``http_token`` is the bearer token it requires (None: open)."""
         self.settings = settings
         self.sources = sources
         self.with_writer = with_writer
@@ -131,6 +135,9 @@ class Pipeline:
         self.store_breaker: CircuitBreaker
         self._stop_health = asyncio.Event()
         self._control: control.ControlServer | None = None
+        self.serve_http = serve_http
+        self._http_token = http_token
+        self.http: Any = None  # a tickvault.web.server.HttpServer while it serves
 
     async def __aenter__(self) -> Pipeline:
         s = self.settings
@@ -191,9 +198,33 @@ class Pipeline:
             s.data_dir, {"status": self._status_op, "query": self._query_op}
         )
         await self._control.start()
+        if self.serve_http and s.http.listen:
+            await self._start_http()
         return self
 
+    async def _start_http(self) -> None:
+        """Serve the API; a port that cannot be bound is reported (log + critical event)
+        and the data path runs on without it: capture matters more than the dashboard."""
+        from tickvault.web.server import HttpServer
+
+        server = HttpServer(self, self.settings.http, self._http_token)
+        try:
+            await server.start()
+        except OSError as exc:
+            log.error("HTTP API not served on %s: %s", self.settings.http.listen, exc)
+            EVENTS.emit(
+                "http",
+                "http.bind_failed",
+                f"HTTP API not served on {self.settings.http.listen}: {exc}",
+                level="critical",
+            )
+            return
+        self.http = server
+
     async def __aexit__(self, *exc: object) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         if self._control is not None:
             await self._control.stop()
         for source in self.sources:
@@ -229,6 +260,7 @@ class Pipeline:
                 "last_error": w.last_error,
                 "last_commit_at": w.last_commit_at,
                 "dead_letters": dict(w.dead_letters),
+                "tick_to_stored": w.tick_to_stored.snapshot(),
             },
             "publisher": {
                 "records": self.publisher.stats.records,
@@ -245,6 +277,7 @@ class Pipeline:
                 for name, w in zip(self.failover.names[1:], self.writers[1:], strict=True)
             ],
             "events": [e.as_dict() for e in EVENTS.recent(20)],
+            "http": {"url": self.http.url} if self.http is not None else None,
         }
 
     async def _status_op(self, _: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,183 @@
+"""Tick-to-stored latency at a steady synthetic rate: embedded defaults and over Redis.
+
+Tick-to-stored is measured inside the writer (:class:`tickvault.writer.WriterStats`):
+store commit time minus each record's ``ts_recv`` (the moment the source produced it), for
+every record. The same pipeline ``tickvault run`` uses ingests a synthetic source at
+``--rate`` records/s for ``--warmup`` + ``--seconds``; percentiles cover the measured part
+only (the writer's sample window is reset after the warm-up; it keeps every 10th record).
+
+The load is :class:`PacedSource`: row tuples on the source fast path, stamped with
+``ts_recv`` when emitted, every 50 ms (the stock source's tick). The stock
+``SyntheticSource`` builds a msgspec struct per record with several ``random`` calls each,
+which alone takes most of a core at 20k/s and would measure the generator sharing the event
+loop, not the data plane (``--stock-source`` measures that too).
+
+Configurations, in one run:
+
+* **embedded**: SQLite bus (WAL, ``synchronous=FULL``) + DuckDB, all defaults.
+* **redis**: a ``redis-server`` started here on a free loopback port (AOF, ``appendfsync
+  always``) + DuckDB.
+
+Reference in the same run: the writer's own batch time (decode, validate, write, ack) p50 /
+p99 — the part of the latency the store path costs; the rest is batching (publisher frames,
+writer linger) and waiting behind the previous batch.
+
+Prints one ``name value`` line per figure. Usage:
+``python bench/latency.py [--rate 20000] [--seconds 20] [--warmup 5] [--only embedded|redis]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import RedisServer
+
+from tickvault.config import Settings
+from tickvault.pipeline import Pipeline
+from tickvault.sources.base import Source, SourceBatch, SourceHealth
+from tickvault.sources.synthetic import SyntheticSource
+
+
+class PacedSource(Source):
+    """``rate`` records/s (60 % trades, 40 % quotes on three symbols) as row tuples."""
+
+    name = "paced"
+    kind = "synthetic"
+
+    def __init__(self, rate: float, tick_s: float = 0.05) -> None:
+        self.rate = rate
+        self.tick_s = tick_s
+        self.generated = 0
+        self._stopped = False
+        self._next_id = 1
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def batches(self) -> AsyncIterator[SourceBatch]:
+        started = time.monotonic()
+        symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+        while not self._stopped:
+            due = int((time.monotonic() - started) * self.rate) - self.generated
+            if due <= 0:
+                await asyncio.sleep(self.tick_s)
+                continue
+            now_us = time.time_ns() // 1000
+            first = self._next_id
+            trades = [
+                ("bench", symbols[i % 3], i, 100.0 + i % 97, 0.5, i % 2 == 0, now_us - 300, now_us)
+                for i in range(first, first + due * 6 // 10)
+            ]
+            quotes = [
+                ("bench", symbols[i % 3], i, 99.5, 1.0, 100.5, 2.0, None, now_us)
+                for i in range(first, first + due - len(trades))
+            ]
+            self._next_id = first + due
+            self.generated += due
+            yield SourceBatch(rows={"trade": trades, "quote": quotes})
+
+    def health(self) -> SourceHealth:
+        return SourceHealth(self.name, self.kind, not self._stopped, messages=self.generated)
+
+
+async def measure(
+    name: str,
+    data_dir: Path,
+    bus_url: str | None,
+    rate: float,
+    seconds: float,
+    warmup: float,
+    stock: bool = False,
+) -> dict[str, float]:
+    settings = Settings(data_dir=data_dir)
+    settings.bus.url = bus_url
+    source: PacedSource | SyntheticSource = (
+        SyntheticSource(rate=rate, symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], seed=7)
+        if stock
+        else PacedSource(rate)
+    )
+    async with Pipeline(settings, [source]) as pipeline:
+        run = asyncio.create_task(pipeline.run())
+        await asyncio.sleep(warmup)  # a benchmark phase, not synchronisation
+        stats = pipeline.writer.stats
+        stats.tick_to_stored.reset_window()
+        stats.batch_seconds.reset_window()
+        stored_before, started = stats.inserted, time.monotonic()
+        await asyncio.sleep(seconds)
+        elapsed = time.monotonic() - started
+        stored = stats.inserted - stored_before
+        q = stats.tick_to_stored.quantiles((0.5, 0.99, 0.999)) or [float("nan")] * 3
+        b = stats.batch_seconds.quantiles((0.5, 0.99)) or [float("nan")] * 2
+        pipeline.stop_sources.set()
+        source.stop()
+        summary = await run
+    return {
+        f"{name}_stored_per_s": stored / elapsed,
+        f"{name}_tick_to_stored_p50_ms": q[0] * 1000,
+        f"{name}_tick_to_stored_p99_ms": q[1] * 1000,
+        f"{name}_tick_to_stored_p999_ms": q[2] * 1000,
+        f"{name}_writer_batch_p50_ms": b[0] * 1000,
+        f"{name}_writer_batch_p99_ms": b[1] * 1000,
+        f"{name}_backlog_at_end": float(summary.backlog),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=20_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--only", choices=["embedded", "redis"])
+    parser.add_argument(
+        "--stock-source", action="store_true", help="Also measure with SyntheticSource."
+    )
+    args = parser.parse_args()
+    print(f"rate_records_per_s {args.rate:.0f}")
+    with tempfile.TemporaryDirectory(prefix="tv-latency-") as tmp:
+        work = Path(tmp)
+        results: dict[str, float] = {}
+        if args.only in (None, "embedded"):
+            results |= asyncio.run(
+                measure("embedded", work / "embedded", None, args.rate, args.seconds, args.warmup)
+            )
+        if args.stock_source:
+            results |= asyncio.run(
+                measure(
+                    "embedded_stock_source",
+                    work / "stock",
+                    None,
+                    args.rate,
+                    args.seconds,
+                    args.warmup,
+                    stock=True,
+                )
+            )
+        if args.only in (None, "redis"):
+            redis = RedisServer(work / "redis").start()
+            try:
+                results |= asyncio.run(
+                    measure(
+                        "redis",
+                        work / "over-redis",
+                        redis.url,
+                        args.rate,
+                        args.seconds,
+                        args.warmup,
+                    )
+                )
+            finally:
+                redis.stop()
+        for key, value in results.items():
+            print(f"{key} {value:.1f}")
+
+
+if __name__ == "__main__":
+    main()

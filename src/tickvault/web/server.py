@@ -1,0 +1,113 @@
+"""Serving the HTTP API inside the pipeline's asyncio loop (uvicorn as a task).
+
+Contract
+--------
+* :meth:`HttpServer.start` binds the socket itself first, so a taken port raises
+  :class:`OSError` here (uvicorn would ``sys.exit`` instead), then returns once uvicorn
+  accepts connections. ``port`` 0 picks a free port; :attr:`HttpServer.port` tells which.
+* uvicorn does not touch signal handlers or logging configuration: the pipeline owns
+  SIGTERM/SIGINT (drain, then exit) and the CLI owns logging.
+* :meth:`HttpServer.stop` closes the listener and lets requests in flight finish (bounded).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from tickvault.config import HttpSettings
+from tickvault.errors import ConfigError
+from tickvault.web.app import create_app
+
+if TYPE_CHECKING:
+    from tickvault.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare ``port`` (loopback) → (host, port)."""
+    text = listen.strip()
+    if text.isdigit():
+        return "127.0.0.1", int(text)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"[http] listen must be host:port, got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    number = int(port)
+    if number > 65535:
+        raise ConfigError(f"[http] listen port out of range: {listen!r}")
+    return host, number
+
+
+class _InLoopServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the pipeline handles SIGTERM/SIGINT
+
+
+class HttpServer:
+    """The API of ``pipeline`` served on ``settings.listen`` (see the module contract)."""
+
+    def __init__(self, pipeline: Pipeline, settings: HttpSettings, token: str | None) -> None:
+        self.settings = settings
+        self.app = create_app(pipeline, settings, token)
+        self.host, self.port = parse_listen(settings.listen)
+        self._server: _InLoopServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 10.0) -> None:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _InLoopServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError("HTTP server stopped while starting")
+            if asyncio.get_running_loop().time() > deadline:
+                raise OSError(f"HTTP server did not start within {timeout} s")
+            await asyncio.sleep(0.01)
+        log.info("HTTP API on http://%s:%d/", self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+        except TimeoutError:
+            self._server.force_exit = True
+            await self._task
+        finally:
+            self._server = None
+            self._task = None
