@@ -10,7 +10,9 @@ Contract
   order) whose circuit breaker is closed and that acknowledged the append, else the spool.
   Frames are never split across places within one call.
 * While the spool holds anything, new frames are appended to the spool too, behind the
-  older ones, so frames reach a bus in the order they were accepted.
+  older ones, so frames reach a bus in the order they were accepted. When the drain is down
+  to its last batch, new appends wait for that batch (one bus round trip) and then go to
+  the bus directly: a live source cannot keep the spool from ever emptying.
 * Each bus has its own :class:`~tickvault.breaker.CircuitBreaker`. A failed append opens it
   (``bus_failure_threshold``, default 1: a bus append already retries internally for the
   bus's ``retry_s``), so later appends skip a dead bus at once instead of waiting again.
@@ -78,7 +80,7 @@ class FailoverPublisher:
         names: Sequence[str] | None = None,
         policy: BreakerPolicy | None = None,
         check_every_s: float = 2.0,
-        drain_batch: int = 64,
+        drain_batch: int = 256,
         probe_stream: str = "ticks",
         events: EventLog | None = None,
     ) -> None:
@@ -106,12 +108,15 @@ class FailoverPublisher:
         self.probe_stream = probe_stream
         self.stats = FailoverStats(frames_by_bus=[0] * len(self.buses))
         self._spooling = False
+        self._handoff: asyncio.Event | None = None
 
     # -- the publisher's surface ------------------------------------------------------------
 
     async def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
         if not payloads:
             return []
+        while self._handoff is not None:  # the drain is sending the spool's last batch
+            await self._handoff.wait()
         if not (self.spool is not None and self.spool.has_backlog):
             for i, bus in enumerate(self.buses):
                 ids = await self._try(i, lambda b=bus: b.append(stream, payloads))  # type: ignore[misc]
@@ -173,6 +178,17 @@ class FailoverPublisher:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: probe sick buses and drain the spool (see the module contract)."""
+        try:
+            await self._run(stop)
+        finally:
+            self._release_handoff()
+
+    def _release_handoff(self) -> None:
+        if self._handoff is not None:
+            self._handoff.set()
+            self._handoff = None
+
+    async def _run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             moved = 0
             try:
@@ -181,6 +197,7 @@ class FailoverPublisher:
                 else:
                     await self._probe()
             except Exception as exc:  # never let the health task die
+                self._release_handoff()
                 log.warning("failover: health check failed: %s", exc)
             if moved:
                 continue  # drain at full speed while a bus takes it
@@ -220,7 +237,12 @@ class FailoverPublisher:
             frames = sum(r.type == FRAME for r in records)
             self.stats.frames_drained += frames
             self.stats.frames_by_bus[i] += frames
-            if not self.spool.has_backlog and self._spooling:
+            if self.spool.has_backlog:
+                if self._handoff is None and self.spool.stats.backlog <= self.drain_batch:
+                    self._handoff = asyncio.Event()  # hold new appends for the last batch
+                return len(records)
+            self._release_handoff()
+            if self._spooling:
                 self._spooling = False
                 self.events.emit(
                     "failover",
@@ -230,6 +252,7 @@ class FailoverPublisher:
                     frames_drained=self.stats.frames_drained,
                 )
             return len(records)
+        self._release_handoff()
         return 0
 
     @staticmethod

@@ -246,6 +246,10 @@ class NatsBus(Bus):
             error: BaseException | None = None
             try:
                 js = await self.link.js()
+                if not (await self.link.client()).is_connected:
+                    # Never queue frames in the client's reconnect buffer: they would all be
+                    # sent (and stored) on reconnect, long after this call gave up on them.
+                    raise ConnectionError("not connected (reconnecting)")
                 todo = [i for i, s in enumerate(seqs) if s is None]
                 futures = [
                     (
