@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import Bus
+from tickvault.bus.kafka import KafkaBus
 from tickvault.bus.nats import NatsBus
 from tickvault.bus.redis import RedisBus
 from tickvault.bus.sqlite import SqliteBus
@@ -24,10 +25,11 @@ from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.duckdb import DuckDBStore
 from tickvault.stores.questdb import QuestDBStore
 
+from .kafka_mock import KafkaMockCluster
 from .questdb_double import QuestDBDouble
 from .servers import ClickHouseServer, NatsServer, RedisServer
 
-BUS_BACKENDS = ["sqlite", "redis", "nats"]
+BUS_BACKENDS = ["sqlite", "redis", "nats", "kafka"]
 STORE_BACKENDS = ["duckdb", "clickhouse", "questdb"]
 
 BusFactory = Callable[[], Awaitable[Bus]]
@@ -139,6 +141,30 @@ def nats_bus_factory(nats_session_server: NatsServer) -> Iterator[BusFactory]:
     _close_all(made)
 
 
+@pytest.fixture(scope="session")
+def kafka_mock_cluster() -> Iterator[KafkaMockCluster]:
+    """librdkafka's mock cluster (three brokers, in this process); tests isolate themselves
+    by topic prefix. It outlives any subprocess a test starts and kills."""
+    cluster = KafkaMockCluster(brokers=3)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def kafka_bus_factory(kafka_mock_cluster: KafkaMockCluster) -> Iterator[BusFactory]:
+    made: list[Bus] = []
+
+    async def make() -> Bus:
+        # KIP-848 groups join at once on the mock cluster (classic ones wait ~3 s each);
+        # tests/test_kafka_*.py run the classic protocol too.
+        bus = KafkaBus.from_url(kafka_mock_cluster.url(group_protocol="consumer"))
+        made.append(bus)
+        return bus
+
+    yield make
+    _close_all(made)
+
+
 @pytest.fixture
 def questdb_store_factory() -> Iterator[StoreFactory]:
     """QuestDB stores, each against its own wire-level double (tests/questdb_double.py)."""
@@ -156,6 +182,13 @@ def questdb_store_factory() -> Iterator[StoreFactory]:
     _close_all(made)
     for double in doubles:
         double.stop()
+
+
+def peer_of(bus: Bus) -> Bus:
+    """A second bus object on the same streams and groups (another process, in effect)."""
+    if isinstance(bus, KafkaBus):
+        return KafkaBus(bus.options)
+    raise NotImplementedError(f"no peer for {type(bus).__name__}")
 
 
 @pytest.fixture(params=BUS_BACKENDS)

@@ -13,7 +13,7 @@ from tickvault.bus.base import (
     PendingEntry,
     StreamInfo,
 )
-from tickvault.errors import BackendNotAvailable, ConfigError
+from tickvault.errors import ConfigError
 
 __all__ = [
     "Bus",
@@ -27,10 +27,6 @@ __all__ = [
     "StreamInfo",
     "open_bus",
 ]
-
-_PLANNED = {
-    "kafka": "Kafka",
-}
 
 
 def open_bus(url: str) -> Bus:
@@ -48,12 +44,11 @@ def open_bus(url: str) -> Bus:
         from tickvault.bus.nats import NatsBus
 
         return NatsBus.from_url(url)
-    if scheme in _PLANNED:
-        raise BackendNotAvailable(
-            f"the {_PLANNED[scheme]} bus ({scheme}://) is not available in this version;"
-            " use sqlite:///PATH, redis://HOST:PORT/DB or nats://HOST:PORT"
-        )
+    if scheme == "kafka":
+        from tickvault.bus.kafka import KafkaBus
+
+        return KafkaBus.from_url(url)
     raise ConfigError(
-        f"unknown bus URL {url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB"
-        " or nats://HOST:PORT"
+        f"unknown bus URL {url!r}: expected sqlite:///PATH, redis://HOST:PORT/DB,"
+        " nats://HOST:PORT or kafka://HOST:PORT/PREFIX"
     )

@@ -1,0 +1,164 @@
+"""Per-symbol keys and group membership of the Kafka bus (see :mod:`tickvault.bus.kafka`).
+
+:class:`Member` holds the offset bookkeeping: per assigned partition the offsets delivered
+(in order) and those done; ``commit`` writes, per partition, ``offset + 1`` of the last entry
+of the contiguous done prefix. Rebalance callbacks run on the member's own thread inside
+``consume``; every state change happens under its lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tickvault.bus.kafka_link import kafka, translate
+from tickvault.codec import FrameBuilder, column_values, decode_frame
+from tickvault.errors import BusError, DecodeError
+from tickvault.records import spec_for
+
+NO_SYMBOL = b"-"
+"""Key of payloads that carry no symbol (they share a partition and keep their order)."""
+
+
+def split_by_symbol(payload: bytes) -> list[tuple[bytes, bytes]]:
+    """``(key, payload)`` parts of one bus payload: one frame per symbol, in row order."""
+    try:
+        frame = decode_frame(payload)
+        symbols = column_values(frame.cols["symbol"])
+    except (DecodeError, KeyError):
+        return [(NO_SYMBOL, payload)]
+    distinct = dict.fromkeys(symbols)
+    if len(distinct) <= 1:
+        return [(str(next(iter(distinct), "")).encode() or NO_SYMBOL, payload)]
+    spec = spec_for(frame.kind)
+    columns = [column_values(frame.cols[name]) for name in spec.columns]
+    builders = {s: FrameBuilder(frame.kind) for s in distinct}
+    for sym, row in zip(symbols, zip(*columns, strict=True), strict=True):
+        builders[sym].rows.append(row)
+    return [(str(s).encode(), b.take()) for s, b in builders.items()]
+
+
+@dataclass
+class Held:
+    consumer: str
+    payload: bytes
+    deliveries: int
+    delivered_at: float
+    appended_ms: int
+
+
+@dataclass
+class Member:
+    """This bus object's membership in one (stream, group): a Kafka consumer on its own
+    thread, and the in-flight state the commits are computed from."""
+
+    topic: str
+    consumer: Any
+    executor: ThreadPoolExecutor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    assigned_once: threading.Event = field(default_factory=threading.Event)
+    assigned: set[int] = field(default_factory=set)
+    delivered: dict[int, deque[int]] = field(default_factory=dict)
+    done: dict[int, set[int]] = field(default_factory=dict)
+    to_commit: dict[int, int] = field(default_factory=dict)
+    held: dict[str, Held] = field(default_factory=dict)
+    returned: deque[str] = field(default_factory=deque)
+    early: deque[Any] = field(default_factory=deque)
+    """Messages polled while joining, handed out by the next ``read``."""
+    seen: dict[str, float] = field(default_factory=dict)
+
+    # -- rebalance callbacks (run on the member's thread, inside consume) -------------------
+
+    def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        with self.lock:
+            for tp in partitions:
+                self.assigned.add(tp.partition)
+                self.delivered[tp.partition] = deque()
+                self.done[tp.partition] = set()
+        self.assigned_once.set()
+
+    def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        lost = {tp.partition for tp in partitions}
+        with self.lock:
+            for p in lost:
+                self._advance(p)
+        # Never past unfinished work: only the done prefix. If the commit fails, the new
+        # owner re-delivers from the last commit (harmless duplicates).
+        with contextlib.suppress(BusError):
+            self.commit(only=lost)
+        self._forget(lost)
+
+    def on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        self._forget({tp.partition for tp in partitions})
+
+    def _forget(self, partitions: set[int]) -> None:
+        with self.lock:
+            for p in partitions:
+                self.assigned.discard(p)
+                self.delivered.pop(p, None)
+                self.done.pop(p, None)
+                self.to_commit.pop(p, None)
+            for entry_id in [i for i in self.held if int(i.split(":", 1)[0]) in partitions]:
+                del self.held[entry_id]
+            self.returned = deque(i for i in self.returned if i in self.held)
+            self.early = deque(x for x in self.early if x.partition() not in partitions)
+
+    # -- offsets ----------------------------------------------------------------------------
+
+    def _advance(self, p: int) -> None:
+        """Move partition ``p``'s commit point over its contiguous done prefix (locked)."""
+        dq, done = self.delivered.get(p), self.done.get(p)
+        if dq is None or done is None:
+            return
+        last = None
+        while dq and dq[0] in done:
+            last = dq.popleft()
+            done.discard(last)
+        if last is not None:
+            self.to_commit[p] = last + 1
+
+    def mark_done(self, ids: Sequence[str]) -> int:
+        n = 0
+        with self.lock:
+            touched = set()
+            for entry_id in dict.fromkeys(ids):
+                if self.held.pop(entry_id, None) is None:
+                    continue
+                p, o = (int(x) for x in entry_id.split(":", 1))
+                if p in self.done:
+                    self.done[p].add(o)
+                    touched.add(p)
+                n += 1
+            for p in touched:
+                self._advance(p)
+        return n
+
+    def commit(self, only: set[int] | None = None) -> None:
+        """Commit the pending commit points synchronously (blocking; member thread)."""
+        ck = kafka()
+        with self.lock:
+            todo = {p: o for p, o in self.to_commit.items() if only is None or p in only}
+        if not todo:
+            return
+        offsets = [ck.TopicPartition(self.topic, p, o) for p, o in sorted(todo.items())]
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except ck.KafkaException as exc:
+            raise translate(exc, "commit") from exc
+        with self.lock:
+            for p, o in todo.items():
+                if self.to_commit.get(p) == o:
+                    del self.to_commit[p]
+
+
+def close_member(m: Member) -> None:
+    """Commit what is done, then leave the group (its partitions move on at once)."""
+    with contextlib.suppress(BusError):
+        m.commit()
+    with contextlib.suppress(Exception):  # closing must not fail the caller
+        m.consumer.close()  # runs on_revoke: commits the done prefix once more
