@@ -322,6 +322,10 @@ def systemd_units(
 Description=tickvault market-data service
 After=network-online.target redis-server.service
 Wants=network-online.target
+# Self-healing within bounds: at most 5 starts in 10 minutes, then the unit stays failed
+# (a crash loop is an incident for a human, not something to repeat forever).
+StartLimitIntervalSec=600
+StartLimitBurst=5
 
 [Service]
 Type=simple
@@ -332,7 +336,7 @@ User={user}
 # service retries the bus itself and runs the same pass when it connects.
 ExecStartPre=-{recover}
 ExecStart={_cmd(*run_args)}
-Restart=always
+Restart=on-failure
 RestartSec=2
 KillSignal=SIGTERM
 TimeoutStopSec=60

@@ -39,7 +39,13 @@ from pydantic import BaseModel
 
 from tickvault.config import HttpSettings
 from tickvault.errors import QueryRejected, StoreError, StoreUnavailable
-from tickvault.web.metrics import CONTENT_TYPE, PipelineMetrics, gather_snapshot, table_name
+from tickvault.web.metrics import (
+    CONTENT_TYPE,
+    PipelineMetrics,
+    gather_snapshot,
+    guardian_view,
+    table_name,
+)
 
 if TYPE_CHECKING:
     from tickvault.pipeline import Pipeline
@@ -197,7 +203,7 @@ async def dashboard_snapshot(pipeline: "Pipeline") -> dict[str, Any]:
         "breakers": [
             {"name": b.get("name"), "state": b.get("state")} for b in live.get("breakers", [])
         ],
-        "guardian": live.get("guardian"),
+        "guardian": guardian_view(pipeline, live),
         "spool": (live.get("failover") or {}).get("spool"),
         "dead_letters": sum((snap.dead_letters or {}).values()),
         "events": live.get("events", []),

@@ -109,6 +109,24 @@ def merged(histograms: Iterable[LatencyHistogram]) -> tuple[list[tuple[str, floa
     return [*buckets, ("+Inf", float(count))], total
 
 
+def guardian_view(pipeline: Pipeline, live: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The guardian's states for metrics and the dashboard: ``live()["guardian"]`` when the
+    pipeline reports one, else the running guardian's ``status()`` (resource → state), with
+    ``alerts_sent`` when it counts them; None when no guardian runs."""
+    reported = live.get("guardian")
+    if isinstance(reported, Mapping):
+        return dict(reported)
+    guardian = getattr(pipeline, "guardian", None)
+    status = getattr(guardian, "status", None)
+    if not callable(status):
+        return None
+    view: dict[str, Any] = {"checks": status()}
+    sent = getattr(guardian, "alerts_sent", None)
+    if isinstance(sent, int | Mapping):
+        view["alerts_sent"] = sent
+    return view
+
+
 class PipelineCollector(Collector):
     """Reads one pipeline's state into metric families (see the module docstring)."""
 
@@ -129,7 +147,7 @@ class PipelineCollector(Collector):
         yield from self._bus()
         yield from self._breakers(live.get("breakers") or [])
         yield from self._spool(live.get("failover") or {})
-        yield from self._guardian(live.get("guardian"))
+        yield from self._guardian(guardian_view(p, live))
 
     def _sources(self, sources: list[dict[str, Any]]) -> Iterator[Metric]:
         labels = ["source", "kind"]
@@ -334,12 +352,14 @@ class PipelineCollector(Collector):
         alerts = CounterMetricFamily(
             "tickvault_alerts_sent", "Alerts sent by the guardian", labels=["channel"]
         )
-        sent = guardian.get("alerts_sent", 0)
+        sent = guardian.get("alerts_sent")
+        if sent is None:
+            return
         if isinstance(sent, Mapping):
             for channel, n in sorted(sent.items()):
                 alerts.add_metric([str(channel)], n)
         else:
-            alerts.add_metric(["all"], sent or 0)
+            alerts.add_metric(["all"], sent)
         yield alerts
 
 

@@ -27,7 +27,7 @@ function fmt(n) {
   if (a >= 1e9) return (n / 1e9).toFixed(1) + "G";
   if (a >= 1e6) return (n / 1e6).toFixed(1) + "M";
   if (a >= 1e4) return (n / 1e3).toFixed(1) + "k";
-  if (a >= 100) return n.toFixed(0);
+  if (a >= 100 || Number.isInteger(n)) return n.toFixed(0);
   return n.toFixed(a >= 10 ? 1 : 2);
 }
 
