@@ -46,6 +46,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def write(self, kind: str, table: pa.Table) -> int: ...
 
+    async def write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """Write several kinds at once; same contract as :meth:`write` for each table.
+
+        Stores that can should commit them in one transaction (one commit per writer batch
+        instead of one per kind); the default writes them one after the other, which is
+        equally safe because every write is idempotent.
+        """
+        return {kind: await self.write(kind, table) for kind, table in tables.items()}
+
     @abc.abstractmethod
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult: ...
 

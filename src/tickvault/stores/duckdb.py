@@ -145,6 +145,40 @@ class DuckDBStore(Store):
             self._query_cursor = None
             self._schema_ready = False
 
+    def _write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        self._ensure_schema()
+        con = self._connect()
+        counts: dict[str, int] = {}
+        names = {kind: f"_tv_batch_{i}" for i, kind in enumerate(tables)}
+        try:
+            for kind, table in tables.items():
+                con.register(names[kind], table)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for kind in tables:
+                    row = con.execute(
+                        f"INSERT OR IGNORE INTO {spec_for(kind).table} SELECT * FROM {names[kind]}"
+                    ).fetchall()
+                    counts[kind] = int(row[0][0]) if row else 0
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                for name in names.values():
+                    con.unregister(name)
+        except (duckdb.Error, OSError) as exc:
+            self._reset_after_error()
+            raise _translate(exc, self.path) from exc
+        return counts
+
+    async def write_many(self, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """All kinds of a writer batch in one transaction: one commit (one fsync)."""
+        tables = {k: t for k, t in tables.items() if t.num_rows}
+        if not tables:
+            return {}
+        return await self._run(self._write_many, tables)
+
     async def write(self, kind: str, table: pa.Table) -> int:
         if table.num_rows == 0:
             return 0
@@ -207,7 +241,7 @@ class DuckDBStore(Store):
         def op() -> StoreHealth:
             try:
                 self._ensure_schema()
-                self._connect().execute("SELECT 1").fetchone()
+                self._connect().execute("SELECT 1").fetchall()
             except StoreError as exc:
                 return StoreHealth(ok=False, writable=False, detail=str(exc))
             return StoreHealth(ok=True, writable=not self.read_only, detail=str(self.path))
