@@ -22,6 +22,7 @@ from tickvault.codec import (
     encode_frame,
     encode_records,
     split_valid,
+    split_valid_many,
 )
 from tickvault.errors import DecodeError, RecordError
 from tickvault.records import KINDS, Bar, Quote, Trade, natural_key, validate
@@ -277,3 +278,20 @@ def test_bad_messages_have_precise_reasons(line: bytes, reason: str) -> None:
     with pytest.raises(ParseError) as info:
         parse_values(line)
     assert info.value.reason == reason
+
+
+def test_split_valid_many_checks_once_and_isolates_bad_rows() -> None:
+    def frame(start: int, bad: int | None = None) -> Any:
+        b = FrameBuilder("trade")
+        for i in range(start, start + 50):
+            price = float("nan") if i == bad else 10.0
+            b.add_values(["binance", "X", i, price, 1.0, True, 1, 2])
+        return decode_frame(b.take())
+
+    clean = split_valid_many([frame(0), frame(50)])
+    assert [len(r) for _, r in clean] == [0, 0]
+    assert sum(t.num_rows for t, _ in clean) == 100
+    mixed = split_valid_many([frame(0), frame(50, bad=77), frame(100)])
+    assert [t.num_rows for t, _ in mixed] == [50, 49, 50]
+    assert [r.reason for _, rs in mixed for r in rs] == ["non-finite price"]
+    assert split_valid_many([]) == []

@@ -21,6 +21,7 @@ dead-letters the whole entry.
 
 from __future__ import annotations
 
+import math
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -272,25 +273,61 @@ def _row_reason(spec: KindSpec, row: dict[str, Any]) -> str | None:
     return None
 
 
-def _bad_mask(spec: KindSpec, table: pa.Table) -> pa.ChunkedArray | None:
-    """Vectorised detection of rows that break a rule (None when the kind needs row checks)."""
+def _all_valid(spec: KindSpec, table: pa.Table) -> bool:
+    """Vectorised rule check: True when every row passes (False also when unsure).
+
+    One "good" mask per column (a null compares to null and is filled as bad), and-ed
+    together; NaN fails ``> 0`` and infinity fails ``< inf``, so finiteness needs no call of
+    its own. Kinds with list columns or cross-column rules always take the per-row path.
+    """
     if spec.list_rules or spec.kind == "bar":
-        return None
-    mask = None
+        return False
+    good = None
     for name, rules in spec.rules.items():
         col = table.column(name)
-        for rule in rules:
-            if rule == "required":
-                bad = pc.is_null(col)
-            elif rule == "text":
-                bad = pc.equal(pc.utf8_length(col), 0)
-            else:
-                finite = pc.is_finite(col)
-                sign = pc.less_equal(col, 0) if rule == "positive" else pc.less(col, 0)
-                bad = pc.or_(pc.invert(finite), sign)
-            bad = pc.fill_null(bad, False)
-            mask = bad if mask is None else pc.or_(mask, bad)
-    return mask
+        if "positive" in rules:
+            ok = pc.and_(pc.greater(col, 0), pc.less(col, math.inf))
+        elif "non_negative" in rules:
+            ok = pc.and_(pc.greater_equal(col, 0), pc.less(col, math.inf))
+        elif "text" in rules:
+            ok = pc.greater(pc.utf8_length(col), 0)
+        elif "required" in rules:
+            ok = pc.is_valid(col)
+        else:
+            continue
+        if "required" not in rules:
+            ok = pc.or_kleene(ok, pc.is_null(col))
+        good = ok if good is None else pc.and_kleene(good, ok)
+    return good is None or bool(pc.all(pc.fill_null(good, False)).as_py())
+
+
+def fast_table(frame: Frame) -> pa.Table | None:
+    """The frame as an Arrow table, unchecked; None when a column does not convert."""
+    spec = KINDS[frame.kind]
+    n = len(frame)
+    try:
+        return pa.table(
+            [_to_arrow(frame.cols[f.name], f.type, n) for f in spec.schema], schema=spec.schema
+        )
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, IndexError):
+        return None
+
+
+def split_valid_many(frames: Sequence[Frame]) -> list[tuple[pa.Table, list[Reject]]]:
+    """:func:`split_valid` for many frames of one kind, checking the rules once for all.
+
+    The common case (nothing wrong anywhere) costs one vectorised check per writer batch
+    instead of one per frame; any doubt sends every frame through :func:`split_valid`.
+    """
+    if not frames:
+        return []
+    tables = [fast_table(f) for f in frames]
+    ready = [t for t in tables if t is not None]
+    if len(ready) == len(frames) and _all_valid(
+        KINDS[frames[0].kind], pa.concat_tables(ready) if len(ready) > 1 else ready[0]
+    ):
+        return [(t, []) for t in ready]
+    return [split_valid(f) for f in frames]
 
 
 def _table_from_rows(spec: KindSpec, rows: list[dict[str, Any]]) -> pa.Table:
@@ -306,16 +343,9 @@ def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
     """
     spec = KINDS[frame.kind]
     n = len(frame)
-    try:
-        table = pa.table(
-            [_to_arrow(frame.cols[f.name], f.type, n) for f in spec.schema], schema=spec.schema
-        )
-    except (pa.ArrowException, TypeError, ValueError, OverflowError, IndexError):
-        table = None
-    if table is not None:
-        mask = _bad_mask(spec, table)
-        if mask is not None and not pc.any(mask).as_py():
-            return table, []
+    table = fast_table(frame)
+    if table is not None and _all_valid(spec, table):
+        return table, []
     good: list[dict[str, Any]] = []
     rejects: list[Reject] = []
     try:
