@@ -220,9 +220,12 @@ class Writer:
                 self.stats.last_error = str(exc)
                 if isinstance(exc, StoreError):
                     self.stats.store_errors += 1
-                log.warning("writer: %s; retrying in %.2fs", exc, delay)
                 if stop.is_set():
                     raise WriterStopped from exc
+                if breaker is not None and not breaker.available:
+                    log.warning("writer: %s; store breaker %s", exc, breaker.state.value)
+                    continue  # the breaker times the next trial
+                log.warning("writer: %s; retrying in %.2fs", exc, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, self.config.backoff_max_s)
@@ -283,12 +286,22 @@ class Writer:
             self.stats.records += len(frame)
             ack_ids.append(entry.id)
 
-        for kind, parts in tables.items():
-            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-            inserted, refused = await self._write_bisecting(kind, table, stop)
-            letters.extend(refused)
+        batch = {k: pa.concat_tables(p) if len(p) > 1 else p[0] for k, p in tables.items()}
+        refused_by_kind: dict[str, int] = {}
+        try:
+            counts = await self._retry(
+                lambda: self.store.write_many(batch), stop, self.store_breaker
+            )
+        except BatchRejected:
+            counts = {}  # some value was refused: isolate it kind by kind, half by half
+            for kind, table in batch.items():
+                counts[kind], refused = await self._write_bisecting(kind, table, stop)
+                refused_by_kind[kind] = len(refused)
+                letters.extend(refused)
+        for kind, table in batch.items():
+            inserted = counts.get(kind, 0)
             self.stats.inserted += inserted
-            self.stats.duplicates += table.num_rows - inserted - len(refused)
+            self.stats.duplicates += table.num_rows - inserted - refused_by_kind.get(kind, 0)
             self.stats.inserted_by_table[kind] += inserted
             if "ts_recv" in table.column_names:  # measured per table, in Arrow kernels
                 committed_us = time.time_ns() // 1000
