@@ -12,9 +12,12 @@ length (breakers re-try every ``health_check_s``; the spool is on disk).
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tickvault.breaker import BreakerState
 from tickvault.bus.nats import NatsBus
@@ -23,7 +26,8 @@ from tickvault.config import Settings, load_settings
 from tickvault.pipeline import Pipeline, RunSummary
 from tickvault.sources.synthetic import SyntheticSource
 
-from .polling import eventually
+from .cli_helpers import spawn, tv
+from .polling import eventually, eventually_sync
 from .servers import NatsServer
 
 OUTAGE_S = 5.0
@@ -169,3 +173,36 @@ async def assert_frames_in_order(bus: NatsBus) -> None:
                 assert min(tids) > last or max(tids) <= last, f"{sym}: frame went back"
                 seen[sym] = max(last, max(tids))
     assert frames > 20
+
+
+def test_status_shows_breakers_failover_and_spool_of_a_running_service(tmp_path: Path) -> None:
+    """``tickvault run --fallback URL``: ``status`` shows every breaker's state and the spool;
+    the fallback's writer runs too."""
+    config = tmp_path / "tv.toml"
+    config.write_text(
+        '[bus]\nhealth_check_s = 0.5\n[[sources]]\nkind = "synthetic"\nrate = 2000\n'
+        'symbols = ["BTCUSDT"]\n'
+    )
+    data, fallback = tmp_path / "data", f"sqlite:///{tmp_path / 'fallback.sqlite3'}"
+    proc = spawn("run", "--config", config, "--data-dir", data, "--fallback", fallback)
+    try:
+
+        def status() -> dict[str, Any]:
+            r = tv("status", "--data-dir", data, "--json", check=False)
+            return dict(json.loads(r.stdout)) if r.returncode == 0 else {}
+
+        eventually_sync(lambda: status().get("writer", {}).get("inserted", 0) > 100)
+        live = status()
+        names = [b["name"] for b in live["breakers"]]
+        assert names == ["store", f"bus:sqlite:///{data / 'bus.sqlite3'}", f"bus:{fallback}"]
+        assert {b["state"] for b in live["breakers"]} == {"closed"}
+        assert [b["name"] for b in live["failover"]["buses"]] == [names[1][4:], fallback]
+        assert live["failover"]["spool"]["dir"] == str(data / "spool")
+        assert live["fallback_writers"][0]["bus"] == fallback
+        text = tv("status", "--data-dir", data).stdout
+        assert "circuit breakers" in text and "store" in text and "closed" in text
+        assert f"spool {data / 'spool'}: 0 waiting" in text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err

@@ -85,6 +85,12 @@ StoreUrl = Annotated[
     str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Fallback = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--fallback", help="Fallback bus URL, tried in order when the primary fails (repeatable)."
+    ),
+]
 HttpListen = Annotated[
     str | None,
     typer.Option(
@@ -162,12 +168,15 @@ def run(
     store: StoreUrl = None,
     verbose: Verbose = False,
     http_listen: HttpListen = None,
+    fallback: Fallback = None,
 ) -> None:
     """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
     from tickvault.pipeline import Pipeline
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
+    if fallback:
+        settings.bus.fallback = list(fallback)
     if http_listen is not None:
         settings.http.listen = http_listen
 
@@ -203,6 +212,7 @@ def demo(
     bus: BusUrl = None,
     store: StoreUrl = None,
     http_listen: HttpListen = None,
+    fallback: Fallback = None,
 ) -> None:
     """Synthetic ticks through the full pipeline with live progress and a summary (offline).
 
@@ -214,6 +224,8 @@ def demo(
     settings = _settings(config, data_dir, bus, store)
     if http_listen is not None:
         settings.http.listen = http_listen
+    if fallback:
+        settings.bus.fallback = list(fallback)
 
     async def main() -> None:
         source = SyntheticSource(rate=rate, symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], seed=42)
@@ -489,6 +501,31 @@ def status(
     out.print(f"[bold]dead letters[/bold] {dl['total']:,}")
     for reason, n in dl["by_reason"].items():
         out.print(f"  {n:>8,}  {reason}", highlight=False)
+    _print_outage_state(data)
+
+
+def _print_outage_state(data: dict[str, Any]) -> None:
+    """Circuit breakers, failover and spool of a running owner (incident 002)."""
+    breakers = data.get("breakers") or []
+    if breakers:
+        out.print("[bold]circuit breakers[/bold]")
+    for b in breakers:
+        last = b["transitions"][-1] if b["transitions"] else None
+        since = f", last: {last['from']} -> {last['to']} ({last['reason']})" if last else ""
+        retry = f", next trial in {b['retry_in_s']:.1f} s" if b["state"] == "open" else ""
+        out.print(
+            f"  {b['name']:<28} {b['state']:<9} opened {b['times_opened']}x{retry}{since}",
+            highlight=False,
+        )
+    spool = (data.get("failover") or {}).get("spool")
+    if spool:
+        out.print(
+            f"[bold]spool[/bold] {spool['dir']}: {spool['backlog']:,} waiting,"
+            f" {spool['size_bytes']:,} / {spool['quota_bytes']:,} bytes ({spool['full_policy']}),"
+            f" dropped {spool['dropped_records']:,} records, torn {spool['torn']},"
+            f" corrupt {spool['corrupt']}",
+            highlight=False,
+        )
 
 
 # -- dead letters -----------------------------------------------------------------------------
