@@ -206,3 +206,28 @@ def test_status_shows_breakers_failover_and_spool_of_a_running_service(tmp_path:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+async def test_a_spool_left_by_a_previous_run_is_drained_at_start(tmp_path: Path) -> None:
+    """Frames spooled before a crash reach the bus after restart, before any new frame."""
+    from tickvault.bus.sqlite import SqliteBus
+    from tickvault.failover import FailoverPublisher
+    from tickvault.spool import Spool
+
+    old = Spool(tmp_path / "spool")
+    await old.append("ticks", [b"old-1", b"old-2", b"old-3"])
+    await old.close()
+    bus = SqliteBus(tmp_path / "bus.sqlite3")
+    spool = Spool(tmp_path / "spool")
+    failover = FailoverPublisher([bus], spool, check_every_s=0.2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(failover.run(stop))
+    await eventually(lambda: spool.opened and not spool.has_backlog, what="old spool drained")
+    await failover.append("ticks", [b"new"])
+    stop.set()
+    await task
+    await bus.ensure_group("ticks", "g")
+    got = [e.payload for e in await bus.read("ticks", "g", "c", 10, 100)]
+    assert got == [b"old-1", b"old-2", b"old-3", b"new"]
+    await spool.close()
+    await bus.close()

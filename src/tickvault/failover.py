@@ -117,6 +117,8 @@ class FailoverPublisher:
             return []
         while self._handoff is not None:  # the drain is sending the spool's last batch
             await self._handoff.wait()
+        if self.spool is not None and not self.spool.opened:
+            await self.spool.open()
         if not (self.spool is not None and self.spool.has_backlog):
             for i, bus in enumerate(self.buses):
                 ids = await self._try(i, lambda b=bus: b.append(stream, payloads))  # type: ignore[misc]
@@ -179,6 +181,8 @@ class FailoverPublisher:
     async def run(self, stop: asyncio.Event) -> None:
         """Until ``stop``: probe sick buses and drain the spool (see the module contract)."""
         try:
+            if self.spool is not None:
+                await self.spool.open()  # counts what a previous run left, drains it first
             await self._run(stop)
         finally:
             self._release_handoff()

@@ -252,6 +252,10 @@ class Spool:
         return sum(self._sizes.values())
 
     @property
+    def opened(self) -> bool:
+        return self._opened
+
+    @property
     def has_backlog(self) -> bool:
         return self.stats.backlog > 0
 
