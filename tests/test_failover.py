@@ -210,12 +210,16 @@ def test_status_shows_breakers_failover_and_spool_of_a_running_service(tmp_path:
 
 async def test_a_spool_left_by_a_previous_run_is_drained_at_start(tmp_path: Path) -> None:
     """Frames spooled before a crash reach the bus after restart, before any new frame."""
+    from tickvault.bus.base import NewDeadLetter
     from tickvault.bus.sqlite import SqliteBus
     from tickvault.failover import FailoverPublisher
     from tickvault.spool import Spool
 
     old = Spool(tmp_path / "spool")
-    await old.append("ticks", [b"old-1", b"old-2", b"old-3"])
+    await old.append("ticks", [b"old-1", b"old-2"])
+    letter = NewDeadLetter("raw", "malformed JSON", b"{", "in.jsonl:7")
+    await old.append_letters("ticks", None, [letter])  # no bus took it either
+    await old.append("ticks", [b"old-3"])
     await old.close()
     bus = SqliteBus(tmp_path / "bus.sqlite3")
     spool = Spool(tmp_path / "spool")
@@ -229,5 +233,7 @@ async def test_a_spool_left_by_a_previous_run_is_drained_at_start(tmp_path: Path
     await bus.ensure_group("ticks", "g")
     got = [e.payload for e in await bus.read("ticks", "g", "c", 10, 100)]
     assert got == [b"old-1", b"old-2", b"old-3", b"new"]
+    (recorded,) = await bus.dead_letters("ticks")
+    assert (recorded.reason, recorded.payload) == ("malformed JSON", b"{")
     await spool.close()
     await bus.close()
