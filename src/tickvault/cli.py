@@ -479,6 +479,10 @@ def status(
     out.print(f"[bold]bus[/bold] {data['bus']['url']}")
     for stream in data["bus"]["streams"]:
         out.print(f"  stream {stream['stream']}: {stream['length']:,} entries")
+        if stream.get("retention"):
+            ms = stream["retention"]["retention_ms"]
+            window = "forever" if ms < 0 else f"{ms / 3_600_000:,.1f} h"
+            out.print(f"    retention {window} ({stream['retention']['source']})")
         for g in stream["groups"]:
             out.print(
                 f"    group {g['name']}: lag {g['lag']:,}, pending {g['pending']:,},"

@@ -35,8 +35,12 @@ async def collect_status(
     ``live`` carries the running process's own counters (writer, sources, publisher).
     """
     streams = []
+    retention = getattr(bus, "retention", None)  # buses with a retention window (Kafka)
     for name in await bus.streams():
-        streams.append(msgspec.to_builtins(await bus.info(name)))
+        stream = msgspec.to_builtins(await bus.info(name))
+        if callable(retention):
+            stream["retention"] = await retention(name)
+        streams.append(stream)
     by_reason = await bus.dead_letter_counts()
     tables: dict[str, int] | None = None
     store_error = None

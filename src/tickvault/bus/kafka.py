@@ -203,7 +203,7 @@ class KafkaBus(Bus):
         return total
 
     async def _poll(self, m: Member, count: int, timeout_s: float) -> list[Any]:
-        msgs: list[Any] = await self._on(m.executor, m.consumer.consume, count, timeout_s)
+        msgs: list[Any] = await self._on(m.executor, m.poll, count, timeout_s)
         out = []
         for msg in msgs:
             err = msg.error()

@@ -138,6 +138,11 @@ class Member:
                 self._advance(p)
         return n
 
+    def poll(self, count: int, timeout_s: float) -> list[Any]:
+        """Commit what is pending, then consume (blocking; member thread)."""
+        self.commit()
+        return list(self.consumer.consume(count, timeout_s))
+
     def commit(self, only: set[int] | None = None) -> None:
         """Commit the pending commit points synchronously (blocking; member thread)."""
         ck = kafka()
@@ -149,6 +154,12 @@ class Member:
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except ck.KafkaException as exc:
+            if exc.args[0].code() in _REBALANCING(ck):
+                # The group is rebalancing: the commit points stay pending and are committed
+                # by the revocation (or the next poll); retrying here without polling would
+                # keep the member from rejoining. If they never make it, the partitions'
+                # next owner re-reads from the last commit: duplicates, never a gap.
+                return
             raise translate(exc, "commit") from exc
         with self.lock:
             for p, o in todo.items():
@@ -162,3 +173,8 @@ def close_member(m: Member) -> None:
         m.commit()
     with contextlib.suppress(Exception):  # closing must not fail the caller
         m.consumer.close()  # runs on_revoke: commits the done prefix once more
+
+
+def _REBALANCING(ck: Any) -> set[int]:
+    e = ck.KafkaError
+    return {e.REBALANCE_IN_PROGRESS, e.ILLEGAL_GENERATION, e.UNKNOWN_MEMBER_ID, e._STATE}

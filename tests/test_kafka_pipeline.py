@@ -1,0 +1,119 @@
+"""The whole pipeline over Kafka (librdkafka's mock cluster, three brokers, in this process).
+
+* SIGKILL ``tickvault replay --bus kafka://...`` at random instants, rerun, and compare the
+  store with the input exactly. The mock cluster lives in the test process, so it outlives
+  every killed replay; a killed writer's partitions move on once its session times out.
+* Rebalancing: a second writer joins a running group and the first one leaves mid-run;
+  every record ends up stored, exactly the input's keys (a commit past unfinished work
+  would lose records, and the key sets would differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tickvault.bus.kafka import KafkaBus
+from tickvault.publisher import FramePublisher
+from tickvault.sample import write_recording
+from tickvault.sources.replay import ReplaySource
+from tickvault.stores.duckdb import DuckDBStore
+from tickvault.writer import Writer, WriterConfig
+
+from .cli_helpers import spawn, tv_json
+from .kafka_mock import KafkaMockCluster
+from .polling import eventually
+from .test_redis_pipeline import _assert_exact, _keys, _published_lines, _wait
+
+
+def test_sigkill_at_random_points_then_rerun_gives_exact_contents(
+    tmp_path: Path, kafka_mock_cluster: KafkaMockCluster
+) -> None:
+    rec = write_recording(
+        tmp_path / "in.jsonl", 100_000, malformed_every=499, duplicate_share=0.01, seed=15
+    )
+    url = kafka_mock_cluster.url(session_timeout_ms=3000)
+    data = tmp_path / "data"
+    args: list[str | Path] = ["replay", rec.path, "--data-dir", data, "--bus", url]
+    rng = random.Random(1010)
+    fractions = sorted(rng.uniform(0.1, 0.9) for _ in range(2))
+    plans: list[Callable[[], bool]] = [lambda: True]  # during start-up
+    plans += [lambda f=f: _published_lines(data) >= f * rec.lines for f in fractions]
+    plans.append(lambda: _published_lines(data) >= rec.lines)  # while the writer drains
+    kills = 0
+    for ready in plans:
+        proc = spawn(*args, "--json")
+        _wait(ready, proc)
+        time.sleep(rng.uniform(0.0, 0.3))  # the kill lands at a random instant after it
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.communicate(timeout=60)
+    assert kills >= 3
+
+    summary = tv_json(*args)
+    assert summary["drained"] is True
+    _assert_exact(data, rec, url)
+    status = tv_json("status", "--data-dir", data, "--bus", url)
+    (stream,) = status["bus"]["streams"]
+    assert stream["retention"]["retention_ms"] == 7 * 86_400_000
+
+
+async def _publish(bus: KafkaBus, path: Path, done: asyncio.Event) -> None:
+    """Publish ``path`` in small entries at a steady pace, so writers join and leave while
+    new entries keep coming."""
+    await bus.ensure_group("ticks", "writers")
+    publisher = FramePublisher(bus, "ticks")
+    async for batch in ReplaySource([path], chunk_lines=200).batches():
+        for kind, rows in batch.rows.items():
+            publisher.add_rows_nowait(kind, rows)
+        await publisher.flush()
+        await asyncio.sleep(0.01)  # pacing, not synchronisation
+    done.set()
+
+
+async def test_a_writer_joins_and_another_leaves_mid_run_and_contents_are_exact(
+    tmp_path: Path, kafka_mock_cluster: KafkaMockCluster
+) -> None:
+    rec = write_recording(tmp_path / "in.jsonl", 60_000, duplicate_share=0.0, seed=9)
+    url = kafka_mock_cluster.url(session_timeout_ms=3000)  # classic (eager) rebalancing
+    source_bus, bus_a, bus_b = (KafkaBus.from_url(url) for _ in range(3))
+    store = DuckDBStore(tmp_path / "ticks.duckdb")
+    config = {"batch_entries": 1, "linger_ms": 0, "block_ms": 50}
+    a = Writer(bus_a, store, WriterConfig(consumer="a", **config))  # type: ignore[arg-type]
+    b = Writer(bus_b, store, WriterConfig(consumer="b", **config))  # type: ignore[arg-type]
+    stop_a, stop_b, drained = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    await source_bus.ensure_group("ticks", "writers")
+    publishing = asyncio.create_task(_publish(source_bus, rec.path, drained))
+    try:
+        run_a = asyncio.create_task(a.run(stop_a))
+        await eventually(lambda: a.stats.entries >= 10, what="writer a under way")
+        run_b = asyncio.create_task(b.run(stop_b, until_drained=drained))
+        await eventually(lambda: b.stats.entries >= 10, what="writer b joined and writes")
+        before = a.stats.entries
+        await eventually(lambda: a.stats.entries > before, what="writer a still writes")
+        stop_a.set()  # a leaves mid-run; its partitions move to b
+        await asyncio.wait_for(run_a, 30)
+        await bus_a.close()
+        assert not drained.is_set(), "publishing ended before writer a left"
+        await asyncio.wait_for(publishing, 90)
+        await asyncio.wait_for(run_b, 90)
+        assert a.stats.inserted > 0 and b.stats.inserted > 0
+        info = await bus_b.info("ticks")
+        (group,) = info.groups
+        assert group.pending == 0 and group.lag == 0
+    finally:
+        publishing.cancel()
+        stop_a.set()
+        stop_b.set()
+        for bus in (source_bus, bus_a, bus_b):
+            await bus.close()
+        await store.close()
+    keys = _keys(tmp_path / "ticks.duckdb")
+    assert keys["trades"] == rec.trade_keys
+    assert keys["quotes"] == rec.quote_keys
+    assert keys["aggs"] == rec.agg_keys
