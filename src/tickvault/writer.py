@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from tickvault.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
-from tickvault.codec import decode_frame, split_valid
+from tickvault.codec import Frame, Reject, decode_frame, split_valid, split_valid_many
 from tickvault.errors import BatchRejected, BusError, DecodeError, StoreError
 from tickvault.latency import (
     LatencyHistogram,
@@ -257,11 +257,30 @@ class Writer:
             b_ins, b_bad = await self._write_bisecting(kind, table.slice(half), stop)
             return a_ins + b_ins, a_bad + b_bad
 
+    @staticmethod
+    def _validate(
+        items: list[tuple[Entry, Frame]],
+    ) -> list[tuple[Entry, Frame, tuple[pa.Table, list[Reject]] | str]]:
+        """Validate one kind's frames: once for all of them when they are clean, frame by
+        frame otherwise; a frame that cannot be read at all yields its error text."""
+        try:
+            results = split_valid_many([frame for _, frame in items])
+            return [(e, f, r) for (e, f), r in zip(items, results, strict=True)]
+        except DecodeError:
+            out: list[tuple[Entry, Frame, tuple[pa.Table, list[Reject]] | str]] = []
+            for entry, frame in items:
+                try:
+                    out.append((entry, frame, split_valid(frame)))
+                except DecodeError as exc:
+                    out.append((entry, frame, str(exc)))
+            return out
+
     async def process(self, entries: Sequence[Entry], stop: asyncio.Event) -> None:
         """Write one batch of entries and acknowledge it (see the module contract)."""
         cfg = self.config
         started = time.perf_counter()
         tables: dict[str, list[pa.Table]] = {}
+        decoded: dict[str, list[tuple[Entry, Frame]]] = {}
         letters: list[NewDeadLetter] = []
         ack_ids: list[str] = []
         whole: list[tuple[Entry, str]] = []
@@ -273,18 +292,26 @@ class Writer:
                 continue
             try:
                 frame = decode_frame(entry.payload)
-                table, rejects = split_valid(frame)
             except DecodeError as exc:
                 whole.append((entry, str(exc)))
                 continue
-            if table.num_rows:
-                tables.setdefault(frame.kind, []).append(table)
-            letters.extend(
-                NewDeadLetter(r.kind, r.reason, r.payload, r.key, entry.id, entry.delivery_count)
-                for r in rejects
-            )
-            self.stats.records += len(frame)
-            ack_ids.append(entry.id)
+            decoded.setdefault(frame.kind, []).append((entry, frame))
+        for kind, items in decoded.items():
+            for entry, frame, result in self._validate(items):
+                if isinstance(result, str):
+                    whole.append((entry, result))
+                    continue
+                table, rejects = result
+                if table.num_rows:
+                    tables.setdefault(kind, []).append(table)
+                letters.extend(
+                    NewDeadLetter(
+                        r.kind, r.reason, r.payload, r.key, entry.id, entry.delivery_count
+                    )
+                    for r in rejects
+                )
+                self.stats.records += len(frame)
+                ack_ids.append(entry.id)
 
         batch = {k: pa.concat_tables(p) if len(p) > 1 else p[0] for k, p in tables.items()}
         refused_by_kind: dict[str, int] = {}
