@@ -47,6 +47,8 @@ What Kafka cannot do, and what this bus does instead
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +71,7 @@ from tickvault.bus.kafka_member import Held, Member, close_member, split_by_symb
 from tickvault.errors import BusError, BusUnavailable
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class KafkaBus(Bus):
@@ -90,6 +93,8 @@ class KafkaBus(Bus):
         self._members: dict[tuple[str, str], Member] = {}
         self._inspectors: dict[str, Any] = {}
         self._closed = False
+        self.retention_gaps = 0
+        """Ranges of records lost to retention before this bus's groups stored them."""
 
     @classmethod
     def from_url(cls, url: str) -> KafkaBus:
@@ -264,17 +269,46 @@ class KafkaBus(Bus):
             entries = []
             with m.lock:
                 for msg in msgs:
-                    p, o = msg.partition(), msg.offset()
-                    if p not in m.assigned:
+                    if not m.take(msg):
                         continue  # revoked while the batch was in flight: the owner re-reads
-                    m.delivered[p].append(o)
+                    p, o = msg.partition(), msg.offset()
                     entry_id = f"{p}:{o}"
                     payload = msg.value() or b""
                     ts = msg.timestamp()[1]
                     m.held[entry_id] = Held(consumer, payload, 1, time.monotonic(), ts)
                     entries.append(Entry(entry_id, payload, 1))
+            if m.gaps:
+                await self._report_gaps(stream, group, m)
             if entries or remaining <= 0:
                 return entries
+
+    async def _report_gaps(self, stream: str, group: str, m: Member) -> None:
+        """Dead-letter (kind ``gap``) the ranges the topic's retention removed before the
+        group stored them: never a silent loss."""
+        with m.lock:
+            gaps, m.gaps = m.gaps, []
+        letters = []
+        for p, first, nxt in gaps:
+            log.error(
+                "Kafka bus: %s partition %d: offsets %d..%d were removed by retention before"
+                " group %s stored them",
+                m.topic,
+                p,
+                first,
+                nxt - 1,
+                group,
+            )
+            detail = {"topic": m.topic, "partition": p, "first": first, "last": nxt - 1}
+            letters.append(
+                NewDeadLetter(
+                    "gap",
+                    "removed by retention before it was stored",
+                    json.dumps(detail).encode(),
+                    f"gap:{group}:{p}:{first}",
+                )
+            )
+        self.retention_gaps += len(gaps)
+        await self.add_dead_letters(stream, group, letters)
 
     async def read_own_pending(
         self, stream: str, group: str, consumer: str, count: int

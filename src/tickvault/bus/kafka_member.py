@@ -68,6 +68,10 @@ class Member:
     to_commit: dict[int, int] = field(default_factory=dict)
     held: dict[str, Held] = field(default_factory=dict)
     returned: deque[str] = field(default_factory=deque)
+    expect: dict[int, int | None] = field(default_factory=dict)
+    gaps: list[tuple[int, int, int]] = field(default_factory=list)
+    """(partition, first missing offset, next offset read): records the topic's retention
+    removed before this group stored them."""
     early: deque[Any] = field(default_factory=deque)
     """Messages polled while joining, handed out by the next ``read``."""
     seen: dict[str, float] = field(default_factory=dict)
@@ -75,12 +79,30 @@ class Member:
     # -- rebalance callbacks (run on the member's thread, inside consume) -------------------
 
     def on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        try:  # where each partition must go on from: a jump past it is a retention gap
+            committed = consumer.committed(partitions, timeout=10) if partitions else []
+        except Exception:
+            committed = []
+        start = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
         with self.lock:
             for tp in partitions:
                 self.assigned.add(tp.partition)
                 self.delivered[tp.partition] = deque()
                 self.done[tp.partition] = set()
+                self.expect[tp.partition] = start.get(tp.partition)
         self.assigned_once.set()
+
+    def take(self, msg: Any) -> bool:
+        """Record a delivered message (locked); False if its partition is not ours now."""
+        p, o = msg.partition(), msg.offset()
+        if p not in self.assigned:
+            return False
+        expected = self.expect.get(p)
+        if expected is not None and o > expected:
+            self.gaps.append((p, expected, o))
+        self.expect[p] = o + 1
+        self.delivered[p].append(o)
+        return True
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         lost = {tp.partition for tp in partitions}
