@@ -42,12 +42,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from tickvault.bus.base import (
@@ -61,25 +59,20 @@ from tickvault.bus.base import (
     PendingEntry,
     StreamInfo,
 )
+from tickvault.bus.nats_advisories import NatsAdvisories
 from tickvault.bus.nats_letters import NatsDeadLetters
-from tickvault.bus.nats_link import Names, NatsLink, NatsOptions, is_connection_error, translate
+from tickvault.bus.nats_link import (
+    Held,
+    Names,
+    NatsLink,
+    NatsOptions,
+    is_connection_error,
+    translate,
+)
 from tickvault.errors import BusError, BusUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-_FEEDER = "tv-dlq-feeder"
-_FEED_EVERY_S = 1.0
-
-
-@dataclass
-class _Held:
-    """An entry delivered to this client and not acknowledged yet."""
-
-    consumer: str
-    reply: str
-    deliveries: int
-    delivered_at: float
-    payload: bytes
 
 
 class NatsBus(Bus):
@@ -94,17 +87,14 @@ class NatsBus(Bus):
         self.link = NatsLink(options)
         self.names = Names(options.prefix)
         self.letters = NatsDeadLetters(self.link, self.names, options.replicas)
-        self.advisories_dead_lettered = 0
+        self.advisories = NatsAdvisories(self.link, self.names, self.letters, options)
         self._streams: set[str] = set()
         self._groups: set[tuple[str, str]] = set()
-        self._advised: set[str] = set()
         self._subs: dict[tuple[str, str], Any] = {}
-        self._held: dict[tuple[str, str], dict[str, _Held]] = {}
+        self._held: dict[tuple[str, str], dict[str, Held]] = {}
         self._seen: dict[tuple[str, str], dict[str, float]] = {}
         self._ids = itertools.count()
         self._id_prefix = os.urandom(8).hex()
-        self._last_feed = 0.0
-        self._feeder: Any = None
 
     @classmethod
     def from_url(cls, url: str) -> NatsBus:
@@ -154,42 +144,6 @@ class NatsBus(Bus):
         self._streams.add(name)
         return name
 
-    async def _ensure_advisories(self, js_stream: str) -> None:
-        """Capture this stream's max-deliveries advisories in a stream of their own."""
-        from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
-        from nats.js.errors import NotFoundError
-
-        if js_stream in self._advised:
-            return
-        js = await self.link.js()
-        subject = self.names.advisory_subject(js_stream)
-        name = self.names.advisory_stream
-        try:
-            info = await js.stream_info(name)
-            subjects = list(info.config.subjects or [])
-            if subject not in subjects:
-                await js.update_stream(info.config.evolve(subjects=[*subjects, subject]))
-        except NotFoundError:
-            await js.add_stream(
-                StreamConfig(
-                    name=name,
-                    subjects=[subject],
-                    storage=StorageType.FILE,
-                    num_replicas=self.options.replicas,
-                    max_age=7 * 86400,
-                )
-            )
-        try:
-            await js.consumer_info(name, _FEEDER)
-        except NotFoundError:
-            await js.add_consumer(
-                name,
-                ConsumerConfig(
-                    durable_name=_FEEDER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30, max_deliver=-1
-                ),
-            )
-        self._advised.add(js_stream)
-
     async def _sub(self, stream: str, group: str) -> Any:
         key = (stream, group)
         sub = self._subs.get(key)
@@ -228,7 +182,7 @@ class NatsBus(Bus):
                     await js.add_consumer(name, config)
                 except BadRequestError:
                     await js.consumer_info(name, group)
-            await self._ensure_advisories(name)
+            await self.advisories.ensure(name)
 
         await self._retrying("ensure group", op)
         self._groups.add((stream, group))
@@ -306,13 +260,13 @@ class NatsBus(Bus):
         for m in msgs:
             meta = m.metadata
             entry_id = str(meta.sequence.stream)
-            held[entry_id] = _Held(consumer, m.reply, meta.num_delivered, now, m.data)
+            held[entry_id] = Held(consumer, m.reply, meta.num_delivered, now, m.data)
             entries.append(Entry(entry_id, m.data, meta.num_delivered))
-        if time.monotonic() - self._last_feed >= _FEED_EVERY_S:
+        if self.advisories.due():
             await self.feed_advisories()
         return entries
 
-    def _mine(self, stream: str, group: str, consumer: str | None) -> list[tuple[str, _Held]]:
+    def _mine(self, stream: str, group: str, consumer: str | None) -> list[tuple[str, Held]]:
         held = self._held.get((stream, group), {})
         rows = [(i, h) for i, h in held.items() if consumer is None or h.consumer == consumer]
         return sorted(rows, key=lambda r: int(r[0]))
@@ -415,50 +369,8 @@ class NatsBus(Bus):
         return await self.letters.counts(stream)
 
     async def feed_advisories(self) -> int:
-        """Turn captured max-deliveries advisories into dead letters; return how many.
-
-        Failures are logged and retried on the next call (the advisories stay captured)."""
-        import nats
-        from nats.js.errors import NotFoundError
-
-        self._last_feed = time.monotonic()
-        if not self._advised:
-            return 0
-        done = 0
-        try:
-            js = await self.link.js()
-            if self._feeder is None:
-                self._feeder = await js.pull_subscribe_bind(
-                    durable=_FEEDER, stream=self.names.advisory_stream
-                )
-            try:
-                msgs = await self._feeder.fetch(100, timeout=0.05)
-            except (TimeoutError, nats.errors.TimeoutError):
-                return 0
-            for m in msgs:
-                adv = json.loads(m.data)
-                stream = self.names.tickvault_stream(adv.get("stream", ""))
-                if stream is None:
-                    await m.ack()
-                    continue
-                seq, deliveries = int(adv["stream_seq"]), int(adv["deliveries"])
-                try:
-                    payload = (await js.get_msg(adv["stream"], seq=seq)).data or b""
-                except NotFoundError:
-                    payload = b""
-                reason = f"delivered {deliveries} times (max {self.options.max_deliver})"
-                letter = NewDeadLetter(
-                    "frame", reason, payload, f"entry:{seq}", str(seq), deliveries
-                )
-                await self.letters.add(stream, adv.get("consumer"), [letter])
-                self._held.get((stream, adv.get("consumer", "")), {}).pop(str(seq), None)
-                await m.ack()
-                done += 1
-                log.warning("NATS: entry %s of %s dead-lettered: %s", seq, stream, reason)
-        except Exception as exc:
-            log.warning("NATS: feeding max-deliveries advisories failed: %s", exc)
-        self.advisories_dead_lettered += done
-        return done
+        """Turn captured max-deliveries advisories into dead letters; return how many."""
+        return await self.advisories.feed(self._held)
 
     # -- upkeep and introspection -----------------------------------------------------------
 
@@ -550,5 +462,5 @@ class NatsBus(Bus):
 
     async def close(self) -> None:
         self._subs.clear()
-        self._feeder = None
+        self.advisories.reset()
         await self.link.close()

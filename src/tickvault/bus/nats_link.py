@@ -38,6 +38,17 @@ INTERNAL = (DLQ_STREAM, ADVISORY_STREAM, "KV_" + REQUEUED_BUCKET)
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
+@dataclass
+class Held:
+    """An entry delivered to this client and not acknowledged yet."""
+
+    consumer: str
+    reply: str
+    deliveries: int
+    delivered_at: float
+    payload: bytes
+
+
 def import_nats() -> Any:
     try:
         import nats
