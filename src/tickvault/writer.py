@@ -50,6 +50,9 @@ from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
 
+_BYTES_PER_RECORD = 45  # a packed trade or quote frame, per record (an estimate for batching)
+_FIRST_READ = 4
+
 
 def default_consumer_name(role: str = "writer") -> str:
     """A name stable across restarts of this role on this host (so pending work is found)."""
@@ -175,28 +178,37 @@ class Writer:
         )
 
     async def _next_batch(self, stop: asyncio.Event) -> list[Entry]:
-        """Up to ``batch_records`` worth of entries, waiting at most ``linger_ms`` to fill."""
+        """Up to ``batch_records`` worth of entries, waiting at most ``linger_ms`` to fill.
+
+        The first read asks for a few entries; later reads ask only for as many as the
+        records seen so far say are still missing, so one consumer never takes a whole
+        backlog that other consumers of its group could share.
+        """
         cfg = self.config
         entries: list[Entry] = list(await self._retry(self._claim, stop))
         deadline = time.monotonic() + cfg.linger_ms / 1000
-        approx_records = 0
+        approx_records = sum(len(e.payload) for e in entries) // _BYTES_PER_RECORD
         first = True
         while len(entries) < cfg.batch_entries and approx_records < cfg.batch_records:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
             if not first and remaining_ms <= 0:
                 break
+            want = cfg.batch_entries - len(entries)
+            if entries:
+                per_entry = max(1, approx_records // len(entries))
+                want = min(want, max(1, (cfg.batch_records - approx_records) // per_entry))
+            else:
+                want = min(want, _FIRST_READ)
             block = cfg.block_ms if first and not entries else max(0, remaining_ms)
             got = await self._retry(
-                lambda b=block: self.bus.read(
-                    cfg.stream, cfg.group, cfg.consumer, cfg.batch_entries - len(entries), b
-                ),
+                lambda b=block, w=want: self.bus.read(cfg.stream, cfg.group, cfg.consumer, w, b),
                 stop,
             )
             first = False
             if not got:
                 break
             entries.extend(got)
-            approx_records += sum(len(e.payload) for e in got) // 60  # ~bytes per record
+            approx_records += sum(len(e.payload) for e in got) // _BYTES_PER_RECORD
         return entries
 
     async def _retry(self, op, stop: asyncio.Event, breaker: CircuitBreaker | None = None):  # type: ignore[no-untyped-def]
