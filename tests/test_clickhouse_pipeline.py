@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
-import sqlite3
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -21,34 +18,9 @@ from pathlib import Path
 from tickvault.sample import write_recording
 from tickvault.stores.clickhouse import ClickHouseStore
 
-from .cli_helpers import spawn, tv_json
+from .cli_helpers import tv_json
+from .crash_helpers import kill_when, published_lines
 from .servers import ClickHouseServer
-
-
-def _published_lines(data_dir: Path) -> int:
-    path = data_dir / "state.sqlite3"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=5) as conn:
-            row = conn.execute("SELECT max(position) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0] or 0)
-
-
-def _kill_when(args: list[str | Path], ready: Callable[[], bool], jitter: float) -> bool:
-    """Run the command, SIGKILL it ``jitter`` s after ``ready()`` holds; True if it was killed."""
-    proc = spawn(*args)
-    deadline = time.monotonic() + 60
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.005)  # polling a condition with a deadline
-    time.sleep(jitter)  # lands the kill at a random instant after the condition
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    return killed
 
 
 async def _contents(url: str) -> dict[str, int]:
@@ -87,11 +59,11 @@ def test_replay_into_clickhouse_survives_sigkill_and_rerun(
     fractions = sorted(rng.uniform(0.1, 0.9) for _ in range(3))
     plans: list[tuple[Callable[[], bool], float]] = [(lambda: True, rng.uniform(0.3, 0.8))]
     plans += [
-        (lambda f=f: _published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
+        (lambda f=f: published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
         for f in fractions
     ]
-    plans.append((lambda: _published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
-    kills = sum(_kill_when(args, ready, jitter) for ready, jitter in plans)
+    plans.append((lambda: published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
+    kills = sum(kill_when(args, ready, jitter) for ready, jitter in plans)
     assert kills >= 3
 
     summary = tv_json(*args[:-1])

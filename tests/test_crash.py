@@ -9,44 +9,13 @@ malformed lines.
 from __future__ import annotations
 
 import random
-import signal
-import sqlite3
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tickvault.sample import write_recording
 
-from .cli_helpers import spawn, tv, tv_json
-
-
-def _published_lines(data_dir: Path) -> int:
-    """Lines the replay has durably published so far (its checkpoint), read concurrently."""
-    path = data_dir / "state.sqlite3"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=5) as conn:
-            row = conn.execute("SELECT max(position) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0] or 0)
-
-
-def _kill_when(
-    args: list[str | Path], ready: Callable[[], bool], jitter: float, timeout: float = 60
-) -> bool:
-    """Start the command, SIGKILL it once ``ready()`` holds (+ jitter); True if killed."""
-    proc = spawn(*args)
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None and not ready() and time.monotonic() < deadline:
-        time.sleep(0.005)  # polling a condition with a deadline
-    time.sleep(jitter)  # lands the kill at a random instant after the condition
-    killed = proc.poll() is None
-    if killed:
-        proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    return killed
+from .cli_helpers import tv, tv_json
+from .crash_helpers import kill_when, published_lines
 
 
 def test_sigkill_at_random_points_then_rerun_gives_exact_contents(tmp_path: Path) -> None:
@@ -62,11 +31,11 @@ def test_sigkill_at_random_points_then_rerun_gives_exact_contents(tmp_path: Path
     fractions = sorted(rng.uniform(0.05, 0.95) for _ in range(5))
     plans: list[tuple[Callable[[], bool], float]] = [(lambda: True, rng.uniform(0.2, 0.6))]
     plans += [
-        (lambda f=f: _published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
+        (lambda f=f: published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
         for f in fractions
     ]
-    plans.append((lambda: _published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
-    kills = sum(_kill_when(args, ready, jitter) for ready, jitter in plans)
+    plans.append((lambda: published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
+    kills = sum(kill_when(args, ready, jitter) for ready, jitter in plans)
     assert kills >= 5
     summary = tv_json(*args[:-1])
     assert summary["drained"] is True

@@ -25,9 +25,10 @@ from tickvault.stores.duckdb import DuckDBStore
 from tickvault.writer import Writer, WriterConfig
 
 from .cli_helpers import spawn, tv_json
+from .crash_helpers import published_lines
 from .kafka_mock import KafkaMockCluster
 from .polling import eventually
-from .test_redis_pipeline import _assert_exact, _keys, _published_lines, _wait
+from .test_redis_pipeline import _assert_exact, _keys, _wait
 
 
 def test_sigkill_at_random_points_then_rerun_gives_exact_contents(
@@ -42,8 +43,8 @@ def test_sigkill_at_random_points_then_rerun_gives_exact_contents(
     rng = random.Random(1010)
     fractions = sorted(rng.uniform(0.1, 0.9) for _ in range(2))
     plans: list[Callable[[], bool]] = [lambda: True]  # during start-up
-    plans += [lambda f=f: _published_lines(data) >= f * rec.lines for f in fractions]
-    plans.append(lambda: _published_lines(data) >= rec.lines)  # while the writer drains
+    plans += [lambda f=f: published_lines(data) >= f * rec.lines for f in fractions]
+    plans.append(lambda: published_lines(data) >= rec.lines)  # while the writer drains
     kills = 0
     for ready in plans:
         proc = spawn(*args, "--json")

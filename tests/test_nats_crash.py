@@ -13,8 +13,8 @@ from pathlib import Path
 from tickvault.sample import write_recording
 
 from .cli_helpers import tv_json
+from .crash_helpers import kill_when, published_lines
 from .servers import NatsServer
-from .test_crash import _kill_when, _published_lines
 
 
 def test_sigkill_replay_over_nats_then_rerun_gives_exact_contents(tmp_path: Path) -> None:
@@ -30,11 +30,11 @@ def test_sigkill_replay_over_nats_then_rerun_gives_exact_contents(tmp_path: Path
         fractions = sorted(rng.uniform(0.1, 0.9) for _ in range(3))
         plans = [(lambda: True, rng.uniform(0.3, 0.8))]
         plans += [
-            (lambda f=f: _published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
+            (lambda f=f: published_lines(data) >= f * rec.lines, rng.uniform(0.0, 0.05))
             for f in fractions
         ]
-        plans.append((lambda: _published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
-        kills = sum(_kill_when(args, ready, jitter) for ready, jitter in plans)
+        plans.append((lambda: published_lines(data) >= rec.lines, rng.uniform(0.0, 0.02)))
+        kills = sum(kill_when(args, ready, jitter) for ready, jitter in plans)
         assert kills >= 4
         summary = tv_json(*args[:-1])
         assert summary["drained"] is True

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -26,22 +25,10 @@ from tickvault.sample import Recording, write_recording
 from tickvault.sources.replay import ReplaySource
 
 from .cli_helpers import cli_env, spawn, tv_json
+from .crash_helpers import published_lines
 from .servers import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _published_lines(data_dir: Path) -> int:
-    """Lines the replay has durably published so far (its checkpoint), read concurrently."""
-    path = data_dir / "state.sqlite3"
-    if not path.exists():
-        return 0
-    try:
-        with sqlite3.connect(path, timeout=5) as conn:
-            row = conn.execute("SELECT max(position) FROM checkpoints").fetchone()
-    except sqlite3.OperationalError:
-        return 0
-    return int(row[0] or 0)
 
 
 def _wait(cond: Callable[[], bool], proc: subprocess.Popen[str], timeout: float = 60) -> None:
@@ -101,8 +88,8 @@ def test_sigkill_at_random_points_then_rerun_gives_exact_contents(
     rng = random.Random(3003)
     fractions = sorted(rng.uniform(0.05, 0.95) for _ in range(4))
     plans: list[Callable[[], bool]] = [lambda: True]  # during start-up
-    plans += [lambda f=f: _published_lines(data) >= f * rec.lines for f in fractions]
-    plans.append(lambda: _published_lines(data) >= rec.lines)  # while the writer drains
+    plans += [lambda f=f: published_lines(data) >= f * rec.lines for f in fractions]
+    plans.append(lambda: published_lines(data) >= rec.lines)  # while the writer drains
     kills = 0
     for ready in plans:
         proc = spawn(*args, "--json")
@@ -126,7 +113,7 @@ def test_redis_restarts_mid_run_and_the_replay_still_finishes_exactly(
     data = tmp_path / "data"
     proc = spawn("replay", rec.path, "--data-dir", data, "--bus", redis_server.url, "--json")
     for fraction in (0.3, 0.7):
-        _wait(lambda f=fraction: _published_lines(data) >= f * rec.lines, proc)
+        _wait(lambda f=fraction: published_lines(data) >= f * rec.lines, proc)
         assert proc.poll() is None, "the replay ended before the restart"
         redis_server.restart()
     out, err = proc.communicate(timeout=120)
