@@ -49,8 +49,9 @@ class SteadySource(SyntheticSource):
             due = int((time.monotonic() - started) * self.rate) - self.generated
             if due > 0:
                 now_us = time.time_ns() // 1000
-                yield SourceBatch(records=[self._record(now_us) for _ in range(due)])
-                self.generated += due
+                batch = SourceBatch(records=[self._record(now_us) for _ in range(due)])
+                self.generated += due  # counted before the yield: the pump may not resume us
+                yield batch
             await asyncio.sleep(0.1)
 
 
