@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -109,6 +110,7 @@ class Pipeline:
         *,
         with_writer: bool = True,
         drain_timeout: float | None = 30.0,
+        on_locked: Callable[[], None] | None = None,
         serve_http: bool = False,
         http_token: str | None = None,
     ) -> None:
@@ -118,6 +120,7 @@ class Pipeline:
         self.sources = sources
         self.with_writer = with_writer
         self.drain_timeout = drain_timeout
+        self._on_locked = on_locked
         self.stop_sources = asyncio.Event()
         self.stop_writer = asyncio.Event()
         self.sources_done = asyncio.Event()
@@ -142,6 +145,8 @@ class Pipeline:
     async def __aenter__(self) -> Pipeline:
         s = self.settings
         self._lock.acquire()
+        if self._on_locked is not None:
+            self._on_locked()
         try:
             self.bus = open_bus(s.bus_url)
             self.buses = [self.bus, *(open_bus(url) for url in s.bus.fallback)]

@@ -147,10 +147,15 @@ class ProducerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGTERM)
 
+    def start(self) -> None:
+        """Start the child now (idempotent), e.g. while the parent still opens its store."""
+        if self._proc.pid is None:
+            self._proc.start()
+            self._send.close()
+
     async def run(self) -> ProducerResult:
-        """Start the child and wait for it; raise TickvaultError if it failed."""
-        self._proc.start()
-        self._send.close()
+        """Start the child if needed and wait for it; raise TickvaultError if it failed."""
+        self.start()
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(None, self._wait)
         self.result = result

@@ -20,7 +20,7 @@ from tickvault.bus.base import NewDeadLetter
 from tickvault.codec import FrameBuilder
 from tickvault.errors import BusError
 from tickvault.records import Record, kind_of
-from tickvault.sources.base import Source
+from tickvault.sources.base import Source, SourceBatch
 
 log = logging.getLogger(__name__)
 
@@ -170,17 +170,33 @@ class SourcePump:
             self.rejects[letter.reason] += 1
 
     async def run(self, source: Source) -> None:
-        async for batch in source.batches():
-            for record in batch.records:
-                if self.publisher.add_nowait(record):
-                    await self.flush()
-            for kind, rows in batch.rows.items():
-                if self.publisher.add_rows_nowait(kind, rows):
-                    await self.flush()
-            await self.flush()
-            if batch.rejects:
-                await self._reject(batch.rejects)
-            self.lines += batch.lines
-            await source.commit(batch)
-            if self.stop.is_set():
-                break
+        """Pump ``source`` until it ends or ``stop`` is set.
+
+        Publishing batch N overlaps producing batch N+1: the bus write (and its fsync) runs
+        on the bus's own thread while the next batch is parsed. Commits stay in order, each
+        after its own batch is durable.
+        """
+        previous: asyncio.Task[None] | None = None
+        try:
+            async for batch in source.batches():
+                for record in batch.records:
+                    if self.publisher.add_nowait(record):
+                        await self.flush()
+                for kind, rows in batch.rows.items():
+                    self.publisher.add_rows_nowait(kind, rows)
+                if previous is not None:
+                    await previous
+                previous = asyncio.create_task(self._complete(source, batch))
+                await asyncio.sleep(0)  # let it hand the frames over before producing more
+                if self.stop.is_set():
+                    break
+        finally:
+            if previous is not None:
+                await previous
+
+    async def _complete(self, source: Source, batch: SourceBatch) -> None:
+        await self.flush()
+        if batch.rejects:
+            await self._reject(batch.rejects)
+        self.lines += batch.lines
+        await source.commit(batch)

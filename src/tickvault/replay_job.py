@@ -28,8 +28,13 @@ class ReplayPlan:
     """Lines already published by earlier runs (checkpoints), summed over the files."""
 
 
-def plan_replay(settings: Settings, paths: list[Path], restart: bool = False) -> ReplayPlan:
-    """Check the files and read their checkpoints; raise ConfigError for a missing file."""
+def plan_replay(
+    settings: Settings, paths: list[Path], restart: bool = False, *, count: bool = True
+) -> ReplayPlan:
+    """Check the files and read their checkpoints; raise ConfigError for a missing file.
+
+    ``count=False`` skips counting the lines (only a progress bar needs the total).
+    """
     for path in paths:
         if not path.is_file():
             raise ConfigError(f"replay: no such file: {path}")
@@ -40,7 +45,8 @@ def plan_replay(settings: Settings, paths: list[Path], restart: bool = False) ->
             resume_at = sum(checkpoints.get(file_key(p))[0] for p in paths)
         finally:
             checkpoints.close()
-    return ReplayPlan(list(paths), sum(count_lines(p) for p in paths), resume_at)
+    total = sum(count_lines(p) for p in paths) if count else 0
+    return ReplayPlan(list(paths), total, resume_at)
 
 
 async def run_replay(
@@ -53,7 +59,9 @@ async def run_replay(
 ) -> tuple[RunSummary, ProducerResult]:
     """Replay ``plan`` and wait until every record is stored and acknowledged."""
     producer = ProducerProcess(settings, ReplaySpec(plan.paths, restart))
-    async with Pipeline(settings, [], drain_timeout=None) as pipeline:
+    # The owner's lock first (a second replay on the same data dir must fail before it
+    # publishes anything), then the child, which starts up while the store opens.
+    async with Pipeline(settings, [], drain_timeout=None, on_locked=producer.start) as pipeline:
         pipeline.producers.append(producer)
         if handle_signals:
             pipeline.install_signal_handlers()

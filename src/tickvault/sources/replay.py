@@ -15,9 +15,10 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO
 
@@ -75,13 +76,6 @@ class ReplaySource(Source):
         self.files_already_done = 0
         self._last = time.monotonic()
 
-    def _lines(self, path: Path, start: int) -> Iterator[tuple[int, bytes]]:
-        with _open(path) as fh:
-            for number, line in enumerate(fh, start=1):
-                if number <= start:
-                    continue
-                yield number, line
-
     async def batches(self) -> AsyncIterator[SourceBatch]:
         for path in self.paths:
             key = file_key(path)
@@ -94,32 +88,33 @@ class ReplaySource(Source):
                 self.files_already_done += 1
                 continue
             self.skipped_lines += start
-            batch = SourceBatch(position=(key, start, False))
             last = start
-            for number, line in self._lines(path, start):
-                last = number
-                batch.lines += 1
-                data = line.strip()
-                if data:
-                    try:
-                        kind, row = parse_values(data)
-                    except ParseError as exc:
-                        batch.rejects.append(
-                            NewDeadLetter("raw", exc.reason, data, f"{key}:{number}")
-                        )
-                    else:
-                        rows = batch.rows.get(kind)
+            with _open(path) as fh:
+                for _ in itertools.islice(fh, start):
+                    pass  # already published by an earlier run
+                while chunk := list(itertools.islice(fh, self.chunk_lines)):
+                    batch = SourceBatch(lines=len(chunk))
+                    rows_by_kind = batch.rows
+                    for number, line in enumerate(chunk, start=last + 1):
+                        try:
+                            kind, row = parse_values(line)
+                        except ParseError as exc:
+                            data = line.strip()
+                            if data:  # blank lines are not input
+                                batch.rejects.append(
+                                    NewDeadLetter("raw", exc.reason, data, f"{key}:{number}")
+                                )
+                            continue
+                        rows = rows_by_kind.get(kind)
                         if rows is None:
-                            rows = batch.rows[kind] = []
+                            rows = rows_by_kind[kind] = []
                         rows.append(row)
-                if batch.lines >= self.chunk_lines:
+                    last += len(chunk)
                     batch.position = (key, last, False)
                     self.messages += batch.lines
                     self._last = time.monotonic()
                     yield batch
-                    batch = SourceBatch(position=(key, last, False))
-            batch.position = (key, last, True)
-            self.messages += batch.lines
+            batch = SourceBatch(position=(key, last, True))
             self.files_done += 1
             yield batch
 
