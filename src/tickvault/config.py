@@ -76,7 +76,7 @@ class StoreSettings(_Section):
 class WriterSettings(_Section):
     batch_records: int = 20_000
     """Records per store write at most."""
-    linger_ms: int = 100
+    linger_ms: int = 50
     """How long the writer waits to fill a batch."""
     max_deliveries: int = 5
     """An entry delivered more often than this is dead-lettered."""

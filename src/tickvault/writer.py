@@ -66,7 +66,7 @@ class WriterConfig:
     consumer: str = field(default_factory=default_consumer_name)
     batch_records: int = 20_000
     batch_entries: int = 512
-    linger_ms: int = 100
+    linger_ms: int = 50
     block_ms: int = 200
     max_deliveries: int = 5
     claim_idle_ms: int = 60_000
