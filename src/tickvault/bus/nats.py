@@ -285,9 +285,15 @@ class NatsBus(Bus):
     async def _reply(self, replies: Sequence[str], body: bytes, what: str) -> None:
         try:
             nc = await self.link.client()
-            for reply in replies:
-                await nc.publish(reply, body)
-            await nc.flush(timeout=max(1, int(self.options.ack_timeout_s)))
+            timeout = max(1.0, self.options.ack_timeout_s)
+            if body == b"+ACK":
+                # Double ack: the server answers once the consumer recorded the ack, so an
+                # acknowledged entry is never redelivered and trims see the new ack floor.
+                await asyncio.gather(*(nc.request(r, body, timeout=timeout) for r in replies))
+            else:
+                for reply in replies:
+                    await nc.publish(reply, body)
+                await nc.flush(timeout=int(timeout))
         except Exception as exc:
             raise translate(exc, what) from exc
 
