@@ -296,7 +296,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
         },
     )
     async def query(
-        sql: Annotated[str, Query(min_length=1, max_length=16_000)],
+        sql: Annotated[str, Query(min_length=1, max_length=4_000)],
         limit: Annotated[int, Query(ge=1, le=settings.query_max_rows)] = min(
             1000, settings.query_max_rows
         ),

@@ -81,8 +81,8 @@ class HttpServer:
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=5,
-            # Room for a long /query?sql=... (h11's default head limit is 16 KiB; an SQL text
-            # of the allowed length can triple when percent-encoded).
+            # Room for a long /query?sql=... (h11's default head limit is 16 KiB; 4,000
+            # characters of UTF-8 take up to 48 KiB once percent-encoded).
             h11_max_incomplete_event_size=64 * 1024,
         )
         self._server = _InLoopServer(config)
