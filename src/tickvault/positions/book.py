@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from tickvault.errors import PositionInputError, PositionStateError, SafeModeError
+from tickvault.positions.backend import PositionBackend
 from tickvault.positions.model import (
     EPSILON,
     RELATIVE_EPSILON,
@@ -35,7 +36,6 @@ from tickvault.positions.model import (
     StateRow,
     is_dust,
 )
-from tickvault.positions.store import PositionStore
 
 Clock = Callable[[], float]
 """Returns the current time in seconds since the epoch (``time.time``)."""
@@ -74,7 +74,7 @@ class PositionBook:
 
     def __init__(
         self,
-        store: PositionStore | None,
+        store: PositionBackend | None,
         positions: Iterable[Position] = (),
         *,
         clock: Clock = time.time,
@@ -102,7 +102,7 @@ class PositionBook:
 
     # -- changes -----------------------------------------------------------------------------
 
-    def _writable(self) -> PositionStore:
+    def _writable(self) -> PositionBackend:
         if self.safe_mode is not None or self._store is None:
             raise SafeModeError(f"position book is in safe mode ({self.safe_mode}); not writing")
         return self._store
@@ -238,7 +238,7 @@ class PositionBook:
         return self._close(store, position, exit_price, reason)
 
     def _close(
-        self, store: PositionStore, position: Position, exit_price: float | None, reason: str
+        self, store: PositionBackend, position: Position, exit_price: float | None, reason: str
     ) -> StateRow:
         row = StateRow(
             trade_id=position.trade_id,

@@ -1,7 +1,10 @@
 """``tickvault positions ...`` commands.
 
 All take ``--data-dir`` (env ``TICKVAULT_DATA_DIR``, default ``./tickvault-data``); the
-state lives in ``<data dir>/state.sqlite3``. ``--json`` prints JSON on stdout. Errors that
+state lives in ``<data dir>/state.sqlite3`` unless ``--state`` (env
+``TICKVAULT_POSITIONS_STATE``) names another: ``clickhouse://host:8123/db``, optionally with
+``--table`` (a table tickvault did not create, read-only) and ``--columns`` (its column
+names for tickvault's). ``--json`` prints JSON on stdout. Errors that
 are the user's to fix print one line and exit 2. Malformed stored rows are never an error:
 they are reported, and the exit status stays 0.
 """
@@ -23,7 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tickvault.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
-from tickvault.errors import TickvaultError
+from tickvault.errors import PositionSourceError, TickvaultError
+from tickvault.positions.backend import Candidate, PositionBackend, open_backend
+from tickvault.positions.clickhouse_sql import parse_columns
 from tickvault.positions.guard import CrashLoopGuard, CrashLoopPolicy
 from tickvault.positions.importer import import_jsonl
 from tickvault.positions.reconcile import reconcile as run_reconcile
@@ -47,6 +52,25 @@ DataDir = Annotated[
     typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory.", show_default=True),
 ]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+StateUrl = Annotated[
+    str | None,
+    typer.Option(
+        "--state",
+        envvar="TICKVAULT_POSITIONS_STATE",
+        help="Position state: clickhouse://host:8123/db, sqlite:///path (default: the"
+        " data dir's state.sqlite3).",
+    ),
+]
+TableName = Annotated[
+    str | None,
+    typer.Option(
+        "--table", help="ClickHouse table holding the rows (read-only if not tickvault's)."
+    ),
+]
+ColumnMap = Annotated[
+    str | None,
+    typer.Option("--columns", help="Their column names: trade_id=tid,quantity=qty,..."),
+]
 
 
 def _print_json(value: Any) -> None:
@@ -77,6 +101,30 @@ def _state_path(data_dir: Path) -> Path:
     return data_dir / STATE_FILE
 
 
+def _is_sqlite(state: str | None) -> bool:
+    return state is None or not state.startswith("clickhouse://")
+
+
+def _sqlite_path(state: str | None, data_dir: Path) -> Path:
+    if state is None:
+        return _state_path(data_dir)
+    return Path(state.removeprefix("sqlite://"))
+
+
+def _open(
+    state: str | None, data_dir: Path, table: str | None, columns: str | None, *, read_only: bool
+) -> PositionBackend:
+    """The backend the options name (raises TickvaultError for the user to fix)."""
+    target: str | Path = state if state is not None else _state_path(data_dir)
+    mapping = parse_columns(columns) if columns else None
+    return open_backend(target, read_only=read_only, table=table, columns=mapping)
+
+
+def _no_state(state: str | None, data_dir: Path) -> bool:
+    """True when the state is a SQLite file that does not exist."""
+    return _is_sqlite(state) and not _sqlite_path(state, data_dir).is_file()
+
+
 @app.command("import")
 def import_(
     file: Annotated[Path, typer.Argument(metavar="FILE.jsonl", help="One JSON row per line.")],
@@ -104,18 +152,23 @@ def import_(
 
 
 @app.command()
-def show(json_out: JsonFlag = False, data_dir: DataDir = Path(DEFAULT_DATA_DIR)) -> None:
+def show(
+    json_out: JsonFlag = False,
+    data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+    state: StateUrl = None,
+    table: TableName = None,
+    columns: ColumnMap = None,
+) -> None:
     """Show open positions and malformed latest rows (reads only)."""
-    path = _state_path(data_dir)
-    if not path.is_file():
+    if _no_state(state, data_dir):
         if json_out:
             _print_json({"positions": [], "malformed": [], "rows": 0, "quarantined": 0})
         else:
-            out.print(f"no position state in {data_dir}")
+            out.print(f"no position state in {_sqlite_path(state, data_dir).parent}")
         return
-    with _user_errors(), PositionStore(path, read_only=True) as store:
+    with _user_errors(), _open(state, data_dir, table, columns, read_only=True) as store:
         candidates = StateStoreSource(store).read() or []
-        positions, malformed = judge(candidates, "state-store")
+        positions, malformed = judge(candidates, store.source_name)
         rows, quarantined = store.row_count(), len(store.quarantined())
     if json_out:
         _print_json(
@@ -129,11 +182,9 @@ def show(json_out: JsonFlag = False, data_dir: DataDir = Path(DEFAULT_DATA_DIR))
             }
         )
         return
-    table = Table(
-        "trade", "symbol", "side", "quantity", "notional", "entry", "bars", "since", "seq"
-    )
+    grid = Table("trade", "symbol", "side", "quantity", "notional", "entry", "bars", "since", "seq")
     for p in positions:
-        table.add_row(
+        grid.add_row(
             p.trade_id,
             p.symbol,
             p.side,
@@ -144,7 +195,7 @@ def show(json_out: JsonFlag = False, data_dir: DataDir = Path(DEFAULT_DATA_DIR))
             _iso(p.ts),
             str(p.seq),
         )
-    out.print(table)
+    out.print(grid)
     out.print(
         f"{len(positions)} open, {len(malformed)} malformed latest row(s), {rows:,} rows,"
         f" {quarantined} quarantine copies",
@@ -152,6 +203,18 @@ def show(json_out: JsonFlag = False, data_dir: DataDir = Path(DEFAULT_DATA_DIR))
     )
     for q in malformed:
         out.print(f"  [yellow]malformed[/yellow] trade {q.trade_id!r}: {q.reason}", highlight=False)
+
+
+class _Unreadable(RestoreSource):
+    """The state that could not even be opened: restore records it as unavailable."""
+
+    name = "state-store"
+
+    def __init__(self, error: PositionSourceError) -> None:
+        self.error = error
+
+    def read(self) -> list[Candidate] | None:
+        raise self.error
 
 
 @app.command("restore")
@@ -167,18 +230,25 @@ def restore_(
     redis_key: Annotated[str, typer.Option(help="Key of the Redis hash.")] = "tickvault:positions",
     ledger: Annotated[Path | None, typer.Option(help="Capital ledger JSON file.")] = None,
     data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+    state: StateUrl = None,
+    table: TableName = None,
+    columns: ColumnMap = None,
 ) -> None:
     """Run the restore chain (state store, --snapshot, --redis-url, flat) and report it."""
     # The report below says everything restore logs; keep stderr for errors.
     logging.getLogger("tickvault.positions").addHandler(logging.NullHandler())
-    path = _state_path(data_dir)
     with _user_errors():
-        store: PositionStore | None = None
-        if not dry_run:
-            store = PositionStore(path)
-        elif path.is_file():
-            store = PositionStore(path, read_only=True)
-        chain: list[RestoreSource] = [StateStoreSource(store if store is not None else path)]
+        store: PositionBackend | None = None
+        first: RestoreSource
+        if not dry_run or not _no_state(state, data_dir):
+            try:
+                store = _open(state, data_dir, table, columns, read_only=dry_run)
+                first = StateStoreSource(store)
+            except PositionSourceError as exc:  # unreachable: report it, try the next source
+                first = _Unreadable(exc)
+        else:
+            first = StateStoreSource(_sqlite_path(state, data_dir))
+        chain: list[RestoreSource] = [first]
         if snapshot is not None:
             chain.append(JsonFileSource(snapshot))
         if redis_url is not None:
@@ -217,16 +287,18 @@ def reconcile(
     apply: Annotated[bool, typer.Option("--apply", help="Append tombstone CLOSED rows.")] = False,
     json_out: JsonFlag = False,
     data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+    state: StateUrl = None,
+    table: TableName = None,
+    columns: ColumnMap = None,
 ) -> None:
     """List legacy malformed rows; with --apply, settle latest ones with tombstones."""
-    path = _state_path(data_dir)
-    if not path.is_file():
+    if _no_state(state, data_dir):
         if json_out:
             _print_json({"latest": [], "superseded": [], "applied": apply, "tombstones": []})
         else:
-            out.print(f"no position state in {data_dir}")
+            out.print(f"no position state in {_sqlite_path(state, data_dir).parent}")
         return
-    with _user_errors(), PositionStore(path, read_only=not apply) as store:
+    with _user_errors(), _open(state, data_dir, table, columns, read_only=not apply) as store:
         report = run_reconcile(store, apply=apply)
     if json_out:
         _print_json(report)
@@ -249,9 +321,11 @@ def guard(
     window: Annotated[float, typer.Option(help="Window in seconds.")] = 600.0,
     json_out: JsonFlag = False,
     data_dir: DataDir = Path(DEFAULT_DATA_DIR),
+    state: StateUrl = None,
+    table: TableName = None,
 ) -> None:
     """Show the crash-loop guard's start count; --reset clears it (leaves safe mode)."""
-    with _user_errors(), PositionStore(_state_path(data_dir)) as store:
+    with _user_errors(), _open(state, data_dir, table, None, read_only=False) as store:
         g = CrashLoopGuard(store, CrashLoopPolicy(max_starts=max_starts, window_seconds=window))
         cleared = g.reset() if reset else 0
         status = g.status()

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import msgspec
 
 from tickvault.errors import PositionInputError
-from tickvault.positions.store import PositionStore
+from tickvault.positions.backend import PositionBackend
 
 log = logging.getLogger("tickvault.positions")
 
@@ -68,11 +68,11 @@ def log_alert(event: AlertEvent) -> None:
 
 
 class CrashLoopGuard:
-    """Start counting over one :class:`PositionStore`."""
+    """Start counting over one :class:`PositionBackend`."""
 
     def __init__(
         self,
-        store: PositionStore,
+        store: PositionBackend,
         policy: CrashLoopPolicy | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:

@@ -22,14 +22,15 @@ from typing import Any
 
 import msgspec
 
+from tickvault.positions.backend import PositionBackend, row_ref
 from tickvault.positions.model import Malformed, assess_latest
 from tickvault.positions.restore import judge
 from tickvault.positions.sources import StateStoreSource
-from tickvault.positions.store import PositionStore
 
 
 class MalformedRow(msgspec.Struct, frozen=True, kw_only=True):
-    row_id: int
+    row_id: int | str
+    """The row's id (SQLite) or its ``sha1:`` content reference (ClickHouse)."""
     trade_id: Any
     reason: str
     status: Any
@@ -40,7 +41,7 @@ class MalformedRow(msgspec.Struct, frozen=True, kw_only=True):
 
 class Tombstone(msgspec.Struct, frozen=True, kw_only=True):
     trade_id: Any
-    row_id: int
+    row_id: int | str
     """The malformed row it settles."""
     seq: int | None
     """The tombstone's seq; None when it was skipped (the row was no longer the latest)."""
@@ -65,17 +66,20 @@ def _malformed(row: dict[str, Any], reason: str) -> MalformedRow:
     )
 
 
-def find_malformed(store: PositionStore) -> tuple[list[MalformedRow], list[MalformedRow]]:
+def find_malformed(store: PositionBackend) -> tuple[list[MalformedRow], list[MalformedRow]]:
     """``(latest, superseded)`` malformed rows of ``store`` (see the module docstring)."""
     candidates = StateStoreSource(store).read() or []
-    _, quarantined = judge(candidates, "state-store")
-    latest_reasons = {int(q.source_ref.removeprefix("row:")): q.reason for q in quarantined}
+    _, quarantined = judge(candidates, store.source_name)
+    latest_reasons = {q.source_ref: q.reason for q in quarantined}
     latest: list[MalformedRow] = []
     superseded: list[MalformedRow] = []
+    listed: set[str] = set()
     for row in store.iter_rows():
-        row_id = row["row_id"]
-        if row_id in latest_reasons:
-            latest.append(_malformed(row, latest_reasons[row_id]))
+        ref = row_ref(row)
+        if ref in latest_reasons:
+            if ref not in listed:  # identical duplicate rows share one ref: list it once
+                listed.add(ref)
+                latest.append(_malformed(row, latest_reasons[ref]))
         elif row.get("status") != "CLOSED":
             verdict = assess_latest(row)
             if isinstance(verdict, Malformed):
@@ -84,7 +88,7 @@ def find_malformed(store: PositionStore) -> tuple[list[MalformedRow], list[Malfo
 
 
 def reconcile(
-    store: PositionStore, *, apply: bool = False, clock: Callable[[], float] = time.time
+    store: PositionBackend, *, apply: bool = False, clock: Callable[[], float] = time.time
 ) -> ReconcileReport:
     """List malformed rows; with ``apply``, tombstone every trade whose latest is one."""
     latest, superseded = find_malformed(store)

@@ -27,10 +27,10 @@ from typing import Any, Literal
 import msgspec
 
 from tickvault.errors import PositionSourceError, TickvaultError
+from tickvault.positions.backend import Candidate, PositionBackend, QuarantineEntry
 from tickvault.positions.ledger import LedgerReading, read_capital_ledger
 from tickvault.positions.model import Malformed, Position, assess_latest
-from tickvault.positions.sources import Candidate, RestoreSource
-from tickvault.positions.store import PositionStore, QuarantineEntry
+from tickvault.positions.sources import RestoreSource
 
 log = logging.getLogger("tickvault.positions")
 
@@ -112,7 +112,7 @@ def judge(
 def restore(
     sources: Sequence[RestoreSource],
     *,
-    quarantine_store: PositionStore | None = None,
+    quarantine_store: PositionBackend | None = None,
     dry_run: bool = False,
     ledger: str | Path | None = None,
     clock: Callable[[], float] = time.time,
@@ -192,7 +192,7 @@ def _attempt(name: str, outcome: Outcome, detail: str, t0: float) -> SourceAttem
 
 def _copy_quarantine(
     quarantined: list[QuarantinedRow],
-    store: PositionStore | None,
+    store: PositionBackend | None,
     clock: Callable[[], float],
     warnings: list[str],
 ) -> int:

@@ -24,25 +24,20 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import orjson
 
 from tickvault.errors import PositionSourceError
+from tickvault.positions.backend import Candidate, PositionBackend, open_backend
 from tickvault.positions.model import Position
-from tickvault.positions.store import PositionStore, row_json
+from tickvault.positions.store import row_json
 
-
-class Candidate(msgspec.Struct, frozen=True):
-    """The latest row of one trade as a source holds it.
-
-    ``ref`` identifies the row within its source (stable across restores, so quarantining
-    it twice keeps one copy). ``problem``, when set, makes the row malformed whatever its
-    values (e.g. the row could not be decoded, or its trade's history cannot be ordered).
-    """
-
-    ref: str
-    row: dict[str, Any]
-    problem: str | None = None
+__all__ = [
+    "Candidate",
+    "JsonFileSource",
+    "RedisHashSource",
+    "RestoreSource",
+    "StateStoreSource",
+]
 
 
 class RestoreSource(ABC):
@@ -57,34 +52,28 @@ class RestoreSource(ABC):
 
 
 class StateStoreSource(RestoreSource):
-    """The ``position_state`` table: the latest row per trade by ``seq`` then append order.
+    """A position-state backend: the latest row per trade (see
+    :meth:`~tickvault.positions.backend.PositionBackend.read_latest`).
 
-    A trade with rows whose seq is not an integer (legacy imports) cannot be ordered: it is
-    reported as malformed rather than guessed, unless its latest ordered row is ``CLOSED``
-    (trade ids are never reused, so a closed trade stays closed; this is also how a
-    reconcile tombstone settles it). Given a path, the file is opened read-only per read.
+    Given a path or URL instead of an open backend, it is opened read-only per read (a
+    SQLite file that does not exist, or a ClickHouse server that cannot be reached, is
+    *unavailable*). The name defaults to the backend's (``state-store`` for SQLite,
+    ``clickhouse:<db>.<table>`` for ClickHouse).
     """
 
-    def __init__(self, store: PositionStore | str | Path, name: str = "state-store") -> None:
+    def __init__(self, store: PositionBackend | str | Path, name: str | None = None) -> None:
         self._store = store
+        if name is None:
+            name = store.source_name if isinstance(store, PositionBackend) else "state-store"
+            if isinstance(store, str) and store.startswith("clickhouse://"):
+                name = "clickhouse"
         self.name = name
 
     def read(self) -> list[Candidate] | None:
-        if isinstance(self._store, PositionStore):
-            rows = self._store.latest_rows()
-        else:
-            with PositionStore(self._store, read_only=True) as store:
-                rows = store.latest_rows()
-        if not rows:
-            return None
-        out = []
-        for row in rows:
-            unordered = row.pop("unordered")
-            problem = None
-            if unordered and row.get("status") != "CLOSED":
-                problem = f"unordered history: {unordered} row(s) of this trade have no integer seq"
-            out.append(Candidate(f"row:{row.pop('row_id')}", row, problem))
-        return out
+        if isinstance(self._store, PositionBackend):
+            return self._store.read_latest()
+        with open_backend(self._store, read_only=True) as store:
+            return store.read_latest()
 
 
 def _ref(row: Any) -> str:

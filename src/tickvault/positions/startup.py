@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.errors import TickvaultError
+from tickvault.positions.backend import PositionBackend, open_backend
 from tickvault.positions.book import PositionBook
 from tickvault.positions.guard import (
     AlertEvent,
@@ -34,7 +35,6 @@ from tickvault.positions.guard import (
 )
 from tickvault.positions.restore import RestoreReport, restore
 from tickvault.positions.sources import RestoreSource, StateStoreSource
-from tickvault.positions.store import PositionStore
 
 STATE_FILE = "state.sqlite3"
 log = logging.getLogger("tickvault.positions")
@@ -49,7 +49,7 @@ class Startup:
     guard: GuardDecision | None
     """None when the start could not be recorded (then the book is in safe mode)."""
     alerts: list[AlertEvent] = field(default_factory=list)
-    store: PositionStore | None = None
+    store: PositionBackend | None = None
 
     @property
     def safe_mode(self) -> bool:
@@ -69,8 +69,11 @@ def start_positions(
     clock: Callable[[], float] = time.time,
     alert: AlertSink = log_alert,
     ledger: str | Path | None = None,
+    state: str | None = None,
 ) -> Startup:
-    """Guard, restore and build the book for the state store in ``data_dir``.
+    """Guard, restore and build the book for the state store in ``data_dir``, or for
+    ``state`` when given (a URL: ``clickhouse://host:8123/db`` keeps the state in
+    ClickHouse, see :mod:`tickvault.positions.clickhouse_store`).
 
     In safe mode the restore is a dry run (nothing is written, not even quarantine copies)
     and the book refuses every change. Alerts: ``positions.crash_loop`` (critical, guard
@@ -90,21 +93,21 @@ def start_positions(
         except Exception:  # a failing alert channel must not stop the start
             log.exception("alert sink failed for %s", kind)
 
-    path = Path(data_dir) / STATE_FILE
-    store: PositionStore | None = None
+    path: str | Path = state if state is not None else Path(data_dir) / STATE_FILE
+    store: PositionBackend | None = None
     decision: GuardDecision | None = None
     safe_reason: str | None = None
     try:
-        store = PositionStore(path)
+        store = open_backend(path)
     except TickvaultError as exc:
         safe_reason = f"state store unavailable: {exc}"
-        raise_alert("positions.store_unavailable", "critical", safe_reason, path=str(path))
+        raise_alert("positions.store_unavailable", "critical", safe_reason, path=_shown(path))
     if store is not None:
         try:
             decision = CrashLoopGuard(store, policy, clock).record_start()
         except TickvaultError as exc:
             safe_reason = f"start could not be recorded: {exc}"
-            raise_alert("positions.store_unavailable", "critical", safe_reason, path=str(path))
+            raise_alert("positions.store_unavailable", "critical", safe_reason, path=_shown(path))
     if decision is not None and decision.safe_mode:
         safe_reason = (
             f"crash loop: {decision.starts_in_window} starts within"
@@ -147,3 +150,12 @@ def start_positions(
         )
     book = PositionBook(store, report.restored, clock=clock, safe_mode=safe_reason)
     return Startup(book=book, report=report, guard=decision, alerts=alerts, store=store)
+
+
+def _shown(state: str | Path) -> str:
+    """``state`` for an alert: a URL without its credentials."""
+    text = str(state)
+    scheme, sep, rest = text.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://{rest.split('@', 1)[1]}"
+    return text

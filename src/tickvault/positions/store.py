@@ -32,6 +32,7 @@ from tickvault.errors import (
     StoreError,
     StoreUnavailable,
 )
+from tickvault.positions.backend import Candidate, PositionBackend, QuarantineEntry
 from tickvault.positions.model import COLUMNS, StateRow
 
 _SCHEMA: Final = """
@@ -76,27 +77,12 @@ _SEQ_INDEX: Final = _LATEST_NAMES.index("seq")
 _INT64_MAX: Final = 2**63 - 1
 
 
-class QuarantineEntry:
-    """A refused row on its way to ``position_quarantine``."""
-
-    __slots__ = ("reason", "row", "source", "source_ref", "trade_id")
-
-    def __init__(
-        self, source: str, source_ref: str, trade_id: Any, reason: str, row: dict[str, Any]
-    ) -> None:
-        self.source = source
-        self.source_ref = source_ref
-        self.trade_id = trade_id
-        self.reason = reason
-        self.row = row
-
-
 def row_json(row: dict[str, Any]) -> str:
     """``row`` as JSON text; values JSON cannot hold (bytes, NaN) become text."""
     return orjson.dumps(row, default=repr, option=orjson.OPT_SORT_KEYS).decode()
 
 
-class PositionStore:
+class PositionStore(PositionBackend):
     """The ``position_*`` tables of one SQLite file.
 
     ``read_only=True`` opens an existing file without creating it or any table, refuses
@@ -107,6 +93,7 @@ class PositionStore:
     def __init__(self, path: str | Path, *, read_only: bool = False, timeout: float = 30.0):
         self.path = Path(path)
         self.read_only = read_only
+        self.source_name = "state-store"
         if read_only and not self.path.is_file():
             raise PositionSourceError(f"no state store at {self.path}")
         try:
@@ -240,11 +227,17 @@ class PositionStore:
         return seq
 
     def append_tombstone(
-        self, trade_id: Any, latest_row_id: int, reason: str, now_us: int
+        self, trade_id: Any, latest_ref: int | str, reason: str, now_us: int
     ) -> int | None:
         """Append a ``CLOSED`` row (quantity and notional 0) that supersedes the malformed
-        latest row ``latest_row_id`` of ``trade_id``; return its seq, or None (nothing
-        written) when that row is no longer the trade's latest."""
+        latest row ``latest_ref`` (a row id, or ``row:<id>``) of ``trade_id``; return its seq,
+        or None (nothing written) when that row is no longer the trade's latest."""
+        latest_row_id = latest_ref
+        if isinstance(latest_ref, str):
+            text = latest_ref.removeprefix("row:")
+            if not text.isdigit():
+                return None
+            latest_row_id = int(text)
         with self._transaction() as conn:
             found = conn.execute(
                 f"SELECT row_id, symbol, side FROM position_state WHERE trade_id IS ?"
@@ -338,6 +331,26 @@ class PositionStore:
             data = dict(zip(_LATEST_NAMES, row, strict=True))
             data["unordered"] = unordered.get(trade_id, 0)
             out.append(data)
+        return out
+
+    def read_latest(self) -> list[Candidate] | None:
+        """The latest row per trade as candidates (ref ``row:<row_id>``).
+
+        A trade with rows whose seq is not an integer (legacy imports) cannot be ordered:
+        it is reported as malformed rather than guessed, unless its latest ordered row is
+        ``CLOSED`` (trade ids are never reused, so a closed trade stays closed; this is
+        also how a reconcile tombstone settles it).
+        """
+        rows = self.latest_rows()
+        if not rows:
+            return None
+        out = []
+        for row in rows:
+            unordered = row.pop("unordered")
+            problem = None
+            if unordered and row.get("status") != "CLOSED":
+                problem = f"unordered history: {unordered} row(s) of this trade have no integer seq"
+            out.append(Candidate(f"row:{row.pop('row_id')}", row, problem))
         return out
 
     def iter_rows(self) -> Iterator[dict[str, Any]]:
