@@ -205,6 +205,12 @@ def show(
         out.print(f"  [yellow]malformed[/yellow] trade {q.trade_id!r}: {q.reason}", highlight=False)
 
 
+def _row_text(row: dict[str, Any]) -> str:
+    """The identifying values of a stored row, for a report line."""
+    names = ("symbol", "side", "status", "quantity", "notional", "bars_held", "seq")
+    return ", ".join(f"{n}={row.get(n)!r}" for n in names if n in row)
+
+
 class _Unreadable(RestoreSource):
     """The state that could not even be opened: restore records it as unavailable."""
 
@@ -272,7 +278,11 @@ def restore_(
     for p in report.restored:
         out.print(f"  {p.trade_id} {p.symbol} {p.side} {p.quantity:g} @ {p.entry_price:g}")
     for q in report.quarantined:
-        out.print(f"  [yellow]quarantined[/yellow] {q.trade_id!r}: {q.reason}", highlight=False)
+        out.print(
+            f"  [yellow]quarantined[/yellow] {q.trade_id!r}: {q.reason}; row {_row_text(q.row)}"
+            f" ({q.source} {q.source_ref})",
+            highlight=False,
+        )
     if report.capital is not None:
         c = report.capital
         out.print(f"capital {c.capital:,.2f} (ledger {c.shape}-shaped, {c.entries} entries)")

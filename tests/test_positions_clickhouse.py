@@ -1,0 +1,283 @@
+"""The ClickHouse position backend on the real server (18.16): a user's table read in place,
+per-insert atomicity, crashes in the middle of book changes, write races, merges.
+
+Tables of "the user" are created and filled with plain SQL, the way their own trader did;
+tickvault only ever gets the URL, the table name and a column mapping.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.polling import eventually_sync
+from tests.servers import ClickHouseServer
+from tickvault.errors import PositionStateError
+from tickvault.positions import PositionBook, StateStoreSource, reconcile, restore
+from tickvault.positions.backend import open_backend
+from tickvault.positions.clickhouse_sql import STATE_TABLE
+from tickvault.positions.clickhouse_store import ClickHousePositionStore
+
+LEGACY_DDL = """CREATE TABLE {db}.legacy_state (
+    tid String, sym String, dir String, state String, qty String, notional Float64,
+    px Float64, bars UInt16, stamp String, seq String
+) ENGINE = MergeTree() ORDER BY tid"""
+
+
+class Server:
+    def __init__(self, server: ClickHouseServer) -> None:
+        self.server = server
+        self.database = f"dolphin_{uuid.uuid4().hex[:10]}"
+        self.url = server.url(self.database)
+        self.base = f"http://127.0.0.1:{server.http_port}/"
+        self.sql(f"CREATE DATABASE {self.database}")
+
+    def sql(self, statement: str) -> str:
+        response = httpx.post(self.base, content=statement.encode(), timeout=30)
+        assert response.status_code == 200, response.text
+        return response.text
+
+
+@pytest.fixture
+def ch(clickhouse_server: ClickHouseServer) -> Iterator[Server]:
+    yield Server(clickhouse_server)
+
+
+def test_a_user_table_with_text_columns_is_read_through_a_column_mapping(ch: Server) -> None:
+    ch.sql(LEGACY_DDL.format(db=ch.database))
+    ch.sql(
+        f"INSERT INTO {ch.database}.legacy_state VALUES"
+        " ('l-1', 'BTCUSDT', 'LONG', 'OPEN', '12', 1200, 100, 3, '2026-06-11T07:00:00Z', '1'),"
+        " ('l-2', 'ETHUSDT', 'LONG', 'OPEN', 'abc', 10, 10, 0, '2026-06-11T07:00:00Z', '1'),"
+        " ('l-3', 'SOLUSDT', 'LONG', 'OPEN', '1', 150, 150, 0, '2026-06-11T07:00:00Z', '1'),"
+        " ('l-3', 'SOLUSDT', 'LONG', 'CLOSED', '0', 0, 150, 0, '2026-06-11T08:00:00Z', '2'),"
+        " ('l-4', 'XRPUSDT', 'LONG', 'OPEN', '5', 5, 1, 0, '2026-06-11T07:00:00Z', '1'),"
+        " ('l-4', 'XRPUSDT', 'LONG', 'OPEN', '5', 5, 1, 0, 'yesterday', 'x'),"
+        # the latest ordered row is CLOSED: trade ids are never reused, so the trade ended
+        " ('l-5', 'XRPUSDT', 'LONG', 'CLOSED', '0', 0, 1, 0, '2026-06-11T07:00:00Z', '1'),"
+        " ('l-5', 'XRPUSDT', 'LONG', 'OPEN', '5', 5, 1, 0, 'yesterday', 'x')"
+    )
+    columns = {
+        "trade_id": "tid",
+        "symbol": "sym",
+        "side": "dir",
+        "status": "state",
+        "quantity": "qty",
+        "entry_price": "px",
+        "bars_held": "bars",
+        "ts": "stamp",
+    }
+    with open_backend(ch.url, table="legacy_state", columns=columns) as store:
+        report = restore([StateStoreSource(store)], quarantine_store=store)
+        assert report.restored == []
+        assert sorted((q.trade_id, q.reason) for q in report.quarantined) == [
+            ("l-1", "non-numeric quantity '12'"),
+            ("l-2", "non-numeric quantity 'abc'"),
+            ("l-4", "unordered history: 1 row(s) of this trade have no integer seq"),
+        ]
+        [l1] = [q for q in report.quarantined if q.trade_id == "l-1"]
+        # tickvault's names, their values; the ISO text time read as epoch microseconds
+        assert l1.row["ts"] == 1_781_161_200_000_000 and l1.row["seq"] == 1
+        assert l1.row["symbol"] == "BTCUSDT" and l1.row["bars_held"] == 3
+        assert report.source_used == f"clickhouse:{ch.database}.legacy_state"
+        assert len(store.quarantined()) == 3
+
+
+def test_a_mapping_naming_a_missing_column_is_a_clear_error(ch: Server) -> None:
+    ch.sql(LEGACY_DDL.format(db=ch.database))
+    ch.sql(
+        f"INSERT INTO {ch.database}.legacy_state VALUES"
+        " ('l-1', 'BTCUSDT', 'LONG', 'OPEN', '1', 1, 1, 0, '2026-06-11T07:00:00Z', '1')"
+    )
+    with open_backend(ch.url, table="legacy_state", columns={"quantity": "size"}) as store:
+        report = restore([StateStoreSource(store)])
+    [attempt, flat] = report.sources_tried
+    assert attempt.outcome == "error" and "no column 'size' (for quantity)" in attempt.detail
+    assert flat.source == "flat" and report.restored == []
+    with open_backend(ch.url, table="legacy_state") as store:  # no mapping: no trade_id column
+        report = restore([StateStoreSource(store)])
+    assert "has no trade_id column" in report.sources_tried[0].detail
+    with open_backend(ch.url, table="no_such_table") as store:
+        report = restore([StateStoreSource(store)])
+    assert report.sources_tried[0].outcome == "unavailable"
+    assert "no table" in report.sources_tried[0].detail
+
+
+def test_insert_cut_off_mid_body_commits_nothing(ch: Server) -> None:
+    """Per-insert atomicity: a complete row followed by half a row, then the connection
+    drops. The server commits neither, and restore sees the state before the insert."""
+    store = open_backend(ch.url)
+    book = PositionBook(store, clock=lambda: 1_781_000_000.0)
+    book.open("a", "BTCUSDT", "LONG", 1.0, 100.0)
+    row = {
+        "trade_id": "a",
+        "symbol": "BTCUSDT",
+        "side": "LONG",
+        "status": "CLOSED",
+        "quantity": 0.0,
+        "notional": 0.0,
+        "ts": 1_781_000_001_000_000,
+        "seq": 2,
+        "origin": "book",
+        "writer": "torn",
+    }
+    whole = json.dumps(row).encode() + b"\n"
+    body = whole + json.dumps(row | {"seq": 3}).encode()
+    _raw_insert(ch, body, send=len(whole) + 20)  # the connection drops mid-second-row
+    eventually_sync(lambda: _inserts_running(ch) == 0, what="the cut-off insert ended")
+    assert store.row_count() == 1
+    [p] = restore([StateStoreSource(store)]).restored
+    assert (p.trade_id, p.seq) == ("a", 1)
+    # control: the same request sent whole is committed, and restore sees it
+    _raw_insert(ch, whole, send=len(whole))
+    eventually_sync(lambda: store.row_count() == 2, what="the whole insert committed")
+    report = restore([StateStoreSource(store)])
+    assert report.restored == [] and report.quarantined == []
+    store.close()
+
+
+def _raw_insert(ch: Server, body: bytes, send: int) -> None:
+    """POST an insert over a raw socket, sending only the first ``send`` bytes of ``body``
+    (``Content-Length`` announces all of it), then close the connection."""
+    query = f"INSERT INTO {ch.database}.{STATE_TABLE} FORMAT JSONEachRow"
+    target = httpx.URL(ch.base, params={"query": query})
+    head = (
+        f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", ch.server.http_port)) as sock:
+        sock.sendall(head + body[:send])
+        if send == len(body):
+            sock.recv(4096)  # the answer: the insert is done
+
+
+def _inserts_running(ch: Server) -> int:
+    return int(
+        ch.sql(
+            "SELECT count() FROM system.processes WHERE query LIKE 'INSERT INTO %'"
+            f" AND query LIKE '%{ch.database}%'"
+        )
+    )
+
+
+def test_a_book_killed_in_the_middle_of_changes_restores_its_last_committed_row(
+    ch: Server,
+) -> None:
+    trader = textwrap.dedent(
+        """
+        import sys
+        from tickvault.positions import start_positions
+        s = start_positions(".", state=sys.argv[1], alert=lambda e: None)
+        s.book.open("a", "BTCUSDT", "LONG", 1.0, 100.0)
+        n = 0
+        while True:
+            n += 1
+            s.book.mark("a", bars_held=n)
+            print(n, flush=True)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", trader, ch.url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "TICKVAULT_DATA_DIR"},
+    )
+    assert proc.stdout is not None
+    last = 0
+    while last < 25:
+        line = proc.stdout.readline()
+        assert line, "the trader exited"
+        last = int(line)
+    proc.send_signal(signal.SIGKILL)  # somewhere inside the next mark
+    proc.wait(timeout=30)
+    with open_backend(ch.url) as store:
+        report = restore([StateStoreSource(store)], quarantine_store=store)
+        [p] = report.restored
+        assert report.quarantined == [] and report.warnings == []
+        # the row of the last acknowledged change, or of the one the kill interrupted
+        assert p.bars_held in (last, last + 1)
+        assert p.seq == p.bars_held + 1 == store.row_count()
+        book = PositionBook(store, report.restored)
+        book.mark("a", bars_held=1_000)
+        [after] = restore([StateStoreSource(store)]).restored
+        assert (after.bars_held, after.seq) == (1_000, p.seq + 1)
+
+
+class RacingStore(ClickHousePositionStore):
+    """Lets another writer insert the same trade's next row between this writer's check
+    and its insert: the timing a real race has, which a test cannot otherwise arrange."""
+
+    competitor: dict[str, Any] | None = None
+
+    def _insert(self, table: str, rows: Any) -> None:
+        if self.competitor is not None and table == STATE_TABLE:
+            competitor, self.competitor = self.competitor, None
+            super()._insert(table, [competitor])
+        super()._insert(table, rows)
+
+
+def test_a_write_race_is_detected_and_restore_refuses_to_pick_a_side(ch: Server) -> None:
+    store = RacingStore.from_url(ch.url)
+    assert isinstance(store, RacingStore)
+    book = PositionBook(store, clock=lambda: 1_781_000_000.0)
+    book.open("a", "BTCUSDT", "LONG", 1.0, 100.0)
+    book.open("b", "ETHUSDT", "LONG", 1.0, 100.0)
+    store.competitor = {
+        "trade_id": "a",
+        "symbol": "BTCUSDT",
+        "side": "LONG",
+        "status": "CLOSED",
+        "quantity": 0.0,
+        "notional": 0.0,
+        "ts": 1_781_000_000_500_000,
+        "seq": 2,
+        "origin": "book",
+        "writer": "other-process",
+    }
+    with pytest.raises(PositionStateError, match="another writer wrote seq 2"):
+        book.mark("a", bars_held=5)
+    report = restore([StateStoreSource(store)], quarantine_store=store)
+    assert [p.trade_id for p in report.restored] == ["b"]
+    [q] = report.quarantined
+    assert q.trade_id == "a" and q.reason.startswith("2 different rows share the latest seq 2")
+    rec = reconcile(store, apply=True)
+    assert [t.trade_id for t in rec.tombstones] == ["a"]
+    assert restore([StateStoreSource(store)]).quarantined == []
+    store.close()
+
+
+def test_restore_does_not_depend_on_merges(ch: Server) -> None:
+    with open_backend(ch.url) as store:
+        book = PositionBook(store, clock=lambda: 1_781_000_000.0)
+        for i in range(6):
+            book.open(f"t{i}", "BTCUSDT", "LONG", 1.0 + i, 100.0)
+        for i in range(6):
+            book.mark(f"t{i}", bars_held=i)
+        for i in range(0, 6, 2):
+            book.close(f"t{i}", 101.0, "exit")
+        before = restore([StateStoreSource(store)]).restored
+        parts = ch.sql(
+            f"SELECT count() FROM system.parts WHERE database = '{ch.database}'"
+            f" AND table = '{STATE_TABLE}' AND active"
+        )
+        assert int(parts) > 1  # one part per insert, not merged yet
+        ch.sql(f"OPTIMIZE TABLE {ch.database}.{STATE_TABLE} FINAL")
+        parts = ch.sql(
+            f"SELECT count() FROM system.parts WHERE database = '{ch.database}'"
+            f" AND table = '{STATE_TABLE}' AND active"
+        )
+        assert int(parts) == 1
+        after = restore([StateStoreSource(store)]).restored
+        assert after == before == book.positions()
+        assert store.row_count() == 15  # a MergeTree merge keeps every row
