@@ -209,3 +209,171 @@ def test_incident_004_restore_never_raises_on_the_seed_row_in_any_source(tmp_pat
         ("1a3d2f9c", "non-positive quantity 0")
     ]
     assert report.restored == []
+
+
+# -- the deployment of the incident: position_state in ClickHouse -----------------------------
+
+INCIDENT_DDL = """CREATE TABLE {db}.position_state (
+    trade_id String, symbol String, side String, status String, quantity Float64,
+    notional Float64, entry_price Float64, bars_held UInt32, ts DateTime, seq UInt64
+) ENGINE = MergeTree() ORDER BY (trade_id, seq)"""
+
+INCIDENT_ROWS = """INSERT INTO {db}.position_state VALUES
+    ('t-btc', 'BTCUSDT', 'LONG', 'OPEN', 0.25, 16000, 64000, 3, '2026-06-11 07:00:00', 1),
+    ('t-btc', 'BTCUSDT', 'LONG', 'OPEN', 0.25, 16000, 64000, 4, '2026-06-11 07:15:00', 2),
+    ('1a3d2f9c', 'ATOMUSDT', 'SHORT', 'OPEN', 118.9, 999.95, 8.41, 20, '2026-06-11 07:00:00', 4),
+    ('1a3d2f9c', 'ATOMUSDT', 'SHORT', 'OPEN', 0, 0, 8.41, 34, '2026-06-11 07:42:00', 5),
+    ('t-nan', 'ETHUSDT', 'LONG', 'OPEN', 1, nan, 3100, 0, '2026-06-11 07:00:00', 1),
+    ('t-neg', 'SOLUSDT', 'LONG', 'OPEN', -2, -300, 150, 0, '2026-06-11 07:00:00', 1),
+    ('t-dup', 'XRPUSDT', 'LONG', 'OPEN', 100, 52, 0.52, 1, '2026-06-11 07:00:00', 3),
+    ('t-dup', 'XRPUSDT', 'LONG', 'OPEN', 100, 52, 0.52, 1, '2026-06-11 07:00:00', 3),
+    ('t-race', 'ADAUSDT', 'LONG', 'OPEN', 10, 4, 0.4, 1, '2026-06-11 07:00:00', 2),
+    ('t-race', 'ADAUSDT', 'LONG', 'OPEN', 20, 8, 0.4, 1, '2026-06-11 07:01:00', 2),
+    ('t-done', 'DOTUSDT', 'SHORT', 'OPEN', 5, 30, 6, 2, '2026-06-11 06:00:00', 1),
+    ('t-done', 'DOTUSDT', 'SHORT', 'CLOSED', 0, 0, 6, 2, '2026-06-11 06:30:00', 2)"""
+
+
+def _clickhouse_incident(server: Any) -> tuple[str, str, Any]:
+    import httpx
+
+    database = f"dolphin_{os.urandom(5).hex()}"
+    base = f"http://127.0.0.1:{server.http_port}/"
+
+    def sql(statement: str) -> str:
+        response = httpx.post(base, content=statement.encode(), timeout=30)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    sql(f"CREATE DATABASE {database}")
+    sql(INCIDENT_DDL.format(db=database))
+    sql(INCIDENT_ROWS.format(db=database))
+    return database, server.url(database), sql
+
+
+def _their_table(sql: Any, database: str) -> tuple[str, str]:
+    rows = sql(f"SELECT * FROM {database}.position_state ORDER BY trade_id, seq, quantity")
+    parts = sql(
+        f"SELECT name FROM system.parts WHERE database = '{database}'"
+        " AND table = 'position_state' AND active ORDER BY name"
+    )
+    return rows, parts
+
+
+def test_incident_004_in_clickhouse_restore_names_the_quarantined_row_and_source(
+    clickhouse_server: Any, tmp_path: Path
+) -> None:
+    from tests.cli_helpers import tv
+
+    database, url, sql = _clickhouse_incident(clickhouse_server)
+    before = _their_table(sql, database)
+    ledger = tmp_path / "capital_update_ledger.json"
+    ledger.write_text(
+        json.dumps(
+            [
+                {"capital": 10_000.0, "ts": "2026-06-10T00:00:00Z"},
+                {"capital": 10_412.5, "ts": "2026-06-11T06:00:00Z"},
+            ]
+        )
+    )
+    args = ("--state", url, "--table", "position_state")
+    proc = tv("positions", "restore", *args, "--ledger", ledger)
+    text = proc.stdout
+    source = f"clickhouse:{database}.position_state"
+    # rows: the latest row of each of the 7 trades
+    assert f"source {source}: used: 7 rows, 2 restored, 4 quarantined" in text, text
+    assert f"restored 2 position(s) from {source}" in text
+    assert "t-btc BTCUSDT LONG 0.25 @ 64000" in text and "t-dup XRPUSDT LONG 100 @ 0.52" in text
+    assert (
+        "quarantined '1a3d2f9c': non-positive quantity 0.0; row symbol='ATOMUSDT',"
+        " side='SHORT', status='OPEN', quantity=0.0, notional=0.0, bars_held=34, seq=5"
+        f" ({source} sha1:"
+    ) in text, text
+    assert "quarantined 't-nan': non-finite notional nan" in text
+    assert "quarantined 't-neg': non-positive quantity -2.0" in text
+    assert "quarantined 't-race': 2 different rows share the latest seq 2" in text
+    assert "capital 10,412.50 (ledger list-shaped, 2 entries)" in text
+
+    report = json.loads(tv("positions", "restore", *args, "--json").stdout)
+    assert report["source_used"] == source
+    assert sorted((q["trade_id"], q["reason"]) for q in report["quarantined"]) == [
+        ("1a3d2f9c", "non-positive quantity 0.0"),
+        ("t-nan", "non-finite notional nan"),
+        ("t-neg", "non-positive quantity -2.0"),
+        (
+            "t-race",
+            "2 different rows share the latest seq 2 (a write race); cannot tell which is current",
+        ),
+    ]
+    seed = next(q for q in report["quarantined"] if q["trade_id"] == "1a3d2f9c")
+    assert seed["row"]["bars_held"] == 34 and seed["row"]["seq"] == 5
+    assert seed["row"]["ts"] == 1_781_163_720_000_000  # 2026-06-11 07:42:00 UTC
+    assert report["quarantine_copied"] == 0  # the first restore copied them already
+
+    copies = sql(
+        f"SELECT trade_id, reason FROM {database}.tickvault_position_quarantine FINAL"
+        " ORDER BY trade_id FORMAT TSV"
+    )
+    assert copies.count("\n") == 4 and "1a3d2f9c\tnon-positive quantity 0.0" in copies
+    assert _their_table(sql, database) == before  # their table: same rows, same parts
+
+
+def test_incident_004_in_clickhouse_show_and_reconcile_leave_their_table_alone(
+    clickhouse_server: Any, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from tickvault.positions.cli import app
+
+    database, url, sql = _clickhouse_incident(clickhouse_server)
+    before = _their_table(sql, database)
+    runner = CliRunner()
+
+    def run(*args: str) -> Any:
+        result = runner.invoke(app, [*args, "--state", url, "--table", "position_state", "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    shown = run("show")
+    assert [p["trade_id"] for p in shown["positions"]] == ["t-btc", "t-dup"]
+    assert sorted(m["trade_id"] for m in shown["malformed"]) == [
+        "1a3d2f9c",
+        "t-nan",
+        "t-neg",
+        "t-race",
+    ]
+    assert shown["rows"] == 12 and shown["quarantined"] == 0  # show writes nothing
+    listed = run("reconcile")
+    assert sorted(m["trade_id"] for m in listed["latest"]) == [
+        "1a3d2f9c",
+        "t-nan",
+        "t-neg",
+        "t-race",
+    ]
+    assert listed["superseded"] == [] and listed["tombstones"] == []
+    applied = run("reconcile", "--apply")
+    assert sorted(t["trade_id"] for t in applied["tombstones"] if t["seq"] is not None) == [
+        "1a3d2f9c",
+        "t-nan",
+        "t-neg",
+        "t-race",
+    ]
+    after = run("restore")
+    assert [p["trade_id"] for p in after["restored"]] == ["t-btc", "t-dup"]
+    assert after["quarantined"] == []
+    assert run("reconcile")["latest"] == []
+    # tickvault wrote only to its own tables; theirs has the same rows and parts
+    assert _their_table(sql, database) == before
+    tables = sql(f"SELECT name FROM system.tables WHERE database = '{database}' ORDER BY name")
+    assert tables.split() == [
+        "position_state",
+        "tickvault_position_quarantine",
+        "tickvault_position_starts",
+        "tickvault_position_tombstones",
+    ]
+    # a new row from their trader supersedes the tombstone: the trade is judged again
+    sql(
+        f"INSERT INTO {database}.position_state VALUES ('1a3d2f9c', 'ATOMUSDT', 'SHORT',"
+        " 'OPEN', 50, 420.5, 8.41, 35, '2026-06-12 07:00:00', 6)"
+    )
+    again = run("restore")
+    assert [p["trade_id"] for p in again["restored"]] == ["1a3d2f9c", "t-btc", "t-dup"]

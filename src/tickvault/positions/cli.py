@@ -282,6 +282,7 @@ def restore_(
             f"  [yellow]quarantined[/yellow] {q.trade_id!r}: {q.reason}; row {_row_text(q.row)}"
             f" ({q.source} {q.source_ref})",
             highlight=False,
+            soft_wrap=True,
         )
     if report.capital is not None:
         c = report.capital
