@@ -16,15 +16,25 @@ import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from tests.cli_helpers import tv
 from tests.polling import eventually_sync
-from tests.servers import ClickHouseServer
+from tests.servers import ClickHouseServer, free_port
 from tickvault.errors import PositionStateError
-from tickvault.positions import PositionBook, StateStoreSource, reconcile, restore
+from tickvault.positions import (
+    JsonFileSource,
+    PositionBook,
+    StateStoreSource,
+    reconcile,
+    restore,
+    start_positions,
+)
 from tickvault.positions.backend import open_backend
 from tickvault.positions.clickhouse_sql import STATE_TABLE
 from tickvault.positions.clickhouse_store import ClickHousePositionStore
@@ -281,3 +291,44 @@ def test_restore_does_not_depend_on_merges(ch: Server) -> None:
         after = restore([StateStoreSource(store)]).restored
         assert after == before == book.positions()
         assert store.row_count() == 15  # a MergeTree merge keeps every row
+
+
+def test_an_unreachable_clickhouse_start_is_safe_mode_with_the_secondary_and_no_secret(
+    tmp_path: Path,
+) -> None:
+    secret = "s3cr3t-pw"
+    url = f"clickhouse://trader:{secret}@127.0.0.1:{free_port()}/dolphin?timeout=2"
+    snapshot = tmp_path / "snap.json"
+    snapshot.write_text(
+        json.dumps(
+            [
+                {
+                    "trade_id": "a",
+                    "symbol": "BTCUSDT",
+                    "side": "LONG",
+                    "status": "OPEN",
+                    "quantity": 1.0,
+                    "notional": 100.0,
+                    "entry_price": 100.0,
+                    "bars_held": 0,
+                    "ts": 1_781_000_000_000_000,
+                    "seq": 1,
+                }
+            ]
+        )
+    )
+    alerts: list[Any] = []
+    startup = start_positions(
+        tmp_path, state=url, secondary=[JsonFileSource(snapshot)], alert=alerts.append
+    )
+    assert startup.safe_mode and [p.trade_id for p in startup.report.restored] == ["a"]
+    assert [a.outcome for a in startup.report.sources_tried] == ["unavailable", "used"]
+    assert [a.kind for a in alerts] == ["positions.store_unavailable", "positions.fallback_source"]
+    shown = repr(startup.report.to_dict()) + repr([msgspec.to_builtins(a) for a in alerts])
+    assert secret not in shown and "127.0.0.1" in shown
+    startup.close()
+    proc = tv("positions", "restore", "--state", url, "--snapshot", snapshot, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "source state-store: unavailable" in proc.stdout
+    assert f"restored 1 position(s) from json:{snapshot}" in proc.stdout
+    assert secret not in proc.stdout + proc.stderr

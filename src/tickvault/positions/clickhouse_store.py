@@ -26,19 +26,15 @@ takes the maximum ``seq`` from all rows, whatever the merges have done. A crash 
 reconcile's tombstones leaves some trades settled and others not; running it again
 finishes the rest (a settled trade's latest row is no longer malformed).
 
-The HTTP client is :class:`~tickvault.stores.clickhouse_http.ClickHouseHTTP` (async); this
-synchronous backend drives it on a private event loop in a daemon thread, so it works from
-plain code and from inside a running event loop alike.
+The HTTP client is :class:`~tickvault.stores.clickhouse_http.ClickHouseHTTP`, the market-data
+store's; :mod:`tickvault.positions.clickhouse_wire` drives it synchronously.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-import urllib.parse
 import uuid
-from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import orjson
 
@@ -64,34 +60,22 @@ from tickvault.positions.clickhouse_sql import (
     ref_of,
     state_row,
 )
+from tickvault.positions.clickhouse_wire import (
+    QUOTE_DENORMALS,
+    READ_PARAMS,
+    LoopThread,
+    http_from_url,
+    json_doc,
+    post,
+)
 from tickvault.positions.model import StateRow
 from tickvault.positions.store import row_json
-from tickvault.stores.clickhouse_http import ClickHouseHTTP, ClickHouseServerError, ServerFeatures
+from tickvault.stores.clickhouse_http import ClickHouseServerError, ServerFeatures
 from tickvault.stores.clickhouse_schema import quote_ident, quote_str
 
-T = TypeVar("T")
-
 _UNKNOWN_TABLE_CODES = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
-_READ_PARAMS = {"readonly": "2", "output_format_json_quote_denormals": "1"}
-
-
-class _LoopThread:
-    """An event loop in a daemon thread; :meth:`run` waits for a coroutine on it."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self.loop.run_forever, name="tickvault-positions-clickhouse", daemon=True
-        )
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
-    def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+_LOOKUP_CHUNK = 500
+"""Quarantine keys per lookup query (a query's text is limited to 256 KiB by default)."""
 
 
 class ClickHousePositionStore(PositionBackend):
@@ -121,7 +105,7 @@ class ClickHousePositionStore(PositionBackend):
         self.read_only = read_only
         self.source_name = f"clickhouse:{database}.{self.table}"
         self._qualified = f"{quote_ident(database)}.{quote_ident(self.table)}"
-        self._loop = _LoopThread()
+        self._loop = LoopThread()
         self._layout: TableLayout | None = None
         try:
             version = self._post("SELECT version()").decode().strip()
@@ -142,23 +126,7 @@ class ClickHousePositionStore(PositionBackend):
         table: str | None = None,
         columns: Mapping[str, str] | None = None,
     ) -> ClickHousePositionStore:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme != "clickhouse" or not parts.hostname:
-            raise ConfigError("expected clickhouse://host:8123/database")
-        options = dict(urllib.parse.parse_qsl(parts.query))
-        try:
-            port = parts.port or 8123
-            timeout = float(options.get("timeout", "30"))
-        except ValueError as exc:
-            raise ConfigError(f"bad ClickHouse URL: {exc}") from None
-        scheme = "https" if options.get("secure", "").lower() in ("1", "true", "yes") else "http"
-        http = ClickHouseHTTP(
-            f"{scheme}://{parts.hostname}:{port}",
-            user=urllib.parse.unquote(parts.username) if parts.username else None,
-            password=urllib.parse.unquote(parts.password) if parts.password else None,
-            timeout=timeout,
-        )
-        database = parts.path.strip("/") or "default"
+        http, database = http_from_url(url)
         return cls(http, database, table=table, columns=columns, read_only=read_only)
 
     def close(self) -> None:
@@ -177,13 +145,13 @@ class ClickHousePositionStore(PositionBackend):
     def _post(
         self, sql: str, params: dict[str, str] | None = None, body: bytes | None = None
     ) -> bytes:
-        result: bytes = self._loop.run(self._http.post(sql, params=params, body=body))
-        return result
+        return self._loop.run(post(self._http, sql, params, body))
 
     def _rows(self, sql: str, *, read_table: bool = True) -> list[dict[str, Any]]:
-        params = dict(_READ_PARAMS) if read_table else {"output_format_json_quote_denormals": "1"}
-        doc: dict[str, Any] = self._loop.run(self._http.json(sql, params))
-        return decode(doc)
+        """Rows of a read; ``read_table`` (reads of the state table, perhaps a user's)
+        asks the server to refuse anything but reading (``readonly=2``)."""
+        params = dict(READ_PARAMS) if read_table else dict(QUOTE_DENORMALS)
+        return decode(self._loop.run(json_doc(self._http, sql, params)))
 
     def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         if self.read_only:
@@ -397,19 +365,23 @@ class ClickHousePositionStore(PositionBackend):
             fresh.setdefault((e.source, e.source_ref), e)
         if not fresh:
             return 0
-        keys = ", ".join(f"({quote_str(s)}, {quote_str(r)})" for s, r in fresh)
-        try:
-            stored = self._rows(
-                f"SELECT source, source_ref FROM {self._own(QUARANTINE_TABLE)}"
-                f" WHERE (source, source_ref) IN ({keys})",
-                read_table=False,
+        pairs = list(fresh)
+        for start in range(0, len(pairs), _LOOKUP_CHUNK):  # stays far below max_query_size
+            keys = ", ".join(
+                f"({quote_str(s)}, {quote_str(r)})" for s, r in pairs[start : start + _LOOKUP_CHUNK]
             )
-        except ClickHouseServerError as exc:
-            if exc.code not in _UNKNOWN_TABLE_CODES:
-                raise
-            raise StoreUnavailable(f"no table {QUARANTINE_TABLE}: {exc}") from None
-        for r in stored:
-            fresh.pop((str(r["source"]), str(r["source_ref"])), None)
+            try:
+                stored = self._rows(
+                    f"SELECT source, source_ref FROM {self._own(QUARANTINE_TABLE)}"
+                    f" WHERE (source, source_ref) IN ({keys})",
+                    read_table=False,
+                )
+            except ClickHouseServerError as exc:
+                if exc.code not in _UNKNOWN_TABLE_CODES:
+                    raise
+                raise StoreUnavailable(f"no table {QUARANTINE_TABLE}: {exc}") from None
+            for r in stored:
+                fresh.pop((str(r["source"]), str(r["source_ref"])), None)
         self._insert(
             QUARANTINE_TABLE,
             [
