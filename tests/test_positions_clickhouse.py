@@ -332,3 +332,36 @@ def test_an_unreachable_clickhouse_start_is_safe_mode_with_the_secondary_and_no_
     assert "source state-store: unavailable" in proc.stdout
     assert f"restored 1 position(s) from json:{snapshot}" in proc.stdout
     assert secret not in proc.stdout + proc.stderr
+
+
+def test_a_table_of_odd_shapes_and_names_is_judged_never_fatal(ch: Server) -> None:
+    """A quote in the table name, a space in a column name, NULL trade ids, an Enum side,
+    an Array quantity, a Decimal notional, an infinite Float32 price, a NULL seq."""
+    ch.sql(
+        f"CREATE TABLE {ch.database}.`we'ird` (`trade id` Nullable(String), symbol String,"
+        " side Enum8('LONG' = 1, 'SHORT' = 2), status Nullable(String),"
+        " quantity Array(Float64), notional Decimal(18, 4), entry_price Nullable(Float32),"
+        " bars_held Int8, ts Nullable(DateTime), seq Nullable(Int64))"
+        " ENGINE = MergeTree() ORDER BY tuple()"
+    )
+    ch.sql(
+        f"INSERT INTO {ch.database}.`we'ird` VALUES"
+        " (NULL, 'A', 'LONG', 'OPEN', [1.0], 12.5, 1.5, 3, '2026-01-01 00:00:00', 1),"
+        " ('x', 'A', 'SHORT', NULL, [], 0, NULL, -1, NULL, NULL),"
+        " ('x', 'A', 'SHORT', 'OPEN', [2], 1.25, inf, 1, '2026-01-01 00:00:00', 2),"
+        " ('y\\\\''`', 'B', 'LONG', 'CLOSED', [], 0, 1, 0, '2026-01-01 00:00:00',"
+        " 9223372036854775807)"
+    )
+    columns = {"trade_id": "trade id"}
+    with open_backend(ch.url, table="we'ird", columns=columns) as store:
+        report = restore([StateStoreSource(store)], quarantine_store=store)
+        assert report.restored == [] and report.warnings == []
+        assert sorted((str(q.trade_id), q.reason) for q in report.quarantined) == [
+            ("None", "missing trade_id"),
+            ("x", "unordered history: 1 row(s) of this trade have no integer seq"),
+        ]
+        assert report.quarantine_copied == 2
+        settled = reconcile(store, apply=True)
+        assert len([t for t in settled.tombstones if t.seq is not None]) == 2
+        after = restore([StateStoreSource(store)], quarantine_store=store)
+        assert after.quarantined == [] and after.restored == []

@@ -226,7 +226,7 @@ class ClickHousePositionStore(PositionBackend):
             return candidates
         out = []
         for c in candidates:
-            reason = settled.get((str(c.row.get("trade_id")), c.ref))
+            reason = settled.get((_trade_key(c.row.get("trade_id")), c.ref))
             if reason is None:
                 out.append(c)
                 continue
@@ -321,7 +321,7 @@ class ClickHousePositionStore(PositionBackend):
         layout = self.layout()
         if layout is None:
             return None
-        tid = "" if trade_id is None else str(trade_id)
+        tid = _trade_key(trade_id)
         current = pick_latest(self._read(layout.latest_sql(tid)), layout, {})
         if self.foreign:
             if not current or current[0].ref != latest_ref:
@@ -441,3 +441,8 @@ class ClickHousePositionStore(PositionBackend):
         if current:
             self._insert(STARTS_TABLE, [{"scope": self.table, "event": "reset", "at": current[-1]}])
         return len(current)
+
+
+def _trade_key(trade_id: Any) -> str:
+    """A trade id as the queries group it (``ifNull(toString(trade_id), '')``)."""
+    return "" if trade_id is None else str(trade_id)
