@@ -322,14 +322,17 @@ def test_an_unreachable_clickhouse_start_is_safe_mode_with_the_secondary_and_no_
         tmp_path, state=url, secondary=[JsonFileSource(snapshot)], alert=alerts.append
     )
     assert startup.safe_mode and [p.trade_id for p in startup.report.restored] == ["a"]
-    assert [a.outcome for a in startup.report.sources_tried] == ["unavailable", "used"]
+    assert [(a.source, a.outcome) for a in startup.report.sources_tried] == [
+        ("clickhouse:dolphin.tickvault_position_state", "unavailable"),
+        (f"json:{snapshot}", "used"),
+    ]
     assert [a.kind for a in alerts] == ["positions.store_unavailable", "positions.fallback_source"]
     shown = repr(startup.report.to_dict()) + repr([msgspec.to_builtins(a) for a in alerts])
     assert secret not in shown and "127.0.0.1" in shown
     startup.close()
     proc = tv("positions", "restore", "--state", url, "--snapshot", snapshot, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "source state-store: unavailable" in proc.stdout
+    assert "source clickhouse:dolphin.tickvault_position_state: unavailable" in proc.stdout
     assert f"restored 1 position(s) from json:{snapshot}" in proc.stdout
     assert secret not in proc.stdout + proc.stderr
 

@@ -2,9 +2,11 @@
 
 A trading process calls :func:`start_positions` once, then changes positions through the
 returned :class:`PositionBook`; every change is an append-only snapshot row in the state
-store, and a restart restores through :func:`restore` without ever failing on a bad row.
+store (the embedded SQLite file, or ClickHouse: :func:`open_backend`), and a restart
+restores through :func:`restore` without ever failing on a bad row.
 """
 
+from tickvault.positions.backend import PositionBackend, open_backend
 from tickvault.positions.book import PositionBook
 from tickvault.positions.guard import AlertEvent, CrashLoopGuard, CrashLoopPolicy, GuardDecision
 from tickvault.positions.importer import ImportReport, import_jsonl
@@ -31,6 +33,7 @@ __all__ = [
     "JsonFileSource",
     "LedgerReading",
     "Position",
+    "PositionBackend",
     "PositionBook",
     "PositionStore",
     "QuarantinedRow",
@@ -44,6 +47,7 @@ __all__ = [
     "StateStoreSource",
     "assess_latest",
     "import_jsonl",
+    "open_backend",
     "parse_capital_ledger",
     "read_capital_ledger",
     "reconcile",

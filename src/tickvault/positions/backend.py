@@ -145,6 +145,20 @@ def row_ref(row: dict[str, Any]) -> str:
     return row_id if isinstance(row_id, str) else f"row:{row_id}"
 
 
+def state_name(state: str | Path, table: str | None = None) -> str:
+    """How restore names a state it could not open: ``clickhouse:<db>.<table>`` (never the
+    URL's credentials) or ``state-store``."""
+    text = str(state)
+    if not text.startswith("clickhouse://"):
+        return "state-store"
+    from urllib.parse import urlsplit
+
+    from tickvault.positions.clickhouse_sql import STATE_TABLE
+
+    database = urlsplit(text).path.strip("/") or "default"
+    return f"clickhouse:{database}.{table or STATE_TABLE}"
+
+
 def open_backend(
     state: str | Path,
     *,

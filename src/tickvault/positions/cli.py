@@ -27,7 +27,7 @@ from rich.table import Table
 
 from tickvault.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
 from tickvault.errors import PositionSourceError, TickvaultError
-from tickvault.positions.backend import Candidate, PositionBackend, open_backend
+from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
 from tickvault.positions.clickhouse_sql import parse_columns
 from tickvault.positions.guard import CrashLoopGuard, CrashLoopPolicy
 from tickvault.positions.importer import import_jsonl
@@ -214,9 +214,8 @@ def _row_text(row: dict[str, Any]) -> str:
 class _Unreadable(RestoreSource):
     """The state that could not even be opened: restore records it as unavailable."""
 
-    name = "state-store"
-
-    def __init__(self, error: PositionSourceError) -> None:
+    def __init__(self, name: str, error: PositionSourceError) -> None:
+        self.name = name
         self.error = error
 
     def read(self) -> list[Candidate] | None:
@@ -251,7 +250,7 @@ def restore_(
                 store = _open(state, data_dir, table, columns, read_only=dry_run)
                 first = StateStoreSource(store)
             except PositionSourceError as exc:  # unreachable: report it, try the next source
-                first = _Unreadable(exc)
+                first = _Unreadable(state_name(state or "", table), exc)
         else:
             first = StateStoreSource(_sqlite_path(state, data_dir))
         chain: list[RestoreSource] = [first]

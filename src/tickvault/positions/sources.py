@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 from tickvault.errors import PositionSourceError
-from tickvault.positions.backend import Candidate, PositionBackend, open_backend
+from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
 from tickvault.positions.model import Position
 from tickvault.positions.store import row_json
 
@@ -64,9 +64,7 @@ class StateStoreSource(RestoreSource):
     def __init__(self, store: PositionBackend | str | Path, name: str | None = None) -> None:
         self._store = store
         if name is None:
-            name = store.source_name if isinstance(store, PositionBackend) else "state-store"
-            if isinstance(store, str) and store.startswith("clickhouse://"):
-                name = "clickhouse"
+            name = store.source_name if isinstance(store, PositionBackend) else state_name(store)
         self.name = name
 
     def read(self) -> list[Candidate] | None:
