@@ -368,3 +368,54 @@ def test_a_table_of_odd_shapes_and_names_is_judged_never_fatal(ch: Server) -> No
         assert len([t for t in settled.tombstones if t.seq is not None]) == 2
         after = restore([StateStoreSource(store)], quarantine_store=store)
         assert after.quarantined == [] and after.restored == []
+
+
+READER = ("tv_reader", "reader-pw")
+
+
+@pytest.fixture(scope="module")
+def reader_user(clickhouse_server: ClickHouseServer) -> tuple[str, str]:
+    """A user the server keeps at ``readonly=1`` (a profile in users.xml, which the server
+    reloads by itself), like the read-only account a trader would hand out."""
+    users = clickhouse_server.workdir / "users.xml"
+    text = users.read_text()
+    if READER[0] not in text:
+        text = text.replace("<profiles>", "<profiles><ro><readonly>1</readonly></ro>", 1)
+        text = text.replace(
+            "</users>",
+            f"<{READER[0]}><password>{READER[1]}</password><networks><ip>127.0.0.1</ip>"
+            f"</networks><profile>ro</profile><quota>default</quota></{READER[0]}></users>",
+            1,
+        )
+        before = users.stat().st_mtime
+        users.write_text(text)
+        # the server notices a change by the file's mtime, in whole seconds: make it differ
+        os.utime(users, (before + 2, before + 2))
+    base = f"http://127.0.0.1:{clickhouse_server.http_port}/"
+    headers = {"X-ClickHouse-User": READER[0], "X-ClickHouse-Key": READER[1]}
+    eventually_sync(
+        lambda: httpx.post(base, content=b"SELECT 1", headers=headers).text.strip() == "1",
+        what="the read-only user is loaded",
+    )
+    return READER
+
+
+def test_a_read_only_account_restores_from_the_users_table(
+    ch: Server, reader_user: tuple[str, str], tmp_path: Path
+) -> None:
+    from tests.test_incident_004 import INCIDENT_DDL, INCIDENT_ROWS
+
+    ch.sql(INCIDENT_DDL.format(db=ch.database))
+    ch.sql(INCIDENT_ROWS.format(db=ch.database))
+    user, password = reader_user
+    url = ch.url.replace("clickhouse://", f"clickhouse://{user}:{password}@")
+    proc = tv("positions", "restore", "--state", url, "--table", "position_state")
+    source = f"clickhouse:{ch.database}.position_state"
+    assert f"restored 2 position(s) from {source}" in proc.stdout, proc.stdout
+    assert "quarantined '1a3d2f9c': non-positive quantity 0.0" in proc.stdout
+    # readonly=1 forbids the output setting that keeps NaN apart from NULL: still refused
+    assert "quarantined 't-nan': missing notional" in proc.stdout
+    assert "quarantine copy failed" in proc.stdout and "read-only" in proc.stdout
+    assert password not in proc.stdout + proc.stderr
+    tables = ch.sql(f"SELECT name FROM system.tables WHERE database = '{ch.database}'")
+    assert tables.split() == ["position_state"]  # nothing could be, and nothing was, created

@@ -226,7 +226,19 @@ def _decoder(ch_type: str) -> Any:
         return _float
     if t.startswith("Decimal"):
         return lambda v: v if v is None else float(v)
+    if _is_int(t):
+        return _integer
     return None
+
+
+def _integer(value: Any) -> Any:
+    """64-bit integers arrive quoted when the output settings could not be sent."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _float(value: Any) -> Any:

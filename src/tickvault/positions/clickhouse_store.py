@@ -52,25 +52,16 @@ from tickvault.positions.clickhouse_sql import (
     STATE_TABLE,
     TOMBSTONE_TABLE,
     TableLayout,
-    decode,
-    insert_sql,
     is_own_table,
     own_tables_ddl,
     pick_latest,
     ref_of,
     state_row,
 )
-from tickvault.positions.clickhouse_wire import (
-    QUOTE_DENORMALS,
-    READ_PARAMS,
-    LoopThread,
-    http_from_url,
-    json_doc,
-    post,
-)
+from tickvault.positions.clickhouse_wire import READ_ONLY_CODES, ClickHouseConnection, http_from_url
 from tickvault.positions.model import StateRow
 from tickvault.positions.store import row_json
-from tickvault.stores.clickhouse_http import ClickHouseServerError, ServerFeatures
+from tickvault.stores.clickhouse_http import ClickHouseServerError
 from tickvault.stores.clickhouse_schema import quote_ident, quote_str
 
 _UNKNOWN_TABLE_CODES = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
@@ -78,7 +69,7 @@ _LOOKUP_CHUNK = 500
 """Quarantine keys per lookup query (a query's text is limited to 256 KiB by default)."""
 
 
-class ClickHousePositionStore(PositionBackend):
+class ClickHousePositionStore(ClickHouseConnection, PositionBackend):
     """Position state in one ClickHouse database (see the module docstring).
 
     ``http`` is anything with :class:`ClickHouseHTTP`'s ``post`` and ``json`` coroutines.
@@ -95,27 +86,33 @@ class ClickHousePositionStore(PositionBackend):
         columns: Mapping[str, str] | None = None,
         read_only: bool = False,
     ) -> None:
-        self._http = http
-        self.database = database
         self.table = table or STATE_TABLE
+        super().__init__(http, database, f"clickhouse:{database}.{self.table}", read_only)
         self.foreign = not is_own_table(self.table)
         if not self.foreign and columns:
+            self.close()
             raise ConfigError("a column mapping applies to a table tickvault did not create")
         self.columns = dict(columns or {})
-        self.read_only = read_only
-        self.source_name = f"clickhouse:{database}.{self.table}"
         self._qualified = f"{quote_ident(database)}.{quote_ident(self.table)}"
-        self._loop = LoopThread()
         self._layout: TableLayout | None = None
         try:
-            version = self._post("SELECT version()").decode().strip()
-            self.features = ServerFeatures.for_version(version)
+            self.connect()
             if not read_only:
-                for ddl in own_tables_ddl(database, foreign=self.foreign):
-                    self._post(ddl)
+                self._create_tables()
         except StoreError as exc:
             self.close()
             raise PositionSourceError(f"cannot open {self.source_name}: {exc}") from None
+
+    def _create_tables(self) -> None:
+        """Create tickvault's own tables; a user the server keeps read-only makes this a
+        read-only backend instead (restore still reads; writes then fail, as warnings)."""
+        try:
+            for ddl in own_tables_ddl(self.database, foreign=self.foreign):
+                self._post(ddl)
+        except ClickHouseServerError as exc:
+            if exc.code not in READ_ONLY_CODES:
+                raise
+            self.read_only = True
 
     @classmethod
     def from_url(
@@ -129,42 +126,8 @@ class ClickHousePositionStore(PositionBackend):
         http, database = http_from_url(url)
         return cls(http, database, table=table, columns=columns, read_only=read_only)
 
-    def close(self) -> None:
-        if self._loop.loop.is_closed():
-            return
-        try:
-            self._loop.run(self._http.aclose())
-        finally:
-            self._loop.stop()
-
     def __enter__(self) -> ClickHousePositionStore:
         return self
-
-    # -- wire --------------------------------------------------------------------------------
-
-    def _post(
-        self, sql: str, params: dict[str, str] | None = None, body: bytes | None = None
-    ) -> bytes:
-        return self._loop.run(post(self._http, sql, params, body))
-
-    def _rows(self, sql: str, *, read_table: bool = True) -> list[dict[str, Any]]:
-        """Rows of a read; ``read_table`` (reads of the state table, perhaps a user's)
-        asks the server to refuse anything but reading (``readonly=2``)."""
-        params = dict(READ_PARAMS) if read_table else dict(QUOTE_DENORMALS)
-        return decode(self._loop.run(json_doc(self._http, sql, params)))
-
-    def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        if self.read_only:
-            raise StoreError(f"{self.source_name} is open read-only; not writing")
-        if not rows:
-            return
-        body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
-        params = {"async_insert": "0"} if self.features.async_insert else {}
-        qualified = f"{quote_ident(self.database)}.{quote_ident(table)}"
-        self._post(insert_sql(qualified, rows[0].keys()), params=params, body=body)
-
-    def _own(self, table: str) -> str:
-        return f"{quote_ident(self.database)}.{quote_ident(table)}"
 
     def layout(self) -> TableLayout | None:
         """The state table's layout; None when tickvault's own table does not exist yet.
@@ -360,6 +323,8 @@ class ClickHousePositionStore(PositionBackend):
     # -- quarantine --------------------------------------------------------------------------
 
     def quarantine(self, entries: Sequence[QuarantineEntry], now_us: int) -> int:
+        if self.read_only:
+            raise StoreError(f"{self.source_name} is open read-only; not writing")
         fresh: dict[tuple[str, str], QuarantineEntry] = {}
         for e in entries:
             fresh.setdefault((e.source, e.source_ref), e)
