@@ -102,7 +102,7 @@ def _state_path(data_dir: Path) -> Path:
 
 
 def _is_sqlite(state: str | None) -> bool:
-    return state is None or not state.startswith("clickhouse://")
+    return state is None or state.startswith("sqlite://") or "://" not in state
 
 
 def _sqlite_path(state: str | None, data_dir: Path) -> Path:
