@@ -8,6 +8,7 @@ tickvault only ever gets the URL, the table name and a column mapping.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -22,12 +23,15 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.cli_helpers import tv
 from tests.polling import eventually_sync
 from tests.servers import ClickHouseServer, free_port
 from tickvault.errors import PositionStateError
 from tickvault.positions import (
+    EPSILON,
     JsonFileSource,
     PositionBook,
     StateStoreSource,
@@ -419,3 +423,62 @@ def test_a_read_only_account_restores_from_the_users_table(
     assert password not in proc.stdout + proc.stderr
     tables = ch.sql(f"SELECT name FROM system.tables WHERE database = '{ch.database}'")
     assert tables.split() == ["position_state"]  # nothing could be, and nothing was, created
+
+
+_TEXT = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    max_size=8,
+)
+_ROW = st.fixed_dictionaries(
+    {
+        "trade_id": st.one_of(st.none(), st.sampled_from(["a", "b", "c", "d'", "e\\"])),
+        "symbol": st.one_of(st.none(), _TEXT, st.just("BTCUSDT")),
+        "side": st.one_of(st.none(), st.sampled_from(["LONG", "SHORT", "BUY", ""])),
+        "status": st.one_of(st.none(), st.sampled_from(["OPEN", "CLOSED", "PARTIAL"])),
+        "quantity": st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+        "notional": st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True)),
+        "entry_price": st.one_of(st.none(), _TEXT, st.just("12.5")),
+        "bars_held": st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1)),
+        "ts": st.one_of(st.none(), _TEXT, st.just("2026-06-11T07:42:00Z")),
+        "seq": st.one_of(st.none(), _TEXT, st.integers(-5, 5).map(str)),
+    }
+)
+
+
+def _literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return repr(value)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(rows=st.lists(_ROW, min_size=1, max_size=12))
+def test_restore_of_any_rows_in_a_users_table_never_raises(
+    clickhouse_server: ClickHouseServer, rows: list[dict[str, Any]]
+) -> None:
+    ch = Server(clickhouse_server)
+    database = ch.database
+    ch.sql(
+        f"CREATE TABLE {database}.t (trade_id Nullable(String), symbol Nullable(String),"
+        " side Nullable(String), status Nullable(String), quantity Nullable(Float64),"
+        " notional Nullable(Float64), entry_price Nullable(String), bars_held Nullable(Int64),"
+        " ts Nullable(String), seq Nullable(String)) ENGINE = MergeTree() ORDER BY tuple()"
+    )
+    names = list(rows[0])
+    values = ", ".join("(" + ", ".join(_literal(r[n]) for n in names) + ")" for r in rows)
+    ch.sql(f"INSERT INTO {database}.t ({', '.join(names)}) VALUES {values}")
+    with open_backend(ch.url, table="t") as store:
+        first = restore([StateStoreSource(store)], quarantine_store=store)
+        again = restore([StateStoreSource(store)], quarantine_store=store)
+    assert [a.outcome for a in first.sources_tried] == ["used"]
+    assert first.warnings == [] and again.quarantine_copied == 0
+    trades = [p.trade_id for p in first.restored] + [q.trade_id for q in first.quarantined]
+    assert len(trades) == len(set(trades))  # one verdict per trade
+    assert {t for t in trades} <= {r["trade_id"] for r in rows}
+    for p in first.restored:
+        assert math.isfinite(p.quantity) and p.quantity > EPSILON and p.notional > EPSILON
+    assert first.quarantine_copied == len(first.quarantined)
