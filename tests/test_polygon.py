@@ -64,10 +64,17 @@ def test_timeframes_and_interval_arithmetic() -> None:
 
 
 async def test_pages_are_followed_with_the_key_in_a_header(polygon: FakePolygon) -> None:
-    # Friday 5th and Monday 8th trade; the weekend does not (forex).
-    async with Collected(source(polygon)) as got:
-        assert got.task is not None
-        await got.task
+    # Friday 5th and Monday 8th trade; the weekend does not (forex). Like the real API,
+    # next_url names another host (here a second server that must never be asked).
+    foreign = FakePolygon(api_key=polygon.api_key).start()
+    polygon.next_url_base = foreign.url
+    try:
+        async with Collected(source(polygon)) as got:
+            assert got.task is not None
+            await got.task
+    finally:
+        foreign.stop()
+    assert foreign.requests == []
     bars = got.rows["bar"]
     assert len(bars) == 2 * 1440
     assert len({b[3] for b in bars}) == len(bars)
@@ -76,7 +83,7 @@ async def test_pages_are_followed_with_the_key_in_a_header(polygon: FakePolygon)
     ref = bar_at("C:EURUSD", t0)
     assert first == (
         "polygon", "C:EURUSD", "1m", t0 * 1000, ref["o"], ref["h"], ref["l"], ref["c"],
-        ref["v"], ref["vw"], ref["n"],
+        ref["v"], ref["vw"], ref["n"], True,
     )  # fmt: skip
     paths = [(p, q) for p, q, _ in polygon.requests]
     assert len(paths) == 3  # 2880 bars at 1000 per page
@@ -116,7 +123,7 @@ async def test_missing_days_are_reported_beyond_weekends(polygon: FakePolygon) -
     assert fx.missing_days == {"C:EURUSD": ["2024-01-09", "2024-01-10"]}  # not the weekend
     (gap,) = got.rows["gap"]
     assert gap[:7] == ("polygon", "C:EURUSD", "bars:1m", 20240109, 20240110, gap[5], "missing")
-    assert "holiday" in gap[7]
+    assert "missing data" in gap[7]
     crypto = source(
         polygon, tickers=["X:BTCUSD"], start=dt.date(2024, 1, 8), end=dt.date(2024, 1, 14)
     )

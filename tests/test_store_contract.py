@@ -76,6 +76,7 @@ async def test_schema_has_the_public_tables_and_columns(store: Store) -> None:
         "volume",
         "vwap",
         "trade_count",
+        "adjusted",
     ]
 
 

@@ -47,9 +47,14 @@ def _secret(env: Mapping[str, str], name: str | None, what: str, required: bool)
 
 
 def build_collector(
-    opts: BinanceSettings | PolygonSettings, settings: Settings, env: Mapping[str, str]
+    opts: BinanceSettings | PolygonSettings,
+    settings: Settings,
+    env: Mapping[str, str],
+    *,
+    refresh: bool = False,
 ) -> Source:
-    """The live source for a ``[[sources]]`` table of kind ``binance`` or ``polygon``."""
+    """The live source for a ``[[sources]]`` table of kind ``binance`` or ``polygon``
+    (``refresh``: download the Polygon range again, covered days included)."""
     if isinstance(opts, BinanceSettings):
         from tickvault.sources.binance import BinanceOptions, BinanceSource
 
@@ -91,8 +96,15 @@ def build_collector(
         chunk_days=opts.chunk_days,
         rest_attempts=opts.rest_attempts,
         backoff_max_s=opts.backoff_max_s,
+        adjusted=opts.adjusted,
+        refresh=refresh,
     )
-    return PolygonSource(options_p, CoverageStore(settings.state_path), name=opts.name)
+    coverage = CoverageStore(settings.state_path)
+    try:
+        return PolygonSource(options_p, coverage, name=opts.name)
+    except BaseException:
+        coverage.close()
+        raise
 
 
 def _print_json(value: Any) -> None:
@@ -119,6 +131,17 @@ def polygon(
     chunk_days: Annotated[
         int | None, typer.Option(help="Days per request range and checkpoint.")
     ] = None,
+    adjusted: Annotated[
+        bool,
+        typer.Option(
+            "--adjusted/--unadjusted",
+            help="Split-adjusted prices (default) or as traded; one series keeps one basis.",
+        ),
+    ] = True,
+    refresh: Annotated[
+        bool,
+        typer.Option("--refresh", help="Download the range again, already covered days too."),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     data_dir: Annotated[
         Path | None,
@@ -146,9 +169,11 @@ def polygon(
                     rest_url=rest_url,
                     api_key_env=api_key_env,
                     chunk_days=chunk_days,
+                    adjusted=adjusted,
                 ),
                 load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store),
                 json_out,
+                refresh,
             )
         )
     except TickvaultError as exc:
@@ -157,11 +182,11 @@ def polygon(
     raise typer.Exit(code)
 
 
-async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool) -> int:
+async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, refresh: bool) -> int:
     from tickvault.pipeline import Pipeline
     from tickvault.sources.polygon import PolygonSource
 
-    source = build_collector(opts, settings, os.environ)
+    source = build_collector(opts, settings, os.environ, refresh=refresh)
     assert isinstance(source, PolygonSource)
     planned = len(source.chunks)
     async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
@@ -202,7 +227,13 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool) ->
         "requests": stats.requests,
         "retries": stats.retries,
         "throttled": stats.throttled,
+        "adjusted": opts.adjusted,
+        "refresh": refresh,
+        "delayed_pages": source.delayed_pages,
         "missing_days": source.missing_days,
+        "no_data_before": source.no_data_before,
+        "quiet_sessions": source.quiet_sessions,
+        "calendar_notes": sorted(source.calendar_notes),
         "dead_letters": summary.dead_letters,
         "drained": summary.drained,
         "error": source.error,
@@ -221,6 +252,13 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool) ->
         for name, days in source.missing_days.items():
             shown = ", ".join(days[:10]) + (f" … (+{len(days) - 10})" if len(days) > 10 else "")
             out.print(f"missing days for {name} ({len(days)}): {shown}", highlight=False)
+        for name, first in source.no_data_before.items():
+            said = f"no data before {first}" if first else "no bars at all in the range"
+            out.print(f"{name}: {said} (not counted as missing days)", highlight=False)
+        for name, quiet in source.quiet_sessions.items():
+            out.print(f"{name}: {quiet} session(s) without trades", highlight=False)
+        for note in sorted(source.calendar_notes):
+            out.print(f"[yellow]{note}[/yellow]", highlight=False)
         if source.error:
             out.print(
                 f"[yellow]stopped early: {source.error}; rerun the same command to resume[/yellow]",

@@ -174,6 +174,11 @@ def decode_frame(payload: bytes) -> Frame:
     except RecordError as exc:
         raise DecodeError(exc.reason) from None
     missing = [c for c in spec.columns if c not in frame.cols]
+    if missing and frame.cols and all(c in spec.added_columns for c in missing):
+        n = column_length(next(iter(frame.cols.values())))
+        filled = {c: [spec.added_columns[c]] * n for c in missing}
+        frame = Frame(frame.kind, {**frame.cols, **filled}, frame.v)
+        missing = []
     if missing:
         raise DecodeError(f"frame lacks column(s) {', '.join(missing)}")
     lengths = {column_length(frame.cols[c]) for c in spec.columns}

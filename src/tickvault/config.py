@@ -199,6 +199,8 @@ class PolygonSettings(_Section):
     """Days per request range and checkpoint (default by timeframe: 7 for minutes)."""
     rest_attempts: int = 8
     backoff_max_s: float = 60.0
+    adjusted: bool = True
+    """Split-adjusted prices (Polygon's ``adjusted``); one series keeps one basis."""
 
     def __post_init__(self) -> None:
         if not self.tickers:

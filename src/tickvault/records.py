@@ -69,7 +69,13 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Bar(msgspec.Struct, frozen=True, kw_only=True):
-    """An OHLCV bar; key ``(source, symbol, timeframe, ts_open)``."""
+    """An OHLCV bar; key ``(source, symbol, timeframe, ts_open)``.
+
+    ``volume``, ``vwap`` and ``trade_count`` are ``None`` when the venue reports none (index
+    bars carry prices only): "no volume reported" is never stored as "nothing traded".
+    ``adjusted`` is the price basis of the download (split-adjusted or not); one series
+    ``(source, symbol, timeframe)`` holds one basis (see ``docs/collectors.md``).
+    """
 
     source: str
     symbol: str
@@ -79,9 +85,10 @@ class Bar(msgspec.Struct, frozen=True, kw_only=True):
     high: float
     low: float
     close: float
-    volume: float
+    volume: float | None
     vwap: float | None = None
     trade_count: int | None = None
+    adjusted: bool = True
 
 
 class DepthUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +166,10 @@ class KindSpec:
     key: tuple[str, ...]
     rules: dict[str, tuple[Rule, ...]]
     list_rules: dict[str, Rule] = field(default_factory=dict)
+    added_columns: dict[str, Any] = field(default_factory=dict)
+    """Columns added after frames of this kind were first written, with the value a frame
+    written before then means (the codec fills them in, so old frames on a bus or in a
+    spool still decode after an upgrade)."""
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -177,10 +188,13 @@ def _spec(
     key: tuple[str, ...],
     rules: dict[str, tuple[Rule, ...]],
     list_rules: dict[str, Rule] | None = None,
+    added_columns: dict[str, Any] | None = None,
 ) -> KindSpec:
     schema = pa.schema([pa.field(n, t, nullable=nullable) for n, t, nullable in fields])
     assert schema.names == list(record_type.__struct_fields__), kind
-    return KindSpec(kind, record_type, table, schema, key, rules, list_rules or {})
+    return KindSpec(
+        kind, record_type, table, schema, key, rules, list_rules or {}, added_columns or {}
+    )
 
 
 _PRICE: tuple[Rule, ...] = ("required", "positive")
@@ -286,9 +300,10 @@ KINDS: dict[str, KindSpec] = {
                 ("high", pa.float64(), False),
                 ("low", pa.float64(), False),
                 ("close", pa.float64(), False),
-                ("volume", pa.float64(), False),
+                ("volume", pa.float64(), True),
                 ("vwap", pa.float64(), True),
                 ("trade_count", pa.int64(), True),
+                ("adjusted", pa.bool_(), False),
             ],
             ("source", "symbol", "timeframe", "ts_open"),
             {
@@ -300,10 +315,13 @@ KINDS: dict[str, KindSpec] = {
                 "high": _PRICE,
                 "low": _PRICE,
                 "close": _PRICE,
-                "volume": _SIZE,
+                "volume": ("non_negative",),
                 "vwap": ("positive",),
                 "trade_count": ("non_negative",),
+                "adjusted": ("required",),
             },
+            # Every bar downloaded before the flag was stored asked for adjusted prices.
+            added_columns={"adjusted": True},
         ),
         _spec(
             "depth",

@@ -2,15 +2,21 @@
 
 ``GET /v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}`` answers with the
 venue's response shape (``status``, ``resultsCount``, ``results`` with ``o h l c v vw t n``)
-and paginates with an absolute ``next_url`` carrying a ``cursor``. Bars exist for every
-minute of every weekday (every day for ``X:`` crypto tickers) except ``missing_days``;
-values are a function of the ticker and the time, so reruns see the same bars. The API key
-is checked (``Authorization: Bearer`` or ``apiKey=``); ``faults`` answer 429 / 5xx / 403.
+and paginates with an absolute ``next_url`` carrying a ``cursor`` (on ``next_url_base``
+when set, as the real API names its public host there whatever host was asked). Bars exist
+for every minute of every weekday (every day for ``X:`` crypto tickers; 14:00-21:00 UTC for
+stocks, indices and options) except ``missing_days``; values are a function of the ticker
+and the time, so reruns see the same bars. The API key is checked (``Authorization:
+Bearer`` or ``apiKey=``); ``faults`` answer 429 / 5xx / 403; ``refusals`` answer HTTP 200
+with a refusal body, as Polygon does. ``recorded`` serves captured pages per ticker
+(``tests/data/polygon``): the first page for a request without ``cursor``, then the page
+whose predecessor's ``next_url`` names the requested cursor.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import time
 import zlib
 from typing import Any
@@ -48,6 +54,9 @@ class FakePolygon:
         self.page_size = page_size
         self.missing_days = missing_days or set()
         self.faults: list[Fault] = []
+        self.refusals: list[tuple[str, dict[str, Any]]] = []
+        self.recorded: dict[str, list[dict[str, Any]]] = {}
+        self.next_url_base: str | None = None
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
         self.request_times: list[tuple[float, int]] = []
         self._thread: LoopThread | None = None
@@ -91,7 +100,13 @@ class FakePolygon:
         bars = []
         for day in self._days(ticker, first, last):
             start = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
-            bars += [bar_at(ticker, t) for t in range(start, start + 86_400_000, step)]
+            first, end = start, start + 86_400_000
+            if not ticker.startswith(("X:", "C:")):
+                # Stocks, indices, options: session hours; day bars at New York midnight.
+                first, end = start + 14 * 3_600_000, start + 21 * 3_600_000
+                if timespan == "day":
+                    first, end = start + 5 * 3_600_000, start + 5 * 3_600_000 + 1
+            bars += [bar_at(ticker, t) for t in range(first, end, step)]
         return bars
 
     async def _handle(self, req: Request) -> Response:
@@ -108,7 +123,13 @@ class FakePolygon:
         auth = req.headers.get("authorization", "")
         if auth != f"Bearer {self.api_key}" and req.query.get("apiKey") != self.api_key:
             return Response.json({"status": "ERROR", "error": "Unknown API Key"}, 401)
+        for i, (prefix, refusal) in enumerate(self.refusals):
+            if req.path.startswith(prefix):
+                del self.refusals[i]
+                return Response.json(refusal)
         parts = req.path.strip("/").split("/")
+        if len(parts) > 3 and parts[3] in self.recorded:
+            return self._replay(self.recorded[parts[3]], req.query.get("cursor"))
         if len(parts) != 9 or parts[:3] != ["v2", "aggs", "ticker"] or parts[4] != "range":
             return Response.json({"status": "NOT_FOUND"}, 404)
         ticker, mult, timespan, first, last = parts[3], int(parts[5]), parts[6], parts[7], parts[8]
@@ -126,5 +147,15 @@ class FakePolygon:
         if page:
             body["results"] = page
         if offset + self.page_size < len(bars):
-            body["next_url"] = f"{self.url}{req.path}?cursor={offset + self.page_size}"
+            base = self.next_url_base or self.url
+            body["next_url"] = f"{base}{req.path}?cursor={offset + self.page_size}"
         return Response.json(body)
+
+    @staticmethod
+    def _replay(pages: list[dict[str, Any]], cursor: str | None) -> Response:
+        if cursor is None:
+            return Response.json(pages[0])
+        for before, page in itertools.pairwise(pages):
+            if f"cursor={cursor}" in str(before.get("next_url", "")):
+                return Response.json(page)
+        return Response.json({"status": "NOT_FOUND", "message": "unknown cursor"}, 404)

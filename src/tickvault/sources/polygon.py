@@ -2,9 +2,8 @@
 
 ``GET /v2/aggs/ticker/{ticker}/range/{multiplier}/{timespan}/{from}/{to}``, following
 ``next_url`` until it is absent. The API key travels in the ``Authorization: Bearer``
-header (which Polygon accepts for every endpoint, ``next_url`` pages included), so it never
-appears in a URL or a log line. 429 is retried after ``Retry-After`` (or with backoff), 5xx
-with capped exponential backoff (:mod:`.rest`).
+header, so it never appears in a URL or a log line. 429 is retried after ``Retry-After``
+(or with backoff), 5xx with capped exponential backoff (:mod:`.rest`).
 
 Contract:
 
@@ -12,16 +11,28 @@ Contract:
   yielded page by page; its last batch carries the chunk as ``position`` and
   :meth:`PolygonSource.commit` (called once the bus has every row of the chunk) records the
   chunk's days as *covered* for ``(ticker, timeframe)`` in ``state.sqlite3``.
-- Only uncovered days are requested, so a restart resumes at the first chunk that was not
-  committed and rerunning a finished range requests nothing. Days from today (UTC) on are
-  never marked covered: they are still changing.
-- Every covered day that is expected to trade (Monday to Friday for stocks, indices and
-  forex; every day for crypto ``X:`` tickers) but has no bar is reported: in
-  :attr:`PolygonSource.missing_days` and as a ``missing`` row in ``gaps`` (channel
-  ``bars:<timeframe>``, ids ``YYYYMMDD``). Market holidays show up there too, on purpose:
-  the source cannot tell a holiday from an outage, the user can.
-- A venue error that retries cannot fix (a refused key, retries exhausted) ends the source
-  early with :attr:`PolygonSource.error` set; what was committed stays covered.
+- Only uncovered days are requested (all of them with ``refresh``), so a restart resumes
+  at the first chunk that was not committed and rerunning a finished range requests
+  nothing. Days from today (UTC) on are never marked covered: they are still changing.
+- ``next_url`` is a cursor, not a destination: only its path and query are taken, the
+  path must be the same ticker's aggregates, and the request goes to the configured
+  ``rest_url``. Requests (and the key) never go to another host.
+- Every page's body ``status`` is checked: anything but ``OK`` or ``DELAYED`` (a refusal
+  sent with HTTP 200, ``ERROR`` / ``NOT_AUTHORIZED``) ends the source with
+  :attr:`PolygonSource.error` set and the chunk *not* covered, like any venue error that
+  retries cannot fix. What was committed before stays covered.
+- A bar without ``v`` / ``vw`` / ``n`` (index bars never have them) is stored with NULL
+  volume / vwap / trade count, never 0.
+- Each bar carries the ``adjusted`` flag of the download; a series already covered on the
+  other basis is refused with a :class:`~tickvault.errors.ConfigError` (see
+  :mod:`.polygon_coverage`).
+- Expected days come from :mod:`.polygon_calendar` (exchange sessions for stocks, indices
+  and options; the forex week; every day for crypto). A covered expected day without a
+  bar is reported in :attr:`PolygonSource.missing_days` and as a ``missing`` row in
+  ``gaps`` (channel ``bars:<timeframe>``, ids ``YYYYMMDD``), except the days before a
+  ticker's first bar when its history starts after ``start``: those are reported once, in
+  :attr:`PolygonSource.no_data_before`. Options only count their sessions without bars
+  (:attr:`PolygonSource.quiet_sessions`). Bars longer than a day are not checked per day.
 """
 
 from __future__ import annotations
@@ -30,11 +41,10 @@ import datetime as dt
 import logging
 import math
 import re
-import sqlite3
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -42,14 +52,29 @@ import orjson
 from tickvault.bus.base import NewDeadLetter
 from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
+from tickvault.sources.polygon_calendar import DayRule, day_number, day_of, trades_every_day
+from tickvault.sources.polygon_coverage import CoverageStore, uncovered
 from tickvault.sources.rest import RestClient, Sleep, VenueError
+
+__all__ = [
+    "Chunk",
+    "CoverageStore",
+    "PolygonOptions",
+    "PolygonSource",
+    "day_number",
+    "day_of",
+    "parse_day",
+    "parse_timeframe",
+    "trades_every_day",
+    "uncovered",
+]
 
 log = logging.getLogger(__name__)
 
 SOURCE = "polygon"
+ACCEPTED_STATUSES = frozenset({"OK", "DELAYED"})
 _TIMESPANS = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
 _DEFAULT_CHUNK_DAYS = {"minute": 7, "hour": 90, "day": 3650, "week": 3650}
-_EPOCH = dt.date(1970, 1, 1)
 
 
 def parse_timeframe(timeframe: str) -> tuple[int, str]:
@@ -69,90 +94,9 @@ def parse_day(value: str | dt.date, what: str) -> dt.date:
         raise ConfigError(f"polygon: {what} {value!r} is not a YYYY-MM-DD date") from None
 
 
-def day_number(day: dt.date) -> int:
-    return (day - _EPOCH).days
-
-
-def day_of(number: int) -> dt.date:
-    return _EPOCH + dt.timedelta(days=number)
-
-
 def yyyymmdd(number: int) -> int:
     d = day_of(number)
     return d.year * 10000 + d.month * 100 + d.day
-
-
-def trades_every_day(ticker: str) -> bool:
-    """Crypto (``X:``) trades every day; stocks, indices and forex not at weekends."""
-    return ticker.upper().startswith("X:")
-
-
-class CoverageStore:
-    """Which days of ``(ticker, timeframe)`` are durably downloaded (``state.sqlite3``)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS polygon_coverage (ticker TEXT NOT NULL,"
-            " timeframe TEXT NOT NULL, day_from INTEGER NOT NULL, day_to INTEGER NOT NULL,"
-            " PRIMARY KEY (ticker, timeframe, day_from))"
-        )
-
-    def covered(self, ticker: str, timeframe: str) -> list[tuple[int, int]]:
-        rows = self._conn.execute(
-            "SELECT day_from, day_to FROM polygon_coverage WHERE ticker=? AND timeframe=?"
-            " ORDER BY day_from",
-            (ticker, timeframe),
-        ).fetchall()
-        return [(int(a), int(b)) for a, b in rows]
-
-    def add(self, ticker: str, timeframe: str, day_from: int, day_to: int) -> None:
-        """Mark ``[day_from, day_to]`` covered, merging with touching intervals."""
-        merged = [(day_from, day_to)]
-        for a, b in self.covered(ticker, timeframe):
-            lo, hi = merged[0]
-            if a <= hi + 1 and b >= lo - 1:
-                merged[0] = (min(a, lo), max(b, hi))
-            else:
-                merged.append((a, b))
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            self._conn.execute(
-                "DELETE FROM polygon_coverage WHERE ticker=? AND timeframe=?", (ticker, timeframe)
-            )
-            self._conn.executemany(
-                "INSERT INTO polygon_coverage VALUES (?,?,?,?)",
-                [(ticker, timeframe, a, b) for a, b in merged],
-            )
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def uncovered(first: int, last: int, covered: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``[first, last]`` outside the sorted ``covered`` intervals."""
-    out: list[tuple[int, int]] = []
-    cursor = first
-    for a, b in covered:
-        if b < cursor:
-            continue
-        if a > last:
-            break
-        if a > cursor:
-            out.append((cursor, min(a - 1, last)))
-        cursor = max(cursor, b + 1)
-        if cursor > last:
-            break
-    if cursor <= last:
-        out.append((cursor, last))
-    return out
 
 
 @dataclass(frozen=True)
@@ -179,6 +123,7 @@ class PolygonOptions:
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
     adjusted: bool = True
+    refresh: bool = False
     page_limit: int = 50_000
     multiplier: int = field(init=False)
     timespan: str = field(init=False)
@@ -194,16 +139,30 @@ class PolygonOptions:
         if self.chunk_days < 1:
             raise ConfigError("polygon: chunk_days must be at least 1")
 
+    @property
+    def daily_or_finer(self) -> bool:
+        """Bars no longer than a day, so every expected day should have one."""
+        return self.timespan in ("minute", "hour") or (
+            self.timespan == "day" and self.multiplier == 1
+        )
 
-def _bar_reason(o: float, h: float, lo: float, c: float, v: float) -> str | None:
+
+def _optional(value: Any) -> float | None:
+    """A reported ``v``/``vw``/``n`` as a number; None when absent (or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _bar_reason(o: float, h: float, lo: float, c: float, v: float | None) -> str | None:
     for name, x in (("open", o), ("high", h), ("low", lo), ("close", c)):
         if not math.isfinite(x):
             return f"non-finite {name}"
         if x <= 0:
             return f"non-positive {name}"
-    if not math.isfinite(v):
+    if v is not None and not math.isfinite(v):
         return "non-finite volume"
-    if v < 0:
+    if v is not None and v < 0:
         return "negative volume"
     if h < lo:
         return "high below low"
@@ -238,38 +197,75 @@ class PolygonSource(Source):
             backoff_max_s=o.backoff_max_s,
             **kwargs,
         )
+        self._check_basis()
+        self._leading: dict[str, int] = {}
         self.chunks = self.plan()
         self.days_total = sum(c.days for c in self.chunks)
         self.days_done = 0
         self.chunks_done = 0
         self.bars = 0
         self.pages = 0
+        self.delayed_pages = 0
         self.rejected = 0
         self.missing_days: dict[str, list[str]] = {}
+        self.no_data_before: dict[str, str | None] = {}
+        self.quiet_sessions: dict[str, int] = {}
+        self.calendar_notes: set[str] = set()
         self.error: str | None = None
+        self._rules: dict[str, DayRule] = {}
         self._stopped = False
         self._last: float | None = None
 
     def stop(self) -> None:
         self._stopped = True
 
+    def _check_basis(self) -> None:
+        o = self.options
+        if self.coverage is None:
+            return
+        for ticker in o.tickers:
+            stored = self.coverage.basis(ticker, o.timeframe)
+            if stored is not None and stored != o.adjusted:
+                have, want = ("adjusted", "unadjusted") if stored else ("unadjusted", "adjusted")
+                raise ConfigError(
+                    f"polygon: {ticker} {o.timeframe} is stored with {have} prices; {want}"
+                    " bars would share its keys and mix with them silently. Download them"
+                    " into another store (--store / --data-dir), or keep the stored basis."
+                )
+
     def plan(self) -> list[Chunk]:
-        """The chunks still to download: the requested days minus the covered ones."""
+        """The chunks to download: the requested days minus the covered ones (all of them
+        with ``refresh``)."""
         o = self.options
         assert o.chunk_days is not None
         first, last = day_number(o.start), day_number(o.end)
         chunks: list[Chunk] = []
         for ticker in o.tickers:
             covered = self.coverage.covered(ticker, o.timeframe) if self.coverage else []
-            for a, b in uncovered(first, last, covered):
+            todo = [(first, last)] if o.refresh else uncovered(first, last, covered)
+            for a, b in todo:
                 for lo in range(a, b + 1, o.chunk_days):
                     chunks.append(Chunk(ticker, lo, min(lo + o.chunk_days - 1, b)))
+            if todo and not any(b < todo[0][0] for _, b in covered):
+                # Nothing stored before the first day to download: the ticker's history
+                # may start later, and the days before its first bar are one finding.
+                self._leading[ticker] = todo[0][0]
         return chunks
+
+    def _rule(self, ticker: str) -> DayRule:
+        rule = self._rules.get(ticker)
+        if rule is None:
+            o = self.options
+            rule = DayRule(ticker, day_number(o.start), day_number(o.end))
+            if rule.note:
+                self.calendar_notes.add(rule.note)
+            self._rules[ticker] = rule
+        return rule
 
     def _first_url(self, chunk: Chunk) -> tuple[str, dict[str, Any]]:
         o = self.options
         path = (
-            f"/v2/aggs/ticker/{chunk.ticker}/range/{o.multiplier}/{o.timespan}/"
+            f"{self._series_path(chunk.ticker)}"
             f"{day_of(chunk.first_day).isoformat()}/{day_of(chunk.last_day).isoformat()}"
         )
         params = {
@@ -279,43 +275,81 @@ class PolygonSource(Source):
         }
         return path, params
 
+    def _series_path(self, ticker: str) -> str:
+        o = self.options
+        return f"/v2/aggs/ticker/{ticker}/range/{o.multiplier}/{o.timespan}/"
+
+    def _cursor(self, chunk: Chunk, next_url: Any) -> tuple[str, dict[str, Any]]:
+        """The path and query of ``next_url``, for the configured host (raises VenueError
+        when it is not this series' aggregates)."""
+        if not isinstance(next_url, str):
+            raise VenueError("next_url is not a string")
+        parts = urllib.parse.urlsplit(next_url)
+        path = urllib.parse.unquote(parts.path)
+        if not path.startswith(self._series_path(chunk.ticker)):
+            raise VenueError(f"next_url leads away from {chunk.ticker}'s aggregates: {path}")
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        return path, {k: v for k, v in query if k.lower() != "apikey"}
+
     def _rows(
-        self, chunk: Chunk, results: list[Any], batch: SourceBatch, days: set[int]
+        self, chunk: Chunk, results: list[Any], batch: SourceBatch, stamps: list[int]
     ) -> list[tuple[Any, ...]]:
         tf = self.options.timeframe
+        adjusted = self.options.adjusted
         rows: list[tuple[Any, ...]] = []
         for bar in results:
             try:
                 t = int(bar["t"])
                 o, h, lo, c = (float(bar[k]) for k in ("o", "h", "l", "c"))
-                v = float(bar.get("v", 0.0))
             except (KeyError, TypeError, ValueError) as exc:
                 reason = f"missing field {exc}" if isinstance(exc, KeyError) else "bad value"
                 key = f"polygon:{chunk.ticker}:{tf}:{bar.get('t') if isinstance(bar, dict) else ''}"
                 batch.rejects.append(NewDeadLetter("raw", reason, orjson.dumps(bar), key))
                 continue
+            v = _optional(bar.get("v"))
             refused = _bar_reason(o, h, lo, c, v)
             if refused is not None:
                 key = f"polygon:{chunk.ticker}:{tf}:{t}:{refused}"
                 batch.rejects.append(NewDeadLetter("raw", refused, orjson.dumps(bar), key))
                 continue
-            vw = bar.get("vw")
-            vwap = float(vw) if isinstance(vw, int | float) and 0 < vw < math.inf else None
-            n = bar.get("n")
-            count = int(n) if isinstance(n, int | float) and n >= 0 else None
-            rows.append((SOURCE, chunk.ticker, tf, t * 1000, o, h, lo, c, v, vwap, count))
-            days.add(t // 86_400_000)
+            vw = _optional(bar.get("vw"))
+            vwap = vw if vw is not None and 0 < vw < math.inf else None
+            n = _optional(bar.get("n"))
+            count = int(n) if n is not None and 0 <= n < 2**63 else None
+            rows.append((SOURCE, chunk.ticker, tf, t * 1000, o, h, lo, c, v, vwap, count, adjusted))
+            stamps.append(t)
         return rows
 
-    def _missing(self, chunk: Chunk, days: set[int], today: int) -> list[tuple[int, int]]:
-        every_day = trades_every_day(chunk.ticker)
-        missing: list[int] = []
-        for n in range(chunk.first_day, min(chunk.last_day, today - 1) + 1):
-            if n in days:
-                continue
-            if not every_day and day_of(n).weekday() >= 5:
-                continue
-            missing.append(n)
+    def _missing(self, chunk: Chunk, stamps: list[int], today: int) -> list[tuple[int, int]]:
+        """Expected days of ``chunk`` without bars, as ranges (see module docstring)."""
+        if not self.options.daily_or_finer:
+            return []
+        rule = self._rule(chunk.ticker)
+        present = rule.bar_days(stamps)
+        expected = [
+            n
+            for n in range(chunk.first_day, min(chunk.last_day, today - 1) + 1)
+            if n in rule.expected
+        ]
+        leading_from = self._leading.get(chunk.ticker)
+        if leading_from is not None:
+            # No bar seen yet for this ticker: days before its first bar are not gaps.
+            first_bar = min(present) if present else None
+            before = [n for n in expected if first_bar is None or n < first_bar]
+            expected = [n for n in expected if n not in before]
+            if first_bar is not None:
+                del self._leading[chunk.ticker]
+                if any(n < first_bar for n in rule.expected if n >= leading_from):
+                    self.no_data_before[chunk.ticker] = day_of(first_bar).isoformat()
+            elif chunk.last_day >= day_number(self.options.end):
+                self.no_data_before[chunk.ticker] = None
+        missing = [n for n in expected if n not in present]
+        if rule.sparse:
+            if missing:
+                self.quiet_sessions[chunk.ticker] = self.quiet_sessions.get(chunk.ticker, 0) + len(
+                    missing
+                )
+            return []
         ranges: list[tuple[int, int]] = []
         for n in missing:
             if ranges and ranges[-1][1] == n - 1:
@@ -330,12 +364,12 @@ class PolygonSource(Source):
             for chunk in self.chunks:
                 if self._stopped:
                     return
-                days: set[int] = set()
+                stamps: list[int] = []
                 url, params = self._first_url(chunk)
-                params_or_none: dict[str, Any] | None = params
                 while True:
                     try:
-                        page = await self.rest.get_json(url, params_or_none)
+                        page = await self.rest.get_json(url, params)
+                        results = self._accepted(page)
                     except VenueError as exc:
                         self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
                         log.error("polygon backfill stopped: %s", self.error)
@@ -343,24 +377,46 @@ class PolygonSource(Source):
                     self.pages += 1
                     self._last = time.monotonic()
                     batch = SourceBatch()
-                    results = page.get("results") if isinstance(page, dict) else None
-                    rows = self._rows(chunk, results or [], batch, days)
+                    rows = self._rows(chunk, results, batch, stamps)
                     if rows:
                         batch.rows["bar"] = rows
                         self.bars += len(rows)
-                    batch.lines = len(results or [])
-                    next_url = page.get("next_url") if isinstance(page, dict) else None
+                    batch.lines = len(results)
+                    next_url = page.get("next_url")
                     if not next_url:
                         today = day_number(self.today())
-                        for a, b in self._missing(chunk, days, today):
+                        for a, b in self._missing(chunk, stamps, today):
                             self._report_missing(chunk, a, b, batch, tf)
                         batch.position = chunk
                         yield batch
                         break
                     yield batch
-                    url, params_or_none = str(next_url), None
+                    try:
+                        url, params = self._cursor(chunk, next_url)
+                    except VenueError as exc:
+                        self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
+                        log.error("polygon backfill stopped: %s", self.error)
+                        return
         finally:
             await self.rest.aclose()
+
+    def _accepted(self, page: Any) -> list[Any]:
+        """The page's results; VenueError unless its body says ``OK`` or ``DELAYED``."""
+        if not isinstance(page, dict):
+            raise VenueError("answer is not a JSON object")
+        status = page.get("status")
+        if status not in ACCEPTED_STATUSES:
+            said = page.get("error") or page.get("message") or ""
+            detail = f": {str(said)[:200]}" if said else ""
+            raise VenueError(f"refused with status {str(status)[:40]!r}{detail}")
+        if status == "DELAYED":
+            self.delayed_pages += 1
+        results = page.get("results")
+        if results is None:
+            return []
+        if not isinstance(results, list):
+            raise VenueError("results is not a list")
+        return results
 
     def _report_missing(
         self, chunk: Chunk, a: int, b: int, batch: SourceBatch, timeframe: str
@@ -369,9 +425,9 @@ class PolygonSource(Source):
             day_of(n).isoformat() for n in range(a, b + 1)
         )
         now = time.time_ns() // 1000
-        reason = "no bars on weekday(s) in range (market holiday or missing data)"
-        if trades_every_day(chunk.ticker):
-            reason = "no bars on day(s) in range (missing data)"
+        reason = "no bars on trading day(s) in range (missing data)"
+        if self._rule(chunk.ticker).note:
+            reason = "no bars on weekday(s) in range (market holiday or missing data)"
         batch.rows.setdefault("gap", []).append(
             (
                 SOURCE,
@@ -396,7 +452,13 @@ class PolygonSource(Source):
             return
         last_final = min(chunk.last_day, day_number(self.today()) - 1)
         if last_final >= chunk.first_day:
-            self.coverage.add(chunk.ticker, self.options.timeframe, chunk.first_day, last_final)
+            self.coverage.add(
+                chunk.ticker,
+                self.options.timeframe,
+                chunk.first_day,
+                last_final,
+                self.options.adjusted,
+            )
 
     def health(self) -> SourceHealth:
         return SourceHealth(

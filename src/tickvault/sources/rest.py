@@ -10,7 +10,8 @@ Contract of :meth:`RestClient.get_json`:
 - any other status → :class:`VenueError` at once, with the status and the start of the body.
 - after ``max_attempts`` attempts → :class:`VenueError` naming the last failure.
 
-Secrets travel in headers only, never in URLs, so nothing that logs a URL can leak them.
+Secrets travel in headers only, never in URLs, so nothing that logs a URL can leak them, and
+requests go only to the configured ``base_url``'s origin (:meth:`RestClient.url`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,9 +105,20 @@ class RestClient:
         )
 
     def url(self, path_or_url: str) -> str:
-        if path_or_url.startswith(("http://", "https://")):
-            return path_or_url
-        return self.base_url + path_or_url
+        """``base_url`` + a path; an absolute URL only when it is on ``base_url``'s origin.
+
+        Raises :class:`VenueError` (before any request) for an absolute URL on another
+        scheme, host or port: the client's headers carry credentials, which must never go
+        to a host the user did not configure.
+        """
+        if "://" not in path_or_url:
+            return self.base_url + path_or_url
+        if _origin(path_or_url) != _origin(self.base_url):
+            raise VenueError(
+                f"refusing to send a request to {_origin(path_or_url)}: the configured"
+                f" host is {_origin(self.base_url)}"
+            )
+        return path_or_url
 
     async def get_json(
         self,
@@ -157,6 +170,17 @@ class RestClient:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _origin(url: str) -> str:
+    """``scheme://host:port`` of ``url``, lower-cased, with the scheme's default port."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        port = None
+    return f"{scheme}://{(parts.hostname or '').lower()}:{port}"
 
 
 def _path(url: str) -> str:

@@ -42,6 +42,7 @@ from tickvault.stores.clickhouse_http import (
 )
 from tickvault.stores.clickhouse_native import encode_block
 from tickvault.stores.clickhouse_schema import (
+    bars_migration_sql,
     create_table_sql,
     decode_rows,
     quote_ident,
@@ -123,8 +124,19 @@ class ClickHouseStore(Store):
             await self._http.post(f"CREATE DATABASE IF NOT EXISTS {quote_ident(self.database)}")
             for spec in KINDS.values():
                 await self._http.post(create_table_sql(spec, self.database, features))
+            await self._migrate_bars(features)
         await self._load_types()
         self._schema_ready = True
+
+    async def _migrate_bars(self, features: ServerFeatures) -> None:
+        """Nullable volume and the ``adjusted`` flag on a ``bars`` table from before them."""
+        doc = await self._http.json(
+            "SELECT name, type FROM system.columns"
+            f" WHERE database = {quote_str(self.database)} AND table = 'bars'"
+        )
+        columns = {str(name): str(ch_type) for name, ch_type in doc.get("data", [])}
+        for sql in bars_migration_sql(columns, self.database, features):
+            await self._http.post(sql)
 
     async def _load_types(self) -> None:
         doc = await self._http.json(
@@ -133,7 +145,7 @@ class ClickHouseStore(Store):
         )
         found: dict[str, dict[str, str]] = {}
         for table, name, ch_type, default_kind in doc.get("data", []):
-            if not default_kind:  # MATERIALIZED/ALIAS columns are not inserted
+            if default_kind not in ("MATERIALIZED", "ALIAS"):  # those are not inserted
                 found.setdefault(table, {})[name] = ch_type
         for spec in KINDS.values():
             types = found.get(spec.table)

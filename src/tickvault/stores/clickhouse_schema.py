@@ -122,6 +122,42 @@ def create_table_sql(spec: KindSpec, database: str, features: ServerFeatures) ->
     )
 
 
+def bars_migration_sql(
+    columns: dict[str, str], database: str, features: ServerFeatures
+) -> list[str]:
+    """Statements that bring a ``bars`` table created before nullable volume and the
+    ``adjusted`` flag up to date (none when it is current or absent).
+
+    ``columns`` maps the existing table's column names to their types (``system.columns``).
+    The value guard is replaced first (the new one holds for both layouts), then ``volume``
+    becomes ``Nullable(Float64)`` and ``adjusted`` is added with ``DEFAULT 1``, so rows
+    stored before read as adjusted (every earlier download asked for adjusted prices).
+    Stored values are not rewritten.
+    """
+    if not columns:
+        return []
+    spec = KINDS["bar"]
+    volume_nullable = columns.get("volume", "").startswith("Nullable(")
+    if volume_nullable and "adjusted" in columns:
+        return []
+    table = f"{quote_ident(database)}.{quote_ident(spec.table)}"
+    guard = guard_condition(spec)
+    steps: list[str] = []
+    if GUARD_COLUMN in columns:
+        steps.append(
+            f"ALTER TABLE {table} MODIFY COLUMN {GUARD_COLUMN} UInt8"
+            f" MATERIALIZED throwIf(NOT ({guard}))"
+        )
+    elif features.constraints:
+        steps.append(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {GUARD_CONSTRAINT}")
+        steps.append(f"ALTER TABLE {table} ADD CONSTRAINT {GUARD_CONSTRAINT} CHECK {guard}")
+    if not volume_nullable:
+        steps.append(f"ALTER TABLE {table} MODIFY COLUMN volume Nullable(Float64)")
+    if "adjusted" not in columns:
+        steps.append(f"ALTER TABLE {table} ADD COLUMN adjusted UInt8 DEFAULT 1 AFTER trade_count")
+    return steps
+
+
 # -- decoding JSONCompact answers ------------------------------------------------------------
 
 _WRAPPED = re.compile(r"^(Nullable|LowCardinality)\((.+)\)$")

@@ -45,6 +45,29 @@ def create_table_sql(spec: KindSpec) -> str:
     return f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}, PRIMARY KEY ({', '.join(spec.key)}))"
 
 
+def migrate_bars(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Bring a ``bars`` table created before nullable volume and the ``adjusted`` flag up to
+    date, in place and idempotently; return the statements run (none when current).
+
+    Stored rows keep their values: ``adjusted`` becomes ``true`` for them (every earlier
+    download asked for adjusted prices) and ``volume`` merely becomes nullable.
+    """
+    rows = con.execute(
+        "SELECT column_name, is_nullable FROM information_schema.columns"
+        " WHERE table_schema = current_schema() AND table_name = 'bars'"
+    ).fetchall()
+    nullable = {str(name): flag == "YES" for name, flag in rows}
+    steps: list[str] = []
+    if nullable.get("volume") is False:
+        steps.append("ALTER TABLE bars ALTER COLUMN volume DROP NOT NULL")
+    if nullable and "adjusted" not in nullable:
+        steps.append("ALTER TABLE bars ADD COLUMN adjusted BOOLEAN DEFAULT true")
+        steps.append("ALTER TABLE bars ALTER COLUMN adjusted SET NOT NULL")
+    for sql in steps:
+        con.execute(sql)
+    return steps
+
+
 def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Raise QueryRejected unless ``sql`` is exactly one SELECT statement."""
     try:
@@ -112,6 +135,7 @@ class DuckDBStore(Store):
         try:
             for spec in KINDS.values():
                 con.execute(create_table_sql(spec))
+            migrate_bars(con)
         except duckdb.Error as exc:
             raise _translate(exc, self.path) from exc
         self._schema_ready = True

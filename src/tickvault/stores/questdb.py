@@ -205,6 +205,8 @@ class QuestDBStore(Store):
             for spec in KINDS.values():
                 await self._rest.exec(create_table_sql(spec, text_type))
         tables = await self._rest.tables()
+        if not self.read_only and "bars" in tables:
+            await self._migrate_bars()
         for spec in KINDS.values():
             info = tables.get(spec.table)
             if info is None:
@@ -212,6 +214,15 @@ class QuestDBStore(Store):
             await self._check_table(spec, info)
             self._present.add(spec.table)
         self._schema_ready = True
+
+    async def _migrate_bars(self) -> None:
+        """Add ``adjusted`` to a ``bars`` table from before it (``volume`` is a DOUBLE, which
+        QuestDB keeps nullable anyway); rows stored before are marked adjusted, as every
+        earlier download asked for adjusted prices."""
+        names, _ = decode_dataset(await self._rest.exec("SELECT * FROM bars LIMIT 0"))
+        if "adjusted" not in names:
+            await self._rest.exec("ALTER TABLE bars ADD COLUMN adjusted BOOLEAN")
+            await self._rest.exec("UPDATE bars SET adjusted = true")
 
     async def _check_table(self, spec: KindSpec, info: TableInfo) -> None:
         ts = event_time(spec)
