@@ -7,10 +7,10 @@ when set, as the real API names its public host there whatever host was asked). 
 for every minute of every weekday (every day for ``X:`` crypto tickers; 14:00-21:00 UTC for
 stocks, indices and options) except ``missing_days``; values are a function of the ticker
 and the time, so reruns see the same bars. The API key is checked (``Authorization:
-Bearer`` or ``apiKey=``); ``faults`` answer 429 / 5xx / 403; ``refusals`` answer HTTP 200
-with a refusal body, as Polygon does. ``recorded`` serves captured pages per ticker
-(``tests/data/polygon``): the first page for a request without ``cursor``, then the page
-whose predecessor's ``next_url`` names the requested cursor.
+Bearer`` or ``apiKey=``); ``faults`` answer 429 / 5xx / 403; ``refusals`` (matched on the
+start of path + query) answer HTTP 200 with a refusal body, as Polygon does. ``recorded``
+serves captured pages per ticker (``tests/data/polygon``): the first page for a request
+without ``cursor``, then the page whose predecessor's ``next_url`` names the cursor.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
+import urllib.parse
 import zlib
 from typing import Any
 
@@ -123,8 +124,9 @@ class FakePolygon:
         auth = req.headers.get("authorization", "")
         if auth != f"Bearer {self.api_key}" and req.query.get("apiKey") != self.api_key:
             return Response.json({"status": "ERROR", "error": "Unknown API Key"}, 401)
+        target = req.path + ("?" + urllib.parse.urlencode(req.query) if req.query else "")
         for i, (prefix, refusal) in enumerate(self.refusals):
-            if req.path.startswith(prefix):
+            if target.startswith(prefix):
                 del self.refusals[i]
                 return Response.json(refusal)
         parts = req.path.strip("/").split("/")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -59,14 +60,19 @@ def exchange_sessions(first: int, last: int) -> frozenset[int] | None:
         return None
     start, end = day_of(first), day_of(last)
     try:
-        calendar = exchange_calendars.get_calendar(
-            EXCHANGE, start=start.isoformat(), end=end.isoformat()
-        )
-        sessions = calendar.sessions_in_range(start.isoformat(), end.isoformat())
+        with warnings.catch_warnings():
+            # The library's own deprecation notices about pandas internals, not ours.
+            warnings.simplefilter("ignore")
+            # A calendar's own range must start and end on sessions: pad, then filter.
+            pad = dt.timedelta(days=14)
+            calendar = exchange_calendars.get_calendar(
+                EXCHANGE, start=(start - pad).isoformat(), end=(end + pad).isoformat()
+            )
+            sessions = [ts.date() for ts in calendar.sessions]
     except Exception as exc:  # the library's own errors (dates outside its bounds) vary
         log.warning("exchange calendar %s unavailable for %s..%s: %s", EXCHANGE, start, end, exc)
         return None
-    return frozenset(day_number(ts.date()) for ts in sessions)
+    return frozenset(day_number(d) for d in sessions if start <= d <= end)
 
 
 @dataclass
