@@ -191,6 +191,14 @@ def test_backfill_refresh_redownloads_and_the_other_basis_is_refused(
     other = backfill(data, polygon, "--unadjusted")
     assert other.returncode == 2
     assert "stored with adjusted prices" in other.stderr and "Traceback" not in other.stderr
+    # Another data directory (no coverage of its own) writing into the same store.
+    polygon.requests.clear()
+    elsewhere = backfill(
+        tmp_path / "other", polygon, "--unadjusted", "--store", f"duckdb:///{data}/ticks.duckdb"
+    )
+    assert elsewhere.returncode == 2, elsewhere.stdout
+    assert "holds adjusted 1h bars of AAPL" in elsewhere.stderr
+    assert polygon.requests == []
     rows = tv_json(
         "query",
         "SELECT count(*) AS n, count(DISTINCT ts_open) AS d, bool_and(adjusted) AS a FROM bars",

@@ -21,7 +21,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
@@ -31,6 +31,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from tickvault.config import ENV_DATA_DIR, BinanceSettings, PolygonSettings, Settings, load_settings
 from tickvault.errors import ConfigError, TickvaultError
 from tickvault.sources.base import Source
+
+if TYPE_CHECKING:
+    from tickvault.sources.polygon import PolygonSource
+    from tickvault.stores.base import Store
 
 app = typer.Typer(help="Download history through the pipeline.", no_args_is_help=True)
 out = Console()
@@ -105,6 +109,28 @@ def build_collector(
     except BaseException:
         coverage.close()
         raise
+
+
+async def _refuse_other_basis(store: Store, source: PolygonSource) -> None:
+    """ConfigError when the store holds bars of a requested series on the other basis.
+
+    The state file already refuses that for series it covered; this also catches a store
+    filled from another data directory. Tickers are validated (no quotes) before this.
+    """
+    o = source.options
+    tickers = ", ".join(f"'{t}'" for t in o.tickers)
+    result = await store.query(
+        f"SELECT DISTINCT symbol FROM bars WHERE source = 'polygon' AND timeframe ="
+        f" '{o.timeframe}' AND symbol IN ({tickers}) AND adjusted = {str(not o.adjusted).lower()}"
+    )
+    if result.rows:
+        have = "unadjusted" if o.adjusted else "adjusted"
+        names = ", ".join(str(r[0]) for r in result.rows)
+        raise ConfigError(
+            f"polygon: the store holds {have} {o.timeframe} bars of {names}; bars of the other"
+            " basis would share their keys and mix with them silently. Use another store"
+            " (--store / --data-dir), or keep the stored basis."
+        )
 
 
 def _print_json(value: Any) -> None:
@@ -190,6 +216,7 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
     assert isinstance(source, PolygonSource)
     planned = len(source.chunks)
     async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
+        await _refuse_other_basis(pipeline.store, source)
         pipeline.install_signal_handlers()
         progress = Progress(
             TextColumn(f"[bold]polygon {', '.join(opts.tickers)} {opts.timeframe}[/bold]"),

@@ -39,21 +39,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import math
 import re
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from tickvault.bus.base import NewDeadLetter
 from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.polygon_calendar import DayRule, day_number, day_of, trades_every_day
 from tickvault.sources.polygon_coverage import CoverageStore, uncovered
+from tickvault.sources.polygon_wire import SOURCE, accepted_results, bar_rows, cursor_request
 from tickvault.sources.rest import RestClient, Sleep, VenueError
 
 __all__ = [
@@ -71,8 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOURCE = "polygon"
-ACCEPTED_STATUSES = frozenset({"OK", "DELAYED"})
+_TICKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9:._-]{0,63}")
 _TIMESPANS = {"m": "minute", "h": "hour", "d": "day", "w": "week"}
 _DEFAULT_CHUNK_DAYS = {"minute": 7, "hour": 90, "day": 3650, "week": 3650}
 
@@ -131,6 +126,12 @@ class PolygonOptions:
     def __post_init__(self) -> None:
         if not self.tickers:
             raise ConfigError("polygon: tickers must not be empty")
+        for ticker in self.tickers:
+            if not _TICKER.fullmatch(ticker):
+                raise ConfigError(
+                    f"polygon: ticker {ticker[:80]!r} is not like AAPL, BRK.A, X:BTCUSD,"
+                    " C:EURUSD, I:NDX or O:SPY251219C00650000"
+                )
         if self.end < self.start:
             raise ConfigError(f"polygon: to ({self.end}) is before from ({self.start})")
         self.multiplier, self.timespan = parse_timeframe(self.timeframe)
@@ -145,28 +146,6 @@ class PolygonOptions:
         return self.timespan in ("minute", "hour") or (
             self.timespan == "day" and self.multiplier == 1
         )
-
-
-def _optional(value: Any) -> float | None:
-    """A reported ``v``/``vw``/``n`` as a number; None when absent (or not a number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
-def _bar_reason(o: float, h: float, lo: float, c: float, v: float | None) -> str | None:
-    for name, x in (("open", o), ("high", h), ("low", lo), ("close", c)):
-        if not math.isfinite(x):
-            return f"non-finite {name}"
-        if x <= 0:
-            return f"non-positive {name}"
-    if v is not None and not math.isfinite(v):
-        return "non-finite volume"
-    if v is not None and v < 0:
-        return "negative volume"
-    if h < lo:
-        return "high below low"
-    return None
 
 
 class PolygonSource(Source):
@@ -279,47 +258,6 @@ class PolygonSource(Source):
         o = self.options
         return f"/v2/aggs/ticker/{ticker}/range/{o.multiplier}/{o.timespan}/"
 
-    def _cursor(self, chunk: Chunk, next_url: Any) -> tuple[str, dict[str, Any]]:
-        """The path and query of ``next_url``, for the configured host (raises VenueError
-        when it is not this series' aggregates)."""
-        if not isinstance(next_url, str):
-            raise VenueError("next_url is not a string")
-        parts = urllib.parse.urlsplit(next_url)
-        path = urllib.parse.unquote(parts.path)
-        if not path.startswith(self._series_path(chunk.ticker)):
-            raise VenueError(f"next_url leads away from {chunk.ticker}'s aggregates: {path}")
-        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        return path, {k: v for k, v in query if k.lower() != "apikey"}
-
-    def _rows(
-        self, chunk: Chunk, results: list[Any], batch: SourceBatch, stamps: list[int]
-    ) -> list[tuple[Any, ...]]:
-        tf = self.options.timeframe
-        adjusted = self.options.adjusted
-        rows: list[tuple[Any, ...]] = []
-        for bar in results:
-            try:
-                t = int(bar["t"])
-                o, h, lo, c = (float(bar[k]) for k in ("o", "h", "l", "c"))
-            except (KeyError, TypeError, ValueError) as exc:
-                reason = f"missing field {exc}" if isinstance(exc, KeyError) else "bad value"
-                key = f"polygon:{chunk.ticker}:{tf}:{bar.get('t') if isinstance(bar, dict) else ''}"
-                batch.rejects.append(NewDeadLetter("raw", reason, orjson.dumps(bar), key))
-                continue
-            v = _optional(bar.get("v"))
-            refused = _bar_reason(o, h, lo, c, v)
-            if refused is not None:
-                key = f"polygon:{chunk.ticker}:{tf}:{t}:{refused}"
-                batch.rejects.append(NewDeadLetter("raw", refused, orjson.dumps(bar), key))
-                continue
-            vw = _optional(bar.get("vw"))
-            vwap = vw if vw is not None and 0 < vw < math.inf else None
-            n = _optional(bar.get("n"))
-            count = int(n) if n is not None and 0 <= n < 2**63 else None
-            rows.append((SOURCE, chunk.ticker, tf, t * 1000, o, h, lo, c, v, vwap, count, adjusted))
-            stamps.append(t)
-        return rows
-
     def _missing(self, chunk: Chunk, stamps: list[int], today: int) -> list[tuple[int, int]]:
         """Expected days of ``chunk`` without bars, as ranges (see module docstring)."""
         if not self.options.daily_or_finer:
@@ -369,20 +307,24 @@ class PolygonSource(Source):
                 while True:
                     try:
                         page = await self.rest.get_json(url, params)
-                        results = self._accepted(page)
+                        results, delayed = accepted_results(page)
                     except VenueError as exc:
                         self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
                         log.error("polygon backfill stopped: %s", self.error)
                         return
                     self.pages += 1
+                    self.delayed_pages += delayed
                     self._last = time.monotonic()
                     batch = SourceBatch()
-                    rows = self._rows(chunk, results, batch, stamps)
+                    o = self.options
+                    rows = bar_rows(
+                        chunk.ticker, o.timeframe, o.adjusted, results, batch.rejects, stamps
+                    )
                     if rows:
                         batch.rows["bar"] = rows
                         self.bars += len(rows)
                     batch.lines = len(results)
-                    next_url = page.get("next_url")
+                    next_url = page.get("next_url")  # page is a dict: accepted_results
                     if not next_url:
                         today = day_number(self.today())
                         for a, b in self._missing(chunk, stamps, today):
@@ -392,31 +334,13 @@ class PolygonSource(Source):
                         break
                     yield batch
                     try:
-                        url, params = self._cursor(chunk, next_url)
+                        url, params = cursor_request(next_url, self._series_path(chunk.ticker))
                     except VenueError as exc:
                         self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
                         log.error("polygon backfill stopped: %s", self.error)
                         return
         finally:
             await self.rest.aclose()
-
-    def _accepted(self, page: Any) -> list[Any]:
-        """The page's results; VenueError unless its body says ``OK`` or ``DELAYED``."""
-        if not isinstance(page, dict):
-            raise VenueError("answer is not a JSON object")
-        status = page.get("status")
-        if status not in ACCEPTED_STATUSES:
-            said = page.get("error") or page.get("message") or ""
-            detail = f": {str(said)[:200]}" if said else ""
-            raise VenueError(f"refused with status {str(status)[:40]!r}{detail}")
-        if status == "DELAYED":
-            self.delayed_pages += 1
-        results = page.get("results")
-        if results is None:
-            return []
-        if not isinstance(results, list):
-            raise VenueError("results is not a list")
-        return results
 
     def _report_missing(
         self, chunk: Chunk, a: int, b: int, batch: SourceBatch, timeframe: str
