@@ -112,6 +112,22 @@ async def test_history_that_starts_late_is_reported_once(polygon: FakePolygon) -
     assert later.missing_days == {"I:NDX": ["2024-01-24"]}
 
 
+async def test_a_ticker_without_any_bar_in_range_is_reported_once(polygon: FakePolygon) -> None:
+    polygon.missing_days = {f"2024-03-{d:02d}" for d in range(1, 32)}
+    src = source(polygon, "O:SPY240315C00500000", "2024-03-01", "2024-03-29", "1d", chunk_days=7)
+    got = await run(src)
+    assert src.no_data_before == {"O:SPY240315C00500000": None}
+    assert src.missing_days == {} and got.rows["gap"] == [] and got.rows["bar"] == []
+
+
+def test_tickers_are_checked_before_they_reach_a_url() -> None:
+    for bad in ("AAPL/../../v3", "AAPL?x=1", "'; DROP", "", "A" * 65):
+        with pytest.raises(ConfigError, match="ticker"):
+            PolygonOptions(tickers=[bad], start=TODAY, end=TODAY)
+    ok = ["AAPL", "BRK.A", "X:BTCUSD", "C:EURUSD", "I:NDX", "O:SPY251219C00650000"]
+    assert PolygonOptions(tickers=ok, start=TODAY, end=TODAY).tickers == ok
+
+
 async def test_options_count_sessions_without_trades(polygon: FakePolygon) -> None:
     polygon.missing_days = {"2024-03-05", "2024-03-06", "2024-03-07"}
     src = source(polygon, "O:SPY240315C00500000", "2024-03-04", "2024-03-08", "1d")

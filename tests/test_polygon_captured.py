@@ -102,6 +102,21 @@ async def test_captured_bars_are_kept_exactly(
     assert headers["authorization"] == f"Bearer {polygon.api_key}"
 
 
+async def test_a_delayed_page_is_data_and_an_unknown_status_is_not(polygon: FakePolygon) -> None:
+    # No DELAYED body was found captured: the captured crypto body with its status changed.
+    delayed = dict(captured("crypto_X-BTCUSD_1day.json"), status="DELAYED")
+    polygon.recorded["X:BTCUSD"] = [delayed]
+    src = source(polygon, "X:BTCUSD", "2020-06-01", "2020-06-02")
+    got = await run(src)
+    assert src.error is None and src.delayed_pages == 1
+    assert got.rows["bar"] == expected_rows(delayed, "X:BTCUSD")
+    odd = dict(delayed, status="PARTIAL")
+    polygon.recorded["X:BTCUSD"] = [odd]
+    src = source(polygon, "X:BTCUSD", "2020-06-01", "2020-06-02")
+    got = await run(src)
+    assert src.error is not None and "'PARTIAL'" in src.error and got.rows["bar"] == []
+
+
 async def test_index_bars_keep_absent_volume_vwap_and_count_null(polygon: FakePolygon) -> None:
     body = captured("indices_I-NDX_1day.json")
     assert all(not {"v", "vw", "n"} & set(b) for b in body["results"])  # as captured
