@@ -68,6 +68,19 @@ async def test_absent_volume_stays_null_and_the_basis_is_stored(store: Store) ->
     assert result.rows == [(None, None, None, True), (0.0, None, None, False)]
 
 
+def test_null_volume_travels_as_null_not_as_a_sentinel() -> None:
+    # A column with nulls stays a plain list on the wire (msgpack nil, one byte each): no
+    # NaN or 0 stands in for "not reported", so nothing can confuse the two downstream.
+    builder = FrameBuilder("bar")
+    builder.add(bar(T0, None, True))
+    builder.add(bar(T0 + 1, 7.5, True))
+    frame = decode_frame(builder.take())
+    assert frame.cols["volume"] == [None, 7.5]
+    table, rejects = split_valid(frame)
+    assert rejects == [] and table.column("volume").to_pylist() == [None, 7.5]
+    assert table.column("volume").null_count == 1
+
+
 def test_a_frame_from_before_the_flag_decodes_as_adjusted() -> None:
     builder = FrameBuilder("bar")
     builder.add(bar(T0, 5.0, True))

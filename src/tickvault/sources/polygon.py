@@ -166,6 +166,7 @@ class PolygonSource(Source):
         self.name = name
         self.coverage = coverage
         self.today = today
+        self._check_basis()
         headers = {"Authorization": f"Bearer {o.api_key}"} if o.api_key else None
         kwargs: dict[str, Any] = {"sleep": sleep} if sleep is not None else {}
         self.rest = RestClient(
@@ -176,7 +177,6 @@ class PolygonSource(Source):
             backoff_max_s=o.backoff_max_s,
             **kwargs,
         )
-        self._check_basis()
         self._leading: dict[str, int] = {}
         self.chunks = self.plan()
         self.days_total = sum(c.days for c in self.chunks)
@@ -273,8 +273,7 @@ class PolygonSource(Source):
         if leading_from is not None:
             # No bar seen yet for this ticker: days before its first bar are not gaps.
             first_bar = min(present) if present else None
-            before = [n for n in expected if first_bar is None or n < first_bar]
-            expected = [n for n in expected if n not in before]
+            expected = [n for n in expected if first_bar is not None and n >= first_bar]
             if first_bar is not None:
                 del self._leading[chunk.ticker]
                 if any(n < first_bar for n in rule.expected if n >= leading_from):
