@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from tickvault.sources.polygon import CoverageStore, PolygonOptions, PolygonSource, day_number
+from tickvault.sources.polygon_wire import cursor_request
 from tickvault.sources.rest import RestClient, VenueError
 
 from .cli_helpers import cli_env, tv_json
@@ -156,6 +157,26 @@ async def test_a_next_url_away_from_the_series_is_refused_not_followed(
     assert src.error is not None and "leads away" in src.error
     assert len(polygon.requests) == 1
     assert CoverageStore(tmp_path / "state.sqlite3").covered("AAPL", "1d") == []
+
+
+def test_next_url_is_a_cursor_on_the_same_series_only() -> None:
+    series = "/v2/aggs/ticker/X:BTCUSD/range/1/minute/"
+    assert cursor_request(
+        "https://api.polygon.io/v2/aggs/ticker/X%3ABTCUSD/range/1/minute/1704067200000/"
+        "2024-01-02?cursor=abc&apiKey=leaked",
+        series,
+    ) == ("/v2/aggs/ticker/X%3ABTCUSD/range/1/minute/1704067200000/2024-01-02", {"cursor": "abc"})
+    for away in (
+        "https://api.polygon.io/v2/aggs/ticker/ETH/range/1/minute/a/b?cursor=x",
+        "https://api.polygon.io/v2/aggs/ticker/X:BTCUSD/range/1/minute/../../../v3/x",
+        "https://api.polygon.io/v2/aggs/ticker/X:BTCUSD/range/1/minute/%2e%2e/x",
+        "https://api.polygon.io/v2/aggs/ticker/X:BTCUSD/range/1/minute/a%3Fb=c",
+        "https://api.polygon.io/v2/aggs/ticker/X:BTCUSD/range/5/minute/a/b",
+    ):
+        with pytest.raises(VenueError, match="leads away"):
+            cursor_request(away, series)
+    with pytest.raises(VenueError, match="not a string"):
+        cursor_request(["x"], series)
 
 
 async def test_rest_client_never_sends_to_another_origin(polygon: FakePolygon) -> None:

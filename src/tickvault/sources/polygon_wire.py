@@ -50,11 +50,11 @@ def cursor_request(next_url: Any, series_path: str) -> tuple[str, dict[str, str]
     if not isinstance(next_url, str):
         raise VenueError("next_url is not a string")
     parts = urllib.parse.urlsplit(next_url)
-    path = urllib.parse.unquote(parts.path)
-    if not path.startswith(series_path) or "/../" in path:
-        raise VenueError(f"next_url leads away from {series_path}: {path[:200]}")
+    decoded = urllib.parse.unquote(parts.path)
+    if not decoded.startswith(series_path) or "/.." in decoded or "?" in decoded:
+        raise VenueError(f"next_url leads away from {series_path}: {decoded[:200]}")
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-    return path, {k: v for k, v in query if k.lower() != "apikey"}
+    return parts.path, {k: v for k, v in query if k.lower() != "apikey"}
 
 
 def _reported(value: Any) -> float | None:
