@@ -42,6 +42,7 @@ from tickvault.stores.clickhouse_http import (
 )
 from tickvault.stores.clickhouse_native import encode_block
 from tickvault.stores.clickhouse_schema import (
+    GUARD_CONSTRAINT,
     bars_migration_sql,
     create_table_sql,
     decode_rows,
@@ -135,7 +136,14 @@ class ClickHouseStore(Store):
             f" WHERE database = {quote_str(self.database)} AND table = 'bars'"
         )
         columns = {str(name): str(ch_type) for name, ch_type in doc.get("data", [])}
-        for sql in bars_migration_sql(columns, self.database, features):
+        constraint: bool | None = None
+        if columns and features.constraints:
+            ddl = await self._http.json(
+                "SELECT create_table_query FROM system.tables"
+                f" WHERE database = {quote_str(self.database)} AND name = 'bars'"
+            )
+            constraint = any(GUARD_CONSTRAINT in str(r[0]) for r in ddl.get("data", []))
+        for sql in bars_migration_sql(columns, self.database, constraint):
             await self._http.post(sql)
 
     async def _load_types(self) -> None:

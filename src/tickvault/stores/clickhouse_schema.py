@@ -123,16 +123,18 @@ def create_table_sql(spec: KindSpec, database: str, features: ServerFeatures) ->
 
 
 def bars_migration_sql(
-    columns: dict[str, str], database: str, features: ServerFeatures
+    columns: dict[str, str], database: str, constraint: bool | None
 ) -> list[str]:
     """Statements that bring a ``bars`` table created before nullable volume and the
     ``adjusted`` flag up to date (none when it is current or absent).
 
-    ``columns`` maps the existing table's column names to their types (``system.columns``).
-    The value guard is replaced first (the new one holds for both layouts), then ``volume``
-    becomes ``Nullable(Float64)`` and ``adjusted`` is added with ``DEFAULT 1``, so rows
-    stored before read as adjusted (every earlier download asked for adjusted prices).
-    Stored values are not rewritten.
+    ``columns`` maps the existing table's column names to their types (``system.columns``);
+    ``constraint`` says whether the table has the ``CHECK`` guard (None: the server has no
+    constraints, 19.14+; False: it has, the table lacks it, so it is added). The value guard
+    is replaced first (the new one holds for both layouts), then ``volume`` becomes
+    ``Nullable(Float64)`` and ``adjusted`` is added with ``DEFAULT 1``, so rows stored
+    before read as adjusted (every earlier download asked for adjusted prices). Stored
+    values are not rewritten.
     """
     if not columns:
         return []
@@ -148,8 +150,9 @@ def bars_migration_sql(
             f"ALTER TABLE {table} MODIFY COLUMN {GUARD_COLUMN} UInt8"
             f" MATERIALIZED throwIf(NOT ({guard}))"
         )
-    elif features.constraints:
-        steps.append(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {GUARD_CONSTRAINT}")
+    elif constraint is not None:
+        if constraint:
+            steps.append(f"ALTER TABLE {table} DROP CONSTRAINT {GUARD_CONSTRAINT}")
         steps.append(f"ALTER TABLE {table} ADD CONSTRAINT {GUARD_CONSTRAINT} CHECK {guard}")
     if not volume_nullable:
         steps.append(f"ALTER TABLE {table} MODIFY COLUMN volume Nullable(Float64)")
