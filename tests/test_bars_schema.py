@@ -17,6 +17,7 @@ from tickvault.records import KINDS, Bar, KindSpec
 from tickvault.stores.base import Store
 from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.clickhouse_http import ClickHouseServerError
+from tickvault.stores.clickhouse_schema import bars_migration_sql, guard_condition
 from tickvault.stores.clickhouse_schema import create_table_sql as clickhouse_table_sql
 from tickvault.stores.duckdb import DuckDBStore
 from tickvault.stores.duckdb import create_table_sql as duckdb_table_sql
@@ -153,3 +154,29 @@ async def test_clickhouse_bars_from_before_are_migrated_in_place(
         await store.close()
     day = dt.timedelta(microseconds=T0)
     assert rows == [(0.0, True, EPOCH + day), (None, True, EPOCH + day + dt.timedelta(days=1))]
+
+
+def test_clickhouse_migration_statements_for_each_guard_layout() -> None:
+    # The CHECK layout (19.14+) cannot run on the 18.16 server here; its statements are
+    # pinned here (and were run once on a current ClickHouse through chdb).
+    old = {"volume": "Float64", "trade_count": "Nullable(Int64)"}
+    with_check = bars_migration_sql(old, "db", True)
+    assert with_check[:2] == [
+        "ALTER TABLE `db`.`bars` DROP CONSTRAINT tv_guard",
+        f"ALTER TABLE `db`.`bars` ADD CONSTRAINT tv_guard CHECK {guard_condition(KINDS['bar'])}",
+    ]
+    assert "isNull(volume) OR" in with_check[1]
+    # Interrupted after the DROP: the guard is added again, not forgotten.
+    assert bars_migration_sql(old, "db", False)[0].startswith(
+        "ALTER TABLE `db`.`bars` ADD CONSTRAINT"
+    )
+    assert bars_migration_sql({**old, "_tv_guard": "UInt8"}, "db", None)[0].startswith(
+        "ALTER TABLE `db`.`bars` MODIFY COLUMN _tv_guard UInt8 MATERIALIZED throwIf(NOT ("
+    )
+    assert with_check[2:] == [
+        "ALTER TABLE `db`.`bars` MODIFY COLUMN volume Nullable(Float64)",
+        "ALTER TABLE `db`.`bars` ADD COLUMN adjusted UInt8 DEFAULT 1 AFTER trade_count",
+    ]
+    current = {"volume": "Nullable(Float64)", "adjusted": "UInt8"}
+    assert bars_migration_sql(current, "db", True) == []
+    assert bars_migration_sql({}, "db", True) == []
