@@ -137,6 +137,12 @@ async def test_clickhouse_bars_from_before_are_migrated_in_place(
         " 12340.4, 11970.3, 11995.9, 0, NULL, NULL)"
     )
     await old.close()
+    # A read-only store (tickvault query/status) reads the old table and changes nothing.
+    reader = ClickHouseStore.from_url(clickhouse_server.url(database), read_only=True)
+    try:
+        assert (await reader.query("SELECT * FROM bars")).columns[-1] == "trade_count"
+    finally:
+        await reader.close()
     store = ClickHouseStore.from_url(clickhouse_server.url(database))
     try:
         rows = await _migrated_rows(store)

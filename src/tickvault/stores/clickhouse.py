@@ -160,6 +160,8 @@ class ClickHouseStore(Store):
             if types is None:
                 continue
             if list(types) != list(spec.columns):
+                if self.read_only:
+                    continue  # queries read what is there; a writer migrates it first
                 raise StoreError(
                     f"ClickHouse table {self.database}.{spec.table} has columns {list(types)};"
                     f" tickvault expects {list(spec.columns)}"
