@@ -19,7 +19,7 @@ from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.clickhouse_http import ClickHouseServerError
 from tickvault.stores.clickhouse_schema import bars_migration_sql, guard_condition
 from tickvault.stores.clickhouse_schema import create_table_sql as clickhouse_table_sql
-from tickvault.stores.duckdb import DuckDBStore
+from tickvault.stores.duckdb import DuckDBStore, migrate_bars
 from tickvault.stores.duckdb import create_table_sql as duckdb_table_sql
 
 from .servers import ClickHouseServer
@@ -115,6 +115,11 @@ async def test_duckdb_bars_from_before_are_migrated_in_place(tmp_path: Path) -> 
         await store.ensure_schema()  # idempotent
     finally:
         await store.close()
+    con = duckdb.connect(str(path))
+    try:
+        assert migrate_bars(con) == []  # nothing left to do on a migrated file
+    finally:
+        con.close()
     assert rows == [
         (0.0, True, EPOCH + dt.timedelta(microseconds=T0)),  # stored values kept
         (None, True, EPOCH + dt.timedelta(microseconds=T0 + 86_400_000_000)),

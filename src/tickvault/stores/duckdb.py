@@ -62,9 +62,17 @@ def migrate_bars(con: duckdb.DuckDBPyConnection) -> list[str]:
         steps.append("ALTER TABLE bars ALTER COLUMN volume DROP NOT NULL")
     if nullable and "adjusted" not in nullable:
         steps.append("ALTER TABLE bars ADD COLUMN adjusted BOOLEAN DEFAULT true")
+    if nullable and nullable.get("adjusted", True):
         steps.append("ALTER TABLE bars ALTER COLUMN adjusted SET NOT NULL")
-    for sql in steps:
-        con.execute(sql)
+    if steps:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for sql in steps:
+                con.execute(sql)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
     return steps
 
 
