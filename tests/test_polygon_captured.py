@@ -212,6 +212,16 @@ async def test_a_refusal_sent_with_http_200_stops_and_covers_nothing(
     assert CoverageStore(tmp_path / "state.sqlite3").covered("X:BTCUSD", "1d") == []
 
 
+async def test_a_refusal_that_echoes_the_key_does_not_put_it_in_the_error(
+    polygon: FakePolygon,
+) -> None:
+    polygon.refusals.append(("/v2/aggs", {"status": "ERROR", "error": f"bad {polygon.api_key}"}))
+    src = source(polygon, "X:BTCUSD", "2024-01-01", "2024-01-02")
+    await run(src)
+    assert src.error is not None and "bad ***" in src.error
+    assert polygon.api_key not in src.error and polygon.api_key not in src.health().detail
+
+
 async def test_a_refusal_on_a_later_page_leaves_the_chunk_uncovered(
     polygon: FakePolygon, tmp_path: Path
 ) -> None:

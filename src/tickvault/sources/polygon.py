@@ -308,8 +308,7 @@ class PolygonSource(Source):
                         page = await self.rest.get_json(url, params)
                         results, delayed = accepted_results(page)
                     except VenueError as exc:
-                        self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
-                        log.error("polygon backfill stopped: %s", self.error)
+                        self._stop_with(chunk, exc)
                         return
                     self.pages += 1
                     self.delayed_pages += delayed
@@ -335,11 +334,18 @@ class PolygonSource(Source):
                     try:
                         url, params = cursor_request(next_url, self._series_path(chunk.ticker))
                     except VenueError as exc:
-                        self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {exc.reason}"
-                        log.error("polygon backfill stopped: %s", self.error)
+                        self._stop_with(chunk, exc)
                         return
         finally:
             await self.rest.aclose()
+
+    def _stop_with(self, chunk: Chunk, exc: VenueError) -> None:
+        """Record why the download stopped; the venue's words never carry the key."""
+        reason = exc.reason
+        if self.options.api_key:
+            reason = reason.replace(self.options.api_key, "***")
+        self.error = f"{chunk.ticker} {day_of(chunk.first_day)}: {reason}"
+        log.error("polygon backfill stopped: %s", self.error)
 
     def _report_missing(
         self, chunk: Chunk, a: int, b: int, batch: SourceBatch, timeframe: str
