@@ -200,9 +200,19 @@ def test_backfill_refresh_redownloads_and_the_other_basis_is_refused(
     assert refreshed.returncode == 0, refreshed.stderr
     again = json.loads(refreshed.stdout)
     assert again["bars"] == 4 * 7 and again["stored"] == 0 and again["refresh"] is True
+    assert again["refresh_differs"] == {}
     assert [p for p, _, _ in polygon.requests] == [
         "/v2/aggs/ticker/AAPL/range/1/hour/2024-07-01/2024-07-05"
     ]
+
+    # A 4:1 split re-adjusts the venue's history: the refresh says which stored days are
+    # stale instead of passing over them (stored bars are kept: stores only insert).
+    polygon.scale = 0.25
+    split = backfill(data, polygon, "--refresh")
+    assert split.returncode == 0, split.stderr
+    assert json.loads(split.stdout)["refresh_differs"] == {
+        "AAPL": ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]
+    }
 
     other = backfill(data, polygon, "--unadjusted")
     assert other.returncode == 2

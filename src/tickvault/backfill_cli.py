@@ -240,6 +240,13 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
                 await asyncio.wait({run_task}, timeout=0.25)
             summary = run_task.result()
             progress.update(task, completed=source.days_done, stored=summary.stored)
+        differs: dict[str, list[str]] = {}
+        if source.refresh_digest is not None and summary.drained and source.error is None:
+            from tickvault.sources.polygon_refresh import differing_days
+
+            differs = await differing_days(
+                pipeline.store, source.refresh_digest, "polygon", opts.timeframe
+            )
     stats = source.rest.stats
     result = {
         "tickers": opts.tickers,
@@ -261,6 +268,7 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
         "no_data_before": source.no_data_before,
         "quiet_sessions": source.quiet_sessions,
         "calendar_notes": sorted(source.calendar_notes),
+        "refresh_differs": differs,
         "dead_letters": summary.dead_letters,
         "drained": summary.drained,
         "error": source.error,
@@ -284,6 +292,13 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
             out.print(f"{name}: {said} (not counted as missing days)", highlight=False)
         for name, quiet in source.quiet_sessions.items():
             out.print(f"{name}: {quiet} session(s) without trades", highlight=False)
+        for name, days in differs.items():
+            out.print(
+                f"[yellow]{name}: stored bars differ from the venue's on {len(days)} day(s)"
+                f" ({', '.join(days[:5])}{' …' if len(days) > 5 else ''}); stored bars are kept:"
+                " download into a new store to replace them[/yellow]",
+                highlight=False,
+            )
         for note in sorted(source.calendar_notes):
             out.print(f"[yellow]{note}[/yellow]", highlight=False)
         if source.error:

@@ -58,6 +58,7 @@ class FakePolygon:
         self.refusals: list[tuple[str, dict[str, Any]]] = []
         self.recorded: dict[str, list[dict[str, Any]]] = {}
         self.next_url_base: str | None = None
+        self.scale = 1.0  # prices times this (a split re-adjusts all earlier bars)
         self.requests: list[tuple[str, dict[str, str], dict[str, str]]] = []
         self.request_times: list[tuple[float, int]] = []
         self._thread: LoopThread | None = None
@@ -107,8 +108,14 @@ class FakePolygon:
                 first, end = start + 14 * 3_600_000, start + 21 * 3_600_000
                 if timespan == "day":
                     first, end = start + 5 * 3_600_000, start + 5 * 3_600_000 + 1
-            bars += [bar_at(ticker, t) for t in range(first, end, step)]
+            bars += [self._scaled(bar_at(ticker, t)) for t in range(first, end, step)]
         return bars
+
+    def _scaled(self, bar: dict[str, Any]) -> dict[str, Any]:
+        if self.scale != 1.0:
+            for k in ("o", "h", "l", "c", "vw"):
+                bar[k] = round(bar[k] * self.scale, 6)
+        return bar
 
     async def _handle(self, req: Request) -> Response:
         resp = await self._answer(req)

@@ -11,9 +11,10 @@ Contract:
   yielded page by page; its last batch carries the chunk as ``position`` and
   :meth:`PolygonSource.commit` (called once the bus has every row of the chunk) records the
   chunk's days as *covered* for ``(ticker, timeframe)`` in ``state.sqlite3``.
-- Only uncovered days are requested (all of them with ``refresh``), so a restart resumes
-  at the first chunk that was not committed and rerunning a finished range requests
-  nothing. Days from today (UTC) on are never marked covered: they are still changing.
+- Only uncovered days are requested (all of them with ``refresh``, which also keeps a
+  digest per day for :mod:`.polygon_refresh`), so a restart resumes at the first chunk
+  that was not committed and rerunning a finished range requests nothing. Days from today
+  (UTC) on are never marked covered: they are still changing.
 - ``next_url`` is a cursor, not a destination: only its path and query are taken, the
   path must be the same ticker's aggregates, and the request goes to the configured
   ``rest_url``. Requests (and the key) never go to another host.
@@ -49,6 +50,7 @@ from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.polygon_calendar import DayRule, day_number, day_of, trades_every_day
 from tickvault.sources.polygon_coverage import CoverageStore, uncovered
+from tickvault.sources.polygon_refresh import RefreshDigest
 from tickvault.sources.polygon_wire import SOURCE, accepted_results, bar_rows, cursor_request
 from tickvault.sources.rest import RestClient, Sleep, VenueError
 
@@ -192,6 +194,7 @@ class PolygonSource(Source):
         self.calendar_notes: set[str] = set()
         self.error: str | None = None
         self._rules: dict[str, DayRule] = {}
+        self.refresh_digest = RefreshDigest() if o.refresh else None
         self._stopped = False
         self._last: float | None = None
 
@@ -321,6 +324,9 @@ class PolygonSource(Source):
                     if rows:
                         batch.rows["bar"] = rows
                         self.bars += len(rows)
+                        if self.refresh_digest is not None:
+                            for row in rows:
+                                self.refresh_digest.add(chunk.ticker, row[3], row[4:11])
                     batch.lines = len(results)
                     next_url = page.get("next_url")  # page is a dict: accepted_results
                     if not next_url:
