@@ -168,8 +168,8 @@ async def test_clickhouse_bars_from_before_are_migrated_in_place(
 
 
 def test_clickhouse_migration_statements_for_each_guard_layout() -> None:
-    # The CHECK layout (19.14+) cannot run on the 18.16 server here; its statements are
-    # pinned here (and were run once on a current ClickHouse through chdb).
+    # The CHECK layout (19.14+) cannot run on the 18.16 server; its statements are pinned
+    # here and run on a current engine in tests/test_bars_schema_modern.py.
     old = {"volume": "Float64", "trade_count": "Nullable(Int64)"}
     with_check = bars_migration_sql(old, "db", True)
     assert with_check[:2] == [
