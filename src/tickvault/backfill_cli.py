@@ -4,9 +4,10 @@
 --to 2024-06-30`` downloads the bars, shows a progress bar (days done of days to do), and
 prints what it stored, how many requests it needed and which expected days have no bars.
 Progress is checkpointed per chunk of days, so an interrupted run resumes and a finished
-range is not downloaded again. Exit 0 when everything requested is stored, 1 when the
-venue stopped the download (rerun to resume) or the writer could not drain, 2 for errors
-the user must fix.
+range is not downloaded again (``--refresh`` downloads it again and names the days whose
+stored bars differ). Exit 0 when everything requested is stored, 1 when the venue stopped
+the download (a refusal, also one sent with HTTP 200; rerun to resume) or the writer could
+not drain, 2 for errors the user must fix (no key, a bad ticker, the other price basis).
 
 Also builds the live collectors for ``tickvault run`` (:func:`build_collector`), because
 both read API keys from the environment, which only the command line does.
