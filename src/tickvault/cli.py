@@ -46,6 +46,7 @@ from tickvault.guardian.cli import app as guardian_app
 from tickvault.guardian.cli import rebuild_command
 from tickvault.positions.cli import app as positions_app
 from tickvault.records import KINDS
+from tickvault.redact import install_log_redaction, redact_text
 from tickvault.sources.base import Source
 from tickvault.status import collect_status
 from tickvault.streams_cli import app as streams_app
@@ -103,6 +104,7 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
 
 def _setup_logging(verbose: bool) -> None:
+    install_log_redaction()
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -120,7 +122,7 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except TickvaultError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
 
 
@@ -675,8 +677,9 @@ app.command("systemd")(systemd_command)
 
 
 def main() -> None:
+    install_log_redaction()
     try:
         app()
     except TickvaultError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
         sys.exit(2)

@@ -32,6 +32,7 @@ from typing import Any
 import msgspec
 
 from tickvault.errors import ConfigError
+from tickvault.redact import register_secret
 
 DEFAULT_DATA_DIR = "./tickvault-data"
 ENV_DATA_DIR = "TICKVAULT_DATA_DIR"
@@ -219,14 +220,20 @@ class HttpSettings(_Section):
     query_max_rows: int = 10_000
     """Rows ``/query`` returns at most (``truncated`` says when there were more)."""
     query_timeout_s: float = 10.0
-    """``/query`` answers 504 when the store takes longer than this."""
+    """``/query`` answers 504 when the store takes longer than this. The store itself stops
+    a user query after its own limit (``query_timeout_s`` in the store URL, default 10 s)."""
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    """Extra ``Host`` names the API answers to (the name a reverse proxy forwards); the
+    listen address itself and, on loopback, ``localhost`` are always allowed."""
 
 
 def http_token(settings: Settings, env: dict[str, str] | None = None) -> str | None:
     """The bearer token ``[http] token_env`` names, or None (no token: the API is open)."""
     env = dict(os.environ) if env is None else env
     name = settings.http.token_env
-    return (env.get(name) or None) if name else None
+    token = (env.get(name) or None) if name else None
+    register_secret(token)  # never shown: logs, status and errors mask it
+    return token
 
 
 SourceSettings = SyntheticSettings | ReplaySettings | BinanceSettings | PolygonSettings

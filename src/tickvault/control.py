@@ -25,8 +25,20 @@ from typing import Any
 
 import orjson
 
-from tickvault.errors import QueryRejected, StoreError, TickvaultError
+from tickvault.errors import (
+    QueryLimitExceeded,
+    QueryRejected,
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+    TickvaultError,
+)
+from tickvault.redact import redact_text
 
+# Errors of a query the owner re-raises as the same class on the asking side.
+_QUERY_ERRORS: dict[str, type[StoreError]] = {
+    cls.__name__: cls for cls in (QueryRejected, QueryLimitExceeded, QueryTimeout, StoreUnavailable)
+}
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 _MAX_SOCKET_PATH = 100
 
@@ -84,7 +96,11 @@ class ControlServer:
                     raise TickvaultError(f"unknown control op {request.get('op')!r}")
                 response = {"ok": True, "result": await handler(request)}
             except TickvaultError as exc:
-                response = {"ok": False, "error": str(exc), "type": type(exc).__name__}
+                response = {
+                    "ok": False,
+                    "error": redact_text(str(exc)),
+                    "type": type(exc).__name__,
+                }
             except orjson.JSONDecodeError:
                 response = {"ok": False, "error": "bad request", "type": "TickvaultError"}
             writer.write(orjson.dumps(response, default=str) + b"\n")
@@ -144,6 +160,7 @@ def request(data_dir: Path, payload: dict[str, Any], timeout: float = 30.0) -> A
     response = orjson.loads(b"".join(chunks))
     if response.get("ok"):
         return response["result"]
-    if response.get("type") == "QueryRejected":
-        raise QueryRejected(response["error"])
+    kind = _QUERY_ERRORS.get(str(response.get("type")))
+    if kind is not None:
+        raise kind(response["error"])
     raise StoreError(response.get("error", "unknown error"))

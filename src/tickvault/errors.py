@@ -60,6 +60,14 @@ class QueryRejected(StoreError):
     """A query was refused: not a single read-only statement, or too expensive."""
 
 
+class QueryLimitExceeded(QueryRejected):
+    """A query was stopped by the store's limits (memory, rows); the message says which."""
+
+
+class QueryTimeout(QueryLimitExceeded):
+    """A query was stopped at the store's time limit (it no longer runs)."""
+
+
 class PositionError(TickvaultError):
     """A position operation was refused; nothing was written."""
 

@@ -212,10 +212,10 @@ class Pipeline:
         and the data path runs on without it: capture matters more than the dashboard."""
         from tickvault.web.server import HttpServer
 
-        server = HttpServer(self, self.settings.http, self._http_token)
         try:
+            server = HttpServer(self, self.settings.http, self._http_token)
             await server.start()
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:  # ConfigError: off loopback without a token
             log.error("HTTP API not served on %s: %s", self.settings.http.listen, exc)
             EVENTS.emit(
                 "http",

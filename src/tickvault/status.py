@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from tickvault.bus.base import Bus
+from tickvault.redact import redact_value
 from tickvault.stores.base import Store
 
 
@@ -54,18 +55,23 @@ async def collect_status(
         except Exception as exc:  # reported, never fatal for status
             store_error = str(exc)
     last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
-    return {
-        "data_dir": str(data_dir),
-        "generated_at": time.time(),
-        "running": live is not None,
-        "bus": {"url": bus_url, "streams": streams},
-        "store": {
-            "url": store_url,
-            "tables": tables,
-            "last_write_at": last_write,
-            "wal": wal,
-            "error": store_error,
-        },
-        "dead_letters": {"total": sum(by_reason.values()), "by_reason": by_reason},
-        **(live or {}),
-    }
+    # Bus/store URLs may carry ``user:password@``, live counters may quote URLs: every
+    # picture of the status (CLI, control socket, ``GET /status``) is redacted here.
+    picture: dict[str, Any] = redact_value(
+        {
+            "data_dir": str(data_dir),
+            "generated_at": time.time(),
+            "running": live is not None,
+            "bus": {"url": bus_url, "streams": streams},
+            "store": {
+                "url": store_url,
+                "tables": tables,
+                "last_write_at": last_write,
+                "wal": wal,
+                "error": store_error,
+            },
+            "dead_letters": {"total": sum(by_reason.values()), "by_reason": by_reason},
+            **(live or {}),
+        }
+    )
+    return picture

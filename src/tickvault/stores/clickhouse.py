@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 
 from tickvault.errors import ConfigError, StoreError, StoreUnavailable
 from tickvault.records import KINDS, KindSpec, spec_for
+from tickvault.spool import parse_size
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 from tickvault.stores.clickhouse_http import (
     ClickHouseHTTP,
@@ -70,10 +71,14 @@ class ClickHouseStore(Store):
         secure: bool = False,
         timeout: float = 60.0,
         read_only: bool = False,
+        query_timeout_s: float = 10.0,
+        query_memory_bytes: int = 1 << 30,
     ) -> None:
         scheme = "https" if secure else "http"
         self.database = database
         self.read_only = read_only
+        self.query_timeout_s = query_timeout_s
+        self.query_memory_bytes = query_memory_bytes
         self.url = f"clickhouse://{host}:{port}/{database}"
         self._http = ClickHouseHTTP(
             f"{scheme}://{host}:{port}", user=user, password=password, timeout=timeout
@@ -92,6 +97,8 @@ class ClickHouseStore(Store):
         try:
             port = parts.port or 8123
             timeout = float(options.get("timeout", "60"))
+            query_timeout_s = float(options.get("query_timeout_s", "10"))
+            query_memory_bytes = parse_size(options.get("query_memory", "1GiB"))
         except ValueError as exc:
             raise ConfigError(f"bad ClickHouse URL {url!r}: {exc}") from None
         return cls(
@@ -103,6 +110,8 @@ class ClickHouseStore(Store):
             secure=options.get("secure", "").lower() in ("1", "true", "yes"),
             timeout=timeout,
             read_only=read_only,
+            query_timeout_s=query_timeout_s,
+            query_memory_bytes=query_memory_bytes,
         )
 
     # -- server and schema ------------------------------------------------------------------
@@ -243,7 +252,14 @@ class ClickHouseStore(Store):
         await self.ensure_schema()
         params = {
             "database": self.database,
-            "readonly": "2",
+            # 1, not 2: under 2 a query may change settings and call table functions such
+            # as url(), file(), remote(); under 1 the server refuses all of them and any
+            # write. The limits below still apply: ClickHouse applies the request's
+            # settings together, before readonly takes effect.
+            "readonly": "1",
+            "max_execution_time": f"{self.query_timeout_s:g}",
+            "timeout_overflow_mode": "throw",
+            "max_memory_usage": str(self.query_memory_bytes),
             "max_result_rows": str(limit + 1),
             "result_overflow_mode": "break",
             "wait_end_of_query": "1",
@@ -251,7 +267,7 @@ class ClickHouseStore(Store):
         try:
             doc = await self._http.json(statement, params)
         except ClickHouseServerError as exc:
-            raise for_query(exc) from None
+            raise for_query(exc, self.query_timeout_s) from None
         columns, rows = decode_rows(doc, legacy_timestamps=self.legacy_timestamps)
         return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
 

@@ -21,7 +21,14 @@ from typing import Any
 import httpx
 import orjson
 
-from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
+from tickvault.errors import (
+    BatchRejected,
+    QueryLimitExceeded,
+    QueryRejected,
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+)
 
 # ClickHouse error codes (src/Common/ErrorCodes.cpp) that mean "this data is bad".
 DATA_ERROR_CODES = frozenset(
@@ -43,6 +50,8 @@ DATA_ERROR_CODES = frozenset(
 )
 # Codes that mean "the query is not allowed" when running a user's query.
 QUERY_REFUSED_CODES = frozenset({164, 62})  # READONLY, SYNTAX_ERROR (incl. multi-statements)
+TIMEOUT_EXCEEDED = 159
+MEMORY_LIMIT_EXCEEDED = 241
 _CODE = re.compile(r"Code:\s*(\d+)")
 
 
@@ -188,8 +197,15 @@ def for_insert(exc: ClickHouseServerError, table: str) -> StoreError:
     return StoreUnavailable(f"ClickHouse could not insert into {table}: {exc}")
 
 
-def for_query(exc: ClickHouseServerError) -> StoreError:
-    """Classify an error answer to a user's query."""
+def for_query(exc: ClickHouseServerError, timeout_s: float | None = None) -> StoreError:
+    """Classify an error answer to a user's query (one line of the server's text)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else "no detail"
+    if exc.code == TIMEOUT_EXCEEDED:
+        limit = f" after {timeout_s:g} s" if timeout_s is not None else ""
+        return QueryTimeout(f"query stopped{limit} (the store's query time limit): {line}")
+    if exc.code == MEMORY_LIMIT_EXCEEDED:
+        return QueryLimitExceeded(f"query stopped at the query memory limit: {line}")
     if exc.code in QUERY_REFUSED_CODES:
-        return QueryRejected(f"ClickHouse refused the query: {exc}")
-    return StoreError(f"query failed: {exc}")
+        return QueryRejected(f"ClickHouse refused the query: {line}")
+    return StoreError(f"query failed: {line}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,9 +23,14 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
+from tickvault.errors import BatchRejected, ConfigError, StoreError, StoreUnavailable
 from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
+from tickvault.stores.duckdb_query import (
+    DEFAULT_MEMORY_LIMIT,
+    DEFAULT_TIMEOUT_S,
+    QuerySandbox,
+)
 
 T = TypeVar("T")
 
@@ -76,19 +82,6 @@ def migrate_bars(con: duckdb.DuckDBPyConnection) -> list[str]:
     return steps
 
 
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Raise QueryRejected unless ``sql`` is exactly one SELECT statement."""
-    try:
-        statements = con.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise QueryRejected(f"cannot parse query: {exc}") from None
-    if len(statements) != 1:
-        raise QueryRejected(f"expected exactly one statement, got {len(statements)}")
-    kind = statements[0].type
-    if kind != duckdb.StatementType.SELECT:
-        raise QueryRejected(f"only read-only SELECT queries are allowed (got {kind.name})")
-
-
 def _translate(exc: Exception, path: Path) -> StoreError:
     text = str(exc)
     if isinstance(exc, duckdb.IOException | OSError) or "lock" in text.lower():
@@ -105,10 +98,18 @@ def _translate(exc: Exception, path: Path) -> StoreError:
 class DuckDBStore(Store):
     """Store on a local DuckDB file; ``DuckDBStore.from_url("duckdb:///data/ticks.duckdb")``."""
 
-    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        read_only: bool = False,
+        query_timeout_s: float = DEFAULT_TIMEOUT_S,
+        query_memory: str = DEFAULT_MEMORY_LIMIT,
+    ) -> None:
         self.path = Path(path)
         self.url = f"duckdb:///{self.path}"
         self.read_only = read_only
+        self._sandbox = QuerySandbox(timeout_s=query_timeout_s, memory_limit=query_memory)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-write")
         self._query_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="duckdb-query")
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -120,7 +121,18 @@ class DuckDBStore(Store):
         path = url[len("duckdb:///") :] if url.startswith("duckdb:///") else url.split("://", 1)[1]
         if not path:
             raise StoreError(f"duckdb store URL needs a path: {url!r}")
-        return cls(path.split("?", 1)[0], read_only=read_only)
+        path, _, query = path.partition("?")
+        options = dict(urllib.parse.parse_qsl(query))
+        try:
+            timeout = float(options.get("query_timeout_s", DEFAULT_TIMEOUT_S))
+        except ValueError:
+            raise ConfigError(f"bad query_timeout_s in {url!r}") from None
+        return cls(
+            path,
+            read_only=read_only,
+            query_timeout_s=timeout,
+            query_memory=options.get("query_memory", DEFAULT_MEMORY_LIMIT),
+        )
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         if self._con is None:
@@ -217,23 +229,19 @@ class DuckDBStore(Store):
         return await self._run(self._write, kind, table)
 
     def _query(self, sql: str, limit: int) -> QueryResult:
-        """Runs on the query thread, on its own cursor (never the writer's connection)."""
+        """Runs on the query thread, on its own cursor (never the writer's connection), in
+        the sandbox of :mod:`tickvault.stores.duckdb_query`."""
         cur = self._query_cursor
         if cur is None:
             raise StoreUnavailable(f"DuckDB store {self.path}: reconnecting, try again")
-        check_read_only(cur, sql)
-        try:
-            rel = cur.execute(sql)
-            columns = [d[0] for d in rel.description or []]
-            rows = rel.fetchmany(limit + 1)
-        except duckdb.Error as exc:
-            raise StoreError(f"query failed: {exc}") from None
-        return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
+        return self._sandbox.run(cur, sql, limit)
 
     def _open_query_cursor(self) -> None:
         if self._query_cursor is None:
             self._ensure_schema()
-            self._query_cursor = self._connect().cursor()
+            cursor = self._connect().cursor()
+            self._sandbox.prepare(cursor)  # before any user statement reaches the instance
+            self._query_cursor = cursor
 
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
         loop = asyncio.get_running_loop()

@@ -18,6 +18,11 @@ Endpoints (see ``docs/http.md``):
 * ``GET /`` the dashboard; ``/static/*`` its assets (package data, no CDN).
 * ``GET /openapi.json`` this description.
 
+Request contract (:mod:`tickvault.web.guard`): a ``Host`` that does not name this server,
+a cross-site ``Sec-Fetch-Site`` or a foreign ``Origin`` gets 403 on every route, before
+the token is looked at. Everything shown (``/status``, ``/metrics``, the dashboard, error
+messages) passes through :mod:`tickvault.redact`.
+
 Auth contract: when a token is configured, every request except ``/health`` needs
 ``Authorization: Bearer <token>``, or the ``tickvault_token`` cookie that ``/?token=<token>``
 sets for browsers (HttpOnly, SameSite=Strict); anything else gets 401. The token is
@@ -38,7 +43,15 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
 from tickvault.config import HttpSettings
-from tickvault.errors import QueryRejected, StoreError, StoreUnavailable
+from tickvault.errors import (
+    QueryLimitExceeded,
+    QueryRejected,
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+)
+from tickvault.redact import redact_text, redact_value
+from tickvault.web.guard import RequestGuard, parse_listen
 from tickvault.web.metrics import (
     CONTENT_TYPE,
     PipelineMetrics,
@@ -95,7 +108,7 @@ def _json(value: Any, status: int = 200) -> Response:
 
 
 def _error(status: int, message: str, kind: str) -> Response:
-    return _json({"error": message, "type": kind}, status)
+    return _json({"error": redact_text(message), "type": kind}, status)
 
 
 def _asset(name: str) -> bytes:
@@ -105,9 +118,10 @@ def _asset(name: str) -> bytes:
 class QueryRunner:
     """Runs one ``/query`` at a time with a time limit.
 
-    A query that times out keeps running on the store's query thread (a store cannot always
-    interrupt it), so until it finishes further queries get 503 instead of queueing behind
-    it: a slow query cannot pile up work.
+    The store stops a query at its own time limit (DuckDB interrupts it, ClickHouse's
+    ``max_execution_time``); should the answer take longer than ``query_timeout_s`` here,
+    the request gets 504 and, until the store has stopped the query, further queries get
+    503 instead of queueing behind it: a slow query cannot pile up work.
     """
 
     def __init__(self, pipeline: "Pipeline", settings: HttpSettings) -> None:
@@ -128,6 +142,10 @@ class QueryRunner:
             return _error(
                 504, f"query took longer than {self.settings.query_timeout_s:g} s", "Timeout"
             )
+        except QueryTimeout as exc:  # the store stopped it at its own limit
+            return _error(504, str(exc), "Timeout")
+        except QueryLimitExceeded as exc:
+            return _error(400, str(exc), "QueryLimitExceeded")
         except QueryRejected as exc:
             return _error(400, str(exc), "QueryRejected")
         except StoreUnavailable as exc:
@@ -227,11 +245,15 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
     metrics = PipelineMetrics(pipeline)
     runner = QueryRunner(pipeline, settings)
     app.state.metrics = metrics
+    guard = RequestGuard(parse_listen(settings.listen)[0], settings.allowed_hosts)
 
     @app.middleware("http")
     async def require_token(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
+        refusal = guard.refusal(dict(request.headers))
+        if refusal is not None:  # every route, /health included: DNS rebinding, cross-site
+            return _error(403, refusal, "Forbidden")
         if token is None or request.url.path in OPEN_PATHS:
             return await call_next(request)
         header = request.headers.get("authorization", "")
@@ -274,7 +296,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
     @app.get("/status", responses={**errors, 200: {"content": {"application/json": {}}}})
     async def status() -> Response:
         """The same JSON as ``tickvault status --json``."""
-        return _json(await pipeline._status_op({}))
+        return _json(await pipeline._status_op({}))  # redacted by collect_status
 
     @app.get(
         "/metrics",
@@ -283,7 +305,8 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
     )
     async def prometheus() -> Response:
         """Prometheus text exposition; every name starts with ``tickvault_``."""
-        return Response(await metrics.render(), media_type=CONTENT_TYPE)
+        text = redact_text((await metrics.render()).decode())
+        return Response(text.encode(), media_type=CONTENT_TYPE)
 
     @app.get(
         "/query",
@@ -307,7 +330,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
     @app.get("/api/dashboard", responses={**errors, 200: {"content": {"application/json": {}}}})
     async def dashboard_data() -> Response:
         """The snapshot the dashboard polls once a second."""
-        return _json(await dashboard_snapshot(pipeline))
+        return _json(redact_value(await dashboard_snapshot(pipeline)))
 
     @app.get("/", responses={**errors, 200: {"content": {"text/html": {}}}})
     async def dashboard() -> Response:

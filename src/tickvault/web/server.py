@@ -7,6 +7,8 @@ Contract
   accepts connections. ``port`` 0 picks a free port; :attr:`HttpServer.port` tells which.
 * uvicorn does not touch signal handlers or logging configuration: the pipeline owns
   SIGTERM/SIGINT (drain, then exit) and the CLI owns logging.
+* A listen address that is not loopback without a token raises
+  :class:`~tickvault.errors.ConfigError` when the server is built: the API is not served.
 * :meth:`HttpServer.stop` closes the listener and lets requests in flight finish (bounded).
 """
 
@@ -22,29 +24,13 @@ from typing import TYPE_CHECKING
 import uvicorn
 
 from tickvault.config import HttpSettings
-from tickvault.errors import ConfigError
 from tickvault.web.app import create_app
+from tickvault.web.guard import parse_listen, require_token_off_loopback
 
 if TYPE_CHECKING:
     from tickvault.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port``, ``[v6]:port`` or a bare ``port`` (loopback) → (host, port)."""
-    text = listen.strip()
-    if text.isdigit():
-        return "127.0.0.1", int(text)
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"[http] listen must be host:port, got {listen!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    number = int(port)
-    if number > 65535:
-        raise ConfigError(f"[http] listen port out of range: {listen!r}")
-    return host, number
 
 
 class _InLoopServer(uvicorn.Server):
@@ -60,6 +46,7 @@ class HttpServer:
         self.settings = settings
         self.app = create_app(pipeline, settings, token)
         self.host, self.port = parse_listen(settings.listen)
+        require_token_off_loopback(settings.listen, self.host, token, settings.token_env)
         self._server: _InLoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
