@@ -363,7 +363,8 @@ def _offline_store(settings: Settings) -> Any:
     from tickvault.stores import open_store
 
     url = settings.store_url
-    if url.startswith("duckdb:///") and not Path(url[len("duckdb:///") :]).exists():
+    path = url[len("duckdb:///") :].partition("?")[0]  # options such as ?query_timeout_s=
+    if url.startswith("duckdb:///") and not Path(path).exists():
         raise ConfigError(
             f"no store at {url} yet: run `tickvault demo` or `tickvault replay` first"
         )

@@ -16,7 +16,7 @@ from tickvault.stores.base import Store
 def _last_modified(store_url: str) -> float | None:
     if not store_url.startswith("duckdb:///"):
         return None
-    path = Path(store_url[len("duckdb:///") :])
+    path = Path(store_url[len("duckdb:///") :].partition("?")[0])
     stamps = [p.stat().st_mtime for p in (path, path.with_name(path.name + ".wal")) if p.exists()]
     return max(stamps) if stamps else None
 

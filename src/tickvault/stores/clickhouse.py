@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import array
 import hashlib
+import math
 import urllib.parse
 from typing import Any
 
@@ -250,26 +251,30 @@ class ClickHouseStore(Store):
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
         statement = check_single_select(sql, forbidden=_FORBIDDEN_IN_QUERIES)
         await self.ensure_schema()
-        params = {
+        try:
+            doc = await self._http.json(statement, self.query_settings(limit))
+        except ClickHouseServerError as exc:
+            raise for_query(exc, self.query_timeout_s) from None
+        columns, rows = decode_rows(doc, legacy_timestamps=self.legacy_timestamps)
+        return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
+
+    def query_settings(self, limit: int) -> dict[str, str]:
+        """The request settings every user query runs under (the server enforces them)."""
+        return {
             "database": self.database,
             # 1, not 2: under 2 a query may change settings and call table functions such
             # as url(), file(), remote(); under 1 the server refuses all of them and any
             # write. The limits below still apply: ClickHouse applies the request's
             # settings together, before readonly takes effect.
             "readonly": "1",
-            "max_execution_time": f"{self.query_timeout_s:g}",
+            # whole seconds: 18.16 reads the setting as an integer
+            "max_execution_time": str(max(1, math.ceil(self.query_timeout_s))),
             "timeout_overflow_mode": "throw",
             "max_memory_usage": str(self.query_memory_bytes),
             "max_result_rows": str(limit + 1),
             "result_overflow_mode": "break",
             "wait_end_of_query": "1",
         }
-        try:
-            doc = await self._http.json(statement, params)
-        except ClickHouseServerError as exc:
-            raise for_query(exc, self.query_timeout_s) from None
-        columns, rows = decode_rows(doc, legacy_timestamps=self.legacy_timestamps)
-        return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
 
     async def counts(self) -> dict[str, int]:
         """Exact rows per public table (``FINAL``: duplicates of a key count once)."""

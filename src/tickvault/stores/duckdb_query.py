@@ -145,7 +145,7 @@ class QuerySandbox:
                 f"query stopped: it needs more memory than the query limit"
                 f" ({self.memory_limit}): {line}"
             )
-        if isinstance(exc, duckdb.TransactionException) and "read-only" in line:
+        if "read-only mode" in line:  # a read-only transaction, or a read-only file
             return QueryRejected("query refused: queries are read-only and this one would write")
         if isinstance(exc, duckdb.PermissionException):
             return QueryRejected(

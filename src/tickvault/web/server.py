@@ -44,9 +44,9 @@ class HttpServer:
 
     def __init__(self, pipeline: Pipeline, settings: HttpSettings, token: str | None) -> None:
         self.settings = settings
-        self.app = create_app(pipeline, settings, token)
         self.host, self.port = parse_listen(settings.listen)
         require_token_off_loopback(settings.listen, self.host, token, settings.token_env)
+        self.app = create_app(pipeline, settings, token)
         self._server: _InLoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
