@@ -114,9 +114,14 @@ _CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
 
 _CLICKHOUSE_USERS = """<?xml version="1.0"?>
 <yandex>
-  <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+  <profiles><default><max_memory_usage>2000000000</max_memory_usage></default>
+    <tickvault_query><readonly>1</readonly><max_execution_time>2</max_execution_time>
+      <max_memory_usage>128000000</max_memory_usage><max_result_rows>100000</max_result_rows>
+      <result_overflow_mode>break</result_overflow_mode></tickvault_query></profiles>
   <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
-    <profile>default</profile><quota>default</quota></default></users>
+    <profile>default</profile><quota>default</quota></default>
+    <tv_reader><password>tv-reader-pw</password><networks><ip>127.0.0.1</ip></networks>
+      <profile>tickvault_query</profile><quota>default</quota></tv_reader></users>
   <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
     <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
   </interval></default></quotas>

@@ -472,6 +472,39 @@ async def test_clickhouse_refuses_writes_and_table_functions_itself(
         await store.close()
 
 
+def test_clickhouse_dedicated_read_only_user(
+    clickhouse_target: Target, clickhouse_server: ClickHouseServer, canary: Canary, tmp_path: Path
+) -> None:
+    """A user whose profile is ``readonly=1`` with its own limits (docs/stores.md): the
+    store sends it no settings, and reads work while writes and table functions do not."""
+    url = f"clickhouse://tv_reader:tv-reader-pw@127.0.0.1:{clickhouse_server.http_port}/tv_hostile"
+
+    def query(sql: str) -> Any:
+        return CliRunner().invoke(
+            app,
+            ["query", sql, "--json", "--data-dir", str(tmp_path), "--store", url],
+            env={"COLUMNS": "400"},
+        )
+
+    ok = query("SELECT symbol, count() AS n FROM trades GROUP BY symbol ORDER BY symbol")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout) == [
+        {"symbol": "BTCUSDT", "n": TRADES // 2},
+        {"symbol": "ETHUSDT", "n": TRADES // 2},
+    ]
+    for sql, reason in {
+        "SELECT * FROM file('x', 'TSV', 'a String')": "Table functions are forbidden",
+        "SELECT count() FROM system.numbers": "time limit",
+        "SELECT count() FROM (SELECT groupArray(number) FROM system.numbers)": "memory limit",
+        "SELECT 1 SETTINGS readonly = 0": "readonly",
+    }.items():
+        refused = query(sql)
+        assert refused.exit_code == 2, (sql, refused.output)
+        assert reason in " ".join(refused.output.split()), refused.output
+        assert_no_secret(canary, refused.output, sql)
+    assert "tv-reader-pw" not in ok.output
+
+
 ORDINARY = {
     "duckdb": [
         "SELECT symbol, count(*) AS n, round(avg(price), 3) AS p FROM trades GROUP BY symbol"

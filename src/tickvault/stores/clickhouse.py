@@ -120,8 +120,14 @@ class ClickHouseStore(Store):
     async def features(self) -> ServerFeatures:
         """The server's version and what tickvault uses of it (asked once per store)."""
         if self._features is None:
-            raw = await self._http.post("SELECT version()")
-            self._features = ServerFeatures.for_version(raw.decode().strip())
+            raw = await self._http.post(
+                "SELECT version(), (SELECT value FROM system.settings WHERE name = 'readonly')"
+            )
+            version, _, readonly = raw.decode().strip().partition("\t")
+            self._features = ServerFeatures.for_version(version)
+            # A user whose profile is read-only may not send any setting: its profile's
+            # own limits apply (docs/stores.md, "A read-only user for queries").
+            self._http.profile_settings_only = readonly.strip() not in ("", "0")
         return self._features
 
     def _table(self, spec: KindSpec) -> str:
@@ -254,7 +260,8 @@ class ClickHouseStore(Store):
         try:
             doc = await self._http.json(statement, self.query_settings(limit))
         except ClickHouseServerError as exc:
-            raise for_query(exc, self.query_timeout_s) from None
+            profile = self._http.profile_settings_only  # the user's profile sets the limit
+            raise for_query(exc, None if profile else self.query_timeout_s) from None
         columns, rows = decode_rows(doc, legacy_timestamps=self.legacy_timestamps)
         return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
 

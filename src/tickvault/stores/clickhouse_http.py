@@ -53,6 +53,9 @@ QUERY_REFUSED_CODES = frozenset({164, 62})  # READONLY, SYNTAX_ERROR (incl. mult
 TIMEOUT_EXCEEDED = 159
 MEMORY_LIMIT_EXCEEDED = 241
 _CODE = re.compile(r"Code:\s*(\d+)")
+_WIDE_INT = re.compile(r"^(Nullable\()?U?Int(64|128|256)\)?$")
+# URL parameters of the HTTP interface that are not settings (a read-only profile allows them).
+_REQUEST_PARAMS = frozenset({"database", "query_id", "session_id", "session_timeout"})
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,9 @@ class ClickHouseHTTP:
         self._timeout = httpx.Timeout(timeout, connect=5.0)
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.profile_settings_only = False
+        """True for a user whose profile is read-only: the server refuses any setting in
+        the request, so :meth:`json` sends none and names its format in the statement."""
 
     def _session(self) -> httpx.AsyncClient:
         """The connection pool of the running event loop (a new loop gets a new pool)."""
@@ -164,9 +170,16 @@ class ClickHouseHTTP:
 
     async def json(self, sql: str, params: dict[str, str] | None = None) -> dict[str, Any]:
         """Run a SELECT and return ClickHouse's ``JSONCompact`` document."""
-        query = {"default_format": "JSONCompact", "output_format_json_quote_64bit_integers": "0"}
-        query.update(params or {})
-        raw = await self.post(sql, params=query)
+        if self.profile_settings_only:
+            query = {k: v for k, v in (params or {}).items() if k in _REQUEST_PARAMS}
+            raw = await self.post(f"{sql}\nFORMAT JSONCompact", params=query)
+        else:
+            query = {
+                "default_format": "JSONCompact",
+                "output_format_json_quote_64bit_integers": "0",
+            }
+            query.update(params or {})
+            raw = await self.post(sql, params=query)
         try:
             doc = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -175,6 +188,8 @@ class ClickHouseHTTP:
             ) from None
         if not isinstance(doc, dict):
             raise StoreError("ClickHouse answered with an unexpected JSON document")
+        if self.profile_settings_only:
+            _unquote_64bit(doc)
         return doc
 
     async def aclose(self) -> None:
@@ -182,6 +197,17 @@ class ClickHouseHTTP:
         client, self._client = self._client, None
         if client is not None and self._loop is asyncio.get_running_loop():
             await client.aclose()
+
+
+def _unquote_64bit(doc: dict[str, Any]) -> None:
+    """Turn the 64-bit integers ClickHouse quotes by default back into numbers."""
+    wide = [i for i, m in enumerate(doc.get("meta", [])) if _WIDE_INT.match(str(m.get("type", "")))]
+    if not wide:
+        return
+    for row in doc.get("data", []):
+        for i in wide:
+            if isinstance(row[i], str):
+                row[i] = int(row[i])
 
 
 def for_insert(exc: ClickHouseServerError, table: str) -> StoreError:
