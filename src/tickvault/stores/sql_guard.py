@@ -1,10 +1,12 @@
-"""A small SQL scanner for stores whose server has no per-request read-only mode to lean on.
+"""A small SQL scanner: a first line in front of the engines' own read-only switches.
 
 :func:`check_single_select` accepts exactly one statement that starts with ``SELECT`` or
 ``WITH`` and returns it without a trailing semicolon. It understands comments, string
-literals and quoted identifiers, so a ``;`` or a keyword inside them does not count. It is a
-first line of defence: the ClickHouse store also sends ``readonly=2``, so the server itself
-refuses writes; QuestDB has no such switch, which is why this check exists at all.
+literals and quoted identifiers, so a ``;`` or a keyword inside them does not count. It only
+gives a clear one-line refusal early: no keyword list can make SQL read-only. What holds is
+each engine's switch: the ClickHouse store sends ``readonly=1`` with every user query (the
+server then refuses writes, settings and table functions); ``docs/http.md`` (Security) lists
+each store's.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ Endpoints (see ``docs/http.md``):
 * ``GET /ready`` 200 when every source is connected and the bus and store answer, else 503.
 * ``GET /status`` the same JSON as ``tickvault status --json``.
 * ``GET /metrics`` Prometheus text (:mod:`tickvault.web.metrics`).
-* ``GET /query?sql=&limit=`` one read-only statement through ``Store.query`` (its
-  read-only guard): 400 for refused or failing SQL, 503 while the store is unavailable or a
-  previous query is still running, 504 past ``[http] query_timeout_s``.
+* ``GET /query?sql=&limit=`` one read-only statement through ``Store.query`` (the store's
+  query sandbox): 400 for refused or failing SQL and for a query stopped by the store's
+  memory limit, 503 while the store is unavailable or a previous query is still running,
+  504 past the store's time limit or ``[http] query_timeout_s``.
 * ``GET /api/dashboard`` the compact snapshot the dashboard polls.
 * ``GET /`` the dashboard; ``/static/*`` its assets (package data, no CDN).
 * ``GET /openapi.json`` this description.
