@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -162,6 +163,7 @@ class DuckDBStore(Store):
 
     async def ensure_schema(self) -> None:
         await self._run(self._ensure_schema)
+        await self._run(self._open_query_cursor)  # the query sandbox, locked from the start
 
     def _write(self, kind: str, table: pa.Table) -> int:
         spec = spec_for(kind)
@@ -297,6 +299,12 @@ class DuckDBStore(Store):
                 self._con.close()
                 self._con = None
 
+        # A query still running (one the HTTP API already gave up on) is stopped first: its
+        # cursor cannot be closed while it is busy.
+        if self._query_cursor is not None:
+            self._query_cursor.interrupt()
+        await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self._query_executor.shutdown, wait=True)
+        )
         await self._run(op)
         self._executor.shutdown(wait=True)
-        self._query_executor.shutdown(wait=True)

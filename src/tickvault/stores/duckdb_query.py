@@ -71,9 +71,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _setting(cur: duckdb.DuckDBPyConnection, name: str) -> str | None:
-    row = cur.execute("SELECT value FROM duckdb_settings() WHERE name = ?", [name]).fetchone()
-    return None if row is None else str(row[0]).lower()
+def _settings(cur: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    names = [name for name, _ in _LOCKED_SETTINGS] + ["lock_configuration"]
+    rows = cur.execute(
+        "SELECT name, value FROM duckdb_settings() WHERE list_contains(?, name)", [names]
+    ).fetchall()
+    return {str(name): str(value).lower() for name, value in rows}
 
 
 def lock_down(cur: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
@@ -83,20 +86,24 @@ def lock_down(cur: duckdb.DuckDBPyConnection, memory_limit: str) -> None:
     sandbox settings; otherwise :class:`StoreUnavailable`, and no user SQL runs).
     """
     try:
-        if _setting(cur, "lock_configuration") == "true":
-            wrong = [n for n, v in _LOCKED_SETTINGS if _setting(cur, n) not in (v, None)]
+        current = _settings(cur)
+        if current.get("lock_configuration") == "true":
+            wrong = [n for n, v in _LOCKED_SETTINGS if current.get(n, v) != v]
             if wrong:
                 raise StoreUnavailable(
                     f"DuckDB configuration is locked without the query sandbox ({wrong})"
                 )
             return
-        for name, value in _LOCKED_SETTINGS:
-            if _setting(cur, name) is not None:
-                cur.execute(f"SET {name} = {value}")
-        cur.execute("SET memory_limit = ?", [memory_limit])
-        cur.execute("SET lock_configuration = true")
+        statements = [f"SET {n} = {v}" for n, v in _LOCKED_SETTINGS if n in current]
+        statements.append(f"SET memory_limit = '{_quote(memory_limit)}'")
+        statements.append("SET lock_configuration = true")  # last: nothing changes after it
+        cur.execute("; ".join(statements))
     except duckdb.Error as exc:
         raise StoreUnavailable(f"cannot set up the DuckDB query sandbox: {exc}") from None
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "''")
 
 
 class QuerySandbox:
