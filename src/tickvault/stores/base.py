@@ -8,7 +8,12 @@ Contract (checked by ``tests/test_store_contract.py``):
   already stored (also duplicates inside the table), and returns how many rows were new.
   When it returns, the rows are durable; when it raises, the caller must assume nothing
   was written and retry (retrying is harmless because of the keys).
-* ``query`` runs exactly one read-only statement and never changes stored data.
+* ``query`` runs exactly one read-only statement and never changes stored data; it reaches
+  the store's tables and nothing else (no files, URLs, extensions or settings), enforced by
+  the engine's own switches (``docs/http.md``, Security). A refused statement raises
+  :class:`~tickvault.errors.QueryRejected`; one stopped at the store's memory or time limit
+  :class:`~tickvault.errors.QueryLimitExceeded` / :class:`~tickvault.errors.QueryTimeout`
+  (the query no longer runs when it is raised). Messages are one line.
 """
 
 from __future__ import annotations
