@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import pytest
 from typer.testing import CliRunner
@@ -43,6 +44,7 @@ from tickvault.errors import StoreError
 from tickvault.stores import open_store
 from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.clickhouse_http import ClickHouseServerError
+from tickvault.stores.duckdb_query import lock_down
 
 from .cli_helpers import cli_env
 from .polling import eventually_sync
@@ -474,6 +476,40 @@ async def test_clickhouse_refuses_writes_and_table_functions_itself(
         ]
     finally:
         await store.close()
+
+
+def test_duckdb_refuses_writes_files_and_settings_itself(
+    duckdb_target: Target, canary: Canary
+) -> None:
+    """Past the statement-type check: inside the sandbox DuckDB itself refuses them."""
+    con = duckdb.connect(str(duckdb_target.offline_dir / "ticks.duckdb"))  # writable
+    try:
+        cur = con.cursor()
+        lock_down(cur, "128MB")
+        refused = {
+            "DELETE FROM trades": "read-only mode",
+            "UPDATE trades SET price = 0": "read-only mode",
+            "INSERT INTO trades SELECT * FROM trades": "read-only mode",
+            "DROP TABLE trades": "read-only mode",
+            f"COPY trades TO '{canary.out}/t.csv'": "disabled by configuration",
+            f"EXPORT DATABASE '{canary.out}/e'": "disabled",
+            f"ATTACH '{canary.out}/a.duckdb' AS a": "disabled by configuration",
+            "INSTALL httpfs": "disabled by configuration",
+            "LOAD httpfs": "disabled through configuration",
+            "SET enable_external_access = true": "configuration has been locked",
+            "SET lock_configuration = false": "configuration has been locked",
+            "RESET memory_limit": "configuration has been locked",
+        }
+        for sql, reason in refused.items():
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            with pytest.raises(duckdb.Error, match=reason):
+                cur.execute(sql)
+            cur.execute("ROLLBACK")
+        assert cur.execute("SELECT count(*) FROM trades").fetchone() == (TRADES,)
+        cur.close()
+    finally:
+        con.close()  # the offline door opens this file read-only afterwards
+    assert os.listdir(canary.out) == []
 
 
 def test_clickhouse_dedicated_read_only_user(
