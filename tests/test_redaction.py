@@ -103,6 +103,19 @@ def test_errors_mask_the_store_password(
         )
         assert result.exit_code == 2, result.output
         assert "Wrong password" in result.output and password not in result.output, args
+    # errors (and the status picture) that quote the URL itself show it masked
+    for command, option, bad in (
+        (["query", "SELECT 1"], "--store", "mystore"),
+        (["status"], "--store", "mystore"),
+        (["status"], "--bus", "mybus"),
+    ):
+        result = CliRunner().invoke(
+            app,
+            [*command, "--data-dir", str(tmp_path / "d"), option, f"{bad}://u:{password}@h/x"],
+            env={"COLUMNS": "400"},
+        )
+        flat = "".join(result.output.split())
+        assert f"{bad}://u:***@h/x" in flat and password not in flat, result.output
 
 
 async def test_alert_delivery_failures_log_no_token_or_password(
