@@ -377,3 +377,33 @@ def test_incident_004_in_clickhouse_show_and_reconcile_leave_their_table_alone(
     )
     again = run("restore")
     assert [p["trade_id"] for p in again["restored"]] == ["1a3d2f9c", "t-btc", "t-dup"]
+
+
+def test_incident_004_in_clickhouse_selected_by_the_config_file(
+    clickhouse_server: Any, tmp_path: Path
+) -> None:
+    """``[positions] state``/``table`` in the config do what ``--state``/``--table`` do; a
+    flag given on the command line still wins over the file."""
+    from typer.testing import CliRunner
+
+    from tickvault.positions.cli import app
+
+    database, url, _ = _clickhouse_incident(clickhouse_server)
+    config = tmp_path / "tickvault.toml"
+    config.write_text(f'[positions]\nstate = "{url}"\ntable = "position_state"\n')
+    runner = CliRunner()
+    result = runner.invoke(app, ["show", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.stdout)
+    assert [p["trade_id"] for p in shown["positions"]] == ["t-btc", "t-dup"]
+    assert "1a3d2f9c" in [m["trade_id"] for m in shown["malformed"]]
+    # the flag overrides the file: an empty embedded state instead of ClickHouse
+    local = tmp_path / "local.sqlite3"
+    result = runner.invoke(
+        app, ["show", "--config", str(config), "--state", f"sqlite://{local}", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["positions"] == []
+    restored = runner.invoke(app, ["restore", "--config", str(config), "--dry-run"])
+    assert restored.exit_code == 0, restored.output
+    assert f"restored 2 position(s) from clickhouse:{database}.position_state" in restored.stdout

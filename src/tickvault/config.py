@@ -245,6 +245,18 @@ SOURCE_KINDS: dict[str, type[_Section]] = {
 }
 
 
+class PositionsSettings(_Section):
+    state: str = ""
+    """Where position state lives: ``""`` for the data dir's ``state.sqlite3``,
+    ``clickhouse://[user[:password]@]host:8123/db`` or ``sqlite:///path``. The
+    ``positions`` commands' ``--state`` (env ``TICKVAULT_POSITIONS_STATE``) overrides it."""
+    table: str = ""
+    """A ClickHouse table holding the rows (e.g. ``position_state``), read-only when
+    tickvault did not create it; ``""`` for tickvault's own."""
+    columns: str = ""
+    """That table's column names for tickvault's: ``trade_id=tid,quantity=qty,...``."""
+
+
 class GuardianSettings(_Section):
     enabled: bool = True
     """Run the guardian inside ``tickvault run``."""
@@ -301,6 +313,7 @@ class Settings(_Section):
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     guardian: GuardianSettings = msgspec.field(default_factory=GuardianSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    positions: PositionsSettings = msgspec.field(default_factory=PositionsSettings)
     sources: list[Any] = msgspec.field(default_factory=list)
 
     @property
@@ -410,6 +423,7 @@ def settings_reference() -> str:
         ("[breaker]", BreakerSettings),
         ("[guardian]", GuardianSettings),
         ("[http]", HttpSettings),
+        ("[positions]", PositionsSettings),
         ('[[sources]] kind = "synthetic"', SyntheticSettings),
         ('[[sources]] kind = "replay"', ReplaySettings),
         ('[[sources]] kind = "binance"', BinanceSettings),

@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tickvault.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
+from tickvault.config import DEFAULT_DATA_DIR, ENV_DATA_DIR, load_settings
 from tickvault.errors import PositionSourceError, TickvaultError
 from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
 from tickvault.positions.clickhouse_sql import parse_columns
@@ -71,6 +71,28 @@ ColumnMap = Annotated[
     str | None,
     typer.Option("--columns", help="Their column names: trade_id=tid,quantity=qty,..."),
 ]
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML config file; its [positions] section gives defaults."),
+]
+
+
+def _with_config(
+    config: Path | None, state: str | None, table: str | None, columns: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """``--state``/``--table``/``--columns`` where given, else the config's ``[positions]``."""
+    if config is None:
+        return state, table, columns
+    try:
+        section = load_settings(config).positions
+    except TickvaultError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    return (
+        state if state is not None else section.state or None,
+        table if table is not None else section.table or None,
+        columns if columns is not None else section.columns or None,
+    )
 
 
 def _print_json(value: Any) -> None:
@@ -158,8 +180,10 @@ def show(
     state: StateUrl = None,
     table: TableName = None,
     columns: ColumnMap = None,
+    config: ConfigFile = None,
 ) -> None:
     """Show open positions and malformed latest rows (reads only)."""
+    state, table, columns = _with_config(config, state, table, columns)
     if _no_state(state, data_dir):
         if json_out:
             _print_json({"positions": [], "malformed": [], "rows": 0, "quarantined": 0})
@@ -238,8 +262,10 @@ def restore_(
     state: StateUrl = None,
     table: TableName = None,
     columns: ColumnMap = None,
+    config: ConfigFile = None,
 ) -> None:
     """Run the restore chain (state store, --snapshot, --redis-url, flat) and report it."""
+    state, table, columns = _with_config(config, state, table, columns)
     # The report below says everything restore logs; keep stderr for errors.
     logging.getLogger("tickvault.positions").addHandler(logging.NullHandler())
     with _user_errors():
@@ -300,8 +326,10 @@ def reconcile(
     state: StateUrl = None,
     table: TableName = None,
     columns: ColumnMap = None,
+    config: ConfigFile = None,
 ) -> None:
     """List legacy malformed rows; with --apply, settle latest ones with tombstones."""
+    state, table, columns = _with_config(config, state, table, columns)
     if _no_state(state, data_dir):
         if json_out:
             _print_json({"latest": [], "superseded": [], "applied": apply, "tombstones": []})
