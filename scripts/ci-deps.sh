@@ -20,3 +20,5 @@ if [ ${#browser[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${browser[@]}" >/dev/null
 fi
+# Apache Kafka (pinned in scripts/kafka/pom.xml) for the real-broker tests, into .deps/kafka/.
+bash "$(dirname "$0")/fetch-kafka.sh"

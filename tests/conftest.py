@@ -26,6 +26,7 @@ from tickvault.stores.duckdb import DuckDBStore
 from tickvault.stores.questdb import QuestDBStore
 
 from .kafka_mock import KafkaMockCluster
+from .kafka_server import KafkaServer
 from .questdb_double import QuestDBDouble
 from .servers import ClickHouseServer, NatsServer, RedisServer
 
@@ -141,23 +142,34 @@ def nats_bus_factory(nats_session_server: NatsServer) -> Iterator[BusFactory]:
     _close_all(made)
 
 
+# -- Kafka: real KRaft brokers (tests/kafka_server.py; jars from scripts/fetch-kafka.sh) --------
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaServer]:
+    """One real Kafka node (KRaft broker + controller) for the session; tests isolate
+    themselves by topic prefix. Tests that kill a broker start their own."""
+    server = KafkaServer(tmp_path_factory.mktemp("kafka-session")).start()
+    yield server
+    server.kill()  # its log dir is thrown away
+
+
 @pytest.fixture(scope="session")
 def kafka_mock_cluster() -> Iterator[KafkaMockCluster]:
-    """librdkafka's mock cluster (three brokers, in this process); tests isolate themselves
-    by topic prefix. It outlives any subprocess a test starts and kills."""
+    """librdkafka's mock cluster (three brokers, in this process), for fast unit-level
+    tests; tests isolate themselves by topic prefix."""
     cluster = KafkaMockCluster(brokers=3)
     yield cluster
     cluster.close()
 
 
 @pytest.fixture
-def kafka_bus_factory(kafka_mock_cluster: KafkaMockCluster) -> Iterator[BusFactory]:
+def kafka_bus_factory(kafka_server: KafkaServer) -> Iterator[BusFactory]:
+    """Kafka buses on the real session broker (KIP-848 groups: joins without a barrier)."""
     made: list[Bus] = []
 
     async def make() -> Bus:
-        # KIP-848 groups join at once on the mock cluster (classic ones wait ~3 s each);
-        # tests/test_kafka_*.py run the classic protocol too.
-        bus = KafkaBus.from_url(kafka_mock_cluster.url(group_protocol="consumer"))
+        bus = KafkaBus.from_url(kafka_server.url(group_protocol="consumer", partitions=3))
         made.append(bus)
         return bus
 

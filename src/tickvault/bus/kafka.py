@@ -31,9 +31,11 @@ What Kafka cannot do, and what this bus does instead
 ----------------------------------------------------
 * ``claim=False``: no claims; a dead member's partitions move to a live member when its
   session times out (rebalance). ``claim_stale`` returns ``[]``.
-* ``delivery_counts=False``: Kafka does not count deliveries. Entries carry this process's
-  count (1, then +1 per ``read_own_pending``); a crash-looping poison entry is not caught by
-  count (undecodable and invalid records are still dead-lettered).
+* ``delivery_counts=True``, although Kafka does not count deliveries: the bus keeps each
+  uncommitted offset's count in the metadata of the group's committed offset, written
+  before the entries are handed out, so a poison entry that crashes every writer that reads
+  it is dead-lettered after ``max_deliveries`` even across restarts and rebalances (see
+  :mod:`tickvault.bus.kafka_counts`).
 * ``consumer_registry=False``: ``pending``, ``consumers``, ``read_own_pending`` and
   ``delete_consumer`` describe this client's in-flight entries (delivered, not committed).
   ``delete_consumer`` hands the name's entries back; the next ``read`` delivers them again.
@@ -78,7 +80,7 @@ class KafkaBus(Bus):
     """Bus on Kafka; ``KafkaBus.from_url("kafka://127.0.0.1:9092/tickvault?retention=7d")``."""
 
     capabilities = Capabilities(
-        per_entry_ack=False, claim=False, delivery_counts=False, consumer_registry=False
+        per_entry_ack=False, claim=False, delivery_counts=True, consumer_registry=False
     )
 
     def __init__(self, options: KafkaOptions) -> None:
@@ -151,7 +153,11 @@ class KafkaBus(Bus):
 
     def _ensure_topic(self, stream: str) -> str:
         topic = self.options.topic(stream)
-        config = {"retention.ms": str(self.options.retention_ms), "cleanup.policy": "delete"}
+        config = {
+            "retention.ms": str(self.options.retention_ms),
+            "retention.bytes": str(self.options.retention_bytes),
+            "cleanup.policy": "delete",
+        }
         self.topics.ensure(topic, config, self.options.partitions)
         return topic
 
@@ -255,9 +261,11 @@ class KafkaBus(Bus):
                 h = m.held.get(entry_id)
                 if h is not None:
                     h.consumer, h.delivered_at = consumer, now
-                    h.deliveries += 1
+                    p, o = (int(x) for x in entry_id.split(":", 1))
+                    h.deliveries = m.count_delivery(p, o)
                     back.append(Entry(entry_id, h.payload, h.deliveries))
         if back:
+            await self._record_counts(m)
             return back
         deadline = now + block_ms / 1000
         while True:
@@ -269,18 +277,29 @@ class KafkaBus(Bus):
             entries = []
             with m.lock:
                 for msg in msgs:
-                    if not m.take(msg):
+                    deliveries = m.take(msg)
+                    if not deliveries:
                         continue  # revoked while the batch was in flight: the owner re-reads
                     p, o = msg.partition(), msg.offset()
                     entry_id = f"{p}:{o}"
                     payload = msg.value() or b""
                     ts = msg.timestamp()[1]
-                    m.held[entry_id] = Held(consumer, payload, 1, time.monotonic(), ts)
-                    entries.append(Entry(entry_id, payload, 1))
+                    m.held[entry_id] = Held(consumer, payload, deliveries, time.monotonic(), ts)
+                    entries.append(Entry(entry_id, payload, deliveries))
             if m.gaps:
                 await self._report_gaps(stream, group, m)
+            if entries:
+                await self._record_counts(m)
             if entries or remaining <= 0:
                 return entries
+
+    async def _record_counts(self, m: Member) -> None:
+        """Put the delivery counts on the broker before the entries are handed out
+        (:mod:`tickvault.bus.kafka_counts`); a failure only delays the count."""
+        try:
+            await self._on(m.executor, m.commit, None, True)
+        except BusError as exc:
+            log.warning("Kafka bus: delivery counts of %s not recorded: %s", m.topic, exc)
 
     async def _report_gaps(self, stream: str, group: str, m: Member) -> None:
         """Dead-letter (kind ``gap``) the ranges the topic's retention removed before the
@@ -320,11 +339,14 @@ class KafkaBus(Bus):
         with m.lock:
             for entry_id, h in m.held.items():
                 if h.consumer == consumer and entry_id not in m.returned:
-                    h.deliveries += 1
+                    p, o = (int(x) for x in entry_id.split(":", 1))
+                    h.deliveries = m.count_delivery(p, o)
                     h.delivered_at = time.monotonic()
                     out.append(Entry(entry_id, h.payload, h.deliveries))
                     if len(out) >= count:
                         break
+        if out:
+            await self._record_counts(m)
         return out
 
     async def ack(self, stream: str, group: str, ids: Sequence[str]) -> int:

@@ -8,6 +8,10 @@ URL: ``kafka://host:port[,host:port...]/topic-prefix?option=value&...``
 option                     default    meaning
 =========================  =========  =========================================================
 ``retention``              ``7d``     ``retention.ms`` of stream topics (``72h``, ``7d``, ms)
+``retention_bytes``        ``-1``     ``retention.bytes`` per partition of stream topics (-1: no
+                                      size limit, only ``retention`` removes records)
+``min_insync``             ``2``      ``min.insync.replicas`` of every topic tickvault creates
+                                      (capped at its replication factor)
 ``partitions``             ``6``      partitions of a stream topic created by tickvault
 ``replication``            ``3``      replication factor (capped at the number of brokers)
 ``session_timeout_ms``     ``10000``  consumer group session timeout (dead member detection)
@@ -67,6 +71,8 @@ class KafkaOptions:
     bootstrap: str
     prefix: str = "tickvault"
     retention_ms: int = 7 * 86_400_000
+    retention_bytes: int = -1
+    min_insync: int = 2
     partitions: int = 6
     replication: int = 3
     session_timeout_ms: int = 10_000
@@ -85,6 +91,8 @@ class KafkaOptions:
         q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         known = {
             "retention",
+            "retention_bytes",
+            "min_insync",
             "partitions",
             "replication",
             "session_timeout_ms",
@@ -100,6 +108,8 @@ class KafkaOptions:
                 bootstrap=parts.netloc,
                 prefix=prefix,
                 retention_ms=parse_duration_ms(q.get("retention", "7d")),
+                retention_bytes=int(q.get("retention_bytes", -1)),
+                min_insync=int(q.get("min_insync", 2)),
                 partitions=int(q.get("partitions", 6)),
                 replication=int(q.get("replication", 3)),
                 session_timeout_ms=int(q.get("session_timeout_ms", 10_000)),
@@ -109,6 +119,10 @@ class KafkaOptions:
             )
         except ValueError as exc:
             raise BusError(f"invalid Kafka bus option in {url!r}: {exc}") from None
+        if options.min_insync < 1 or options.replication < 1 or options.partitions < 1:
+            raise BusError(f"min_insync, replication and partitions must be >= 1: {url!r}")
+        if options.retention_bytes < -1 or options.retention_bytes == 0:
+            raise BusError(f"retention_bytes must be -1 (no limit) or positive: {url!r}")
         if options.group_protocol not in ("classic", "consumer"):
             raise BusError(f"group_protocol must be classic or consumer: {url!r}")
         return options
@@ -233,6 +247,7 @@ class Topics:
         # Without an admin API (the mock cluster) the metadata request below creates it.
         if topic not in md.topics and self.admin_api():
             replicas = max(1, min(self.options.replication, len(md.brokers)))
+            config = {**config, "min.insync.replicas": str(min(self.options.min_insync, replicas))}
             new = ck.admin.NewTopic(topic, partitions, replicas, config=config)
             fut = self._admin_client().create_topics([new], request_timeout=timeout)[topic]
             try:
@@ -250,18 +265,30 @@ class Topics:
             time.sleep(0.05)
         self._known.add(topic)
 
+    def describe(self, topic: str) -> dict[str, str]:
+        """The broker's effective configuration of ``topic`` (name → value); blocking."""
+        ck = kafka()
+        res = ck.admin.ConfigResource(ck.admin.ResourceType.TOPIC, topic)
+        timeout = self.options.timeout_ms / 1000
+        fut = self._admin_client().describe_configs([res], request_timeout=timeout)[res]
+        return {k: v.value for k, v in fut.result(timeout=timeout + 5).items()}
+
     def retention(self, topic: str) -> dict[str, Any]:
-        """``{"retention_ms": ..., "source": "broker" | "configured"}`` for ``topic``."""
+        """``{"retention_ms", "retention_bytes", "min_insync_replicas", "source"}`` of
+        ``topic``: as the broker reports them, else (no admin API) as configured."""
         if self.admin_api():
-            ck = kafka()
-            res = ck.admin.ConfigResource(ck.admin.ResourceType.TOPIC, topic)
-            timeout = self.options.timeout_ms / 1000
-            fut = self._admin_client().describe_configs([res], request_timeout=timeout)[res]
-            entry = fut.result(timeout=timeout + 5).get("retention.ms")
-            if entry is not None:
-                return {"retention_ms": int(entry.value), "source": "broker"}
+            config = self.describe(topic)
+            if "retention.ms" in config:
+                return {
+                    "retention_ms": int(config["retention.ms"]),
+                    "retention_bytes": int(config.get("retention.bytes", "-1")),
+                    "min_insync_replicas": int(config.get("min.insync.replicas", "1")),
+                    "source": "broker",
+                }
         return {
             "retention_ms": self.options.retention_ms,
+            "retention_bytes": self.options.retention_bytes,
+            "min_insync_replicas": self.options.min_insync,
             "source": "configured (the cluster has no admin API to confirm it)",
         }
 

@@ -2,8 +2,9 @@
 
 :class:`Member` holds the offset bookkeeping: per assigned partition the offsets delivered
 (in order) and those done; ``commit`` writes, per partition, ``offset + 1`` of the last entry
-of the contiguous done prefix. Rebalance callbacks run on the member's own thread inside
-``consume``; every state change happens under its lock.
+of the contiguous done prefix, with the partition's delivery counts as the commit's
+metadata (:mod:`tickvault.bus.kafka_counts`). Rebalance callbacks run on the member's own
+thread inside ``consume``; every state change happens under its lock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from tickvault.bus import kafka_counts
 from tickvault.bus.kafka_link import kafka, translate
 from tickvault.codec import FrameBuilder, column_values, decode_frame
 from tickvault.errors import BusError, DecodeError
@@ -75,6 +77,13 @@ class Member:
     early: deque[Any] = field(default_factory=deque)
     """Messages polled while joining, handed out by the next ``read``."""
     seen: dict[str, float] = field(default_factory=dict)
+    counts: dict[int, dict[int, int]] = field(default_factory=dict)
+    """Per partition: deliveries of each delivered, uncommitted offset (all owners so far)."""
+    committed_at: dict[int, int] = field(default_factory=dict)
+    """Per partition: the group's commit point as this member last knew it."""
+    uncounted: dict[int, int] = field(default_factory=dict)
+    """Partitions whose latest deliveries are not recorded on the broker yet (→ a number
+    that changes with every delivery, so a record in flight clears only what it carried)."""
 
     # -- rebalance callbacks (run on the member's thread, inside consume) -------------------
 
@@ -84,25 +93,39 @@ class Member:
         except Exception:
             committed = []
         start = {tp.partition: tp.offset for tp in committed if tp.offset >= 0}
+        loaded = {tp.partition: kafka_counts.decode(tp.metadata) for tp in committed}
         with self.lock:
             for tp in partitions:
-                self.assigned.add(tp.partition)
-                self.delivered[tp.partition] = deque()
-                self.done[tp.partition] = set()
-                self.expect[tp.partition] = start.get(tp.partition)
+                p = tp.partition
+                self.assigned.add(p)
+                self.delivered[p] = deque()
+                self.done[p] = set()
+                self.expect[p] = start.get(p)
+                self.counts[p] = loaded.get(p, {})
+                if p in start:
+                    self.committed_at[p] = start[p]
         self.assigned_once.set()
 
-    def take(self, msg: Any) -> bool:
-        """Record a delivered message (locked); False if its partition is not ours now."""
+    def take(self, msg: Any) -> int:
+        """Record a delivered message (locked); its delivery count, or 0 if its partition
+        is not ours now."""
         p, o = msg.partition(), msg.offset()
         if p not in self.assigned:
-            return False
+            return 0
         expected = self.expect.get(p)
         if expected is not None and o > expected:
             self.gaps.append((p, expected, o))
         self.expect[p] = o + 1
         self.delivered[p].append(o)
-        return True
+        return self.count_delivery(p, o)
+
+    def count_delivery(self, p: int, o: int) -> int:
+        """One more delivery of offset ``o`` of partition ``p`` (locked); the new count."""
+        counts = self.counts.setdefault(p, {})
+        n = counts.get(o, 0) + 1
+        counts[o] = n
+        self.uncounted[p] = self.uncounted.get(p, 0) + 1
+        return n
 
     def on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         lost = {tp.partition for tp in partitions}
@@ -125,6 +148,9 @@ class Member:
                 self.delivered.pop(p, None)
                 self.done.pop(p, None)
                 self.to_commit.pop(p, None)
+                self.counts.pop(p, None)
+                self.committed_at.pop(p, None)
+                self.uncounted.pop(p, None)
             for entry_id in [i for i in self.held if int(i.split(":", 1)[0]) in partitions]:
                 del self.held[entry_id]
             self.returned = deque(i for i in self.returned if i in self.held)
@@ -165,14 +191,38 @@ class Member:
         self.commit()
         return list(self.consumer.consume(count, timeout_s))
 
-    def commit(self, only: set[int] | None = None) -> None:
-        """Commit the pending commit points synchronously (blocking; member thread)."""
+    def _point(self, p: int) -> int | None:
+        """Where partition ``p``'s commit stands, or is about to (locked)."""
+        if p in self.to_commit:
+            return self.to_commit[p]
+        if p in self.committed_at:
+            return self.committed_at[p]
+        dq = self.delivered.get(p)
+        # Never committed: this member started at the partition's first record, so the
+        # first offset it delivered is a safe commit point (it skips nothing).
+        return dq[0] if dq else None
+
+    def commit(self, only: set[int] | None = None, record_counts: bool = False) -> None:
+        """Commit the pending commit points synchronously (blocking; member thread); with
+        ``record_counts``, also re-commit the current point of every partition whose deliveries are
+        not recorded yet, so the counts reach the broker before the entries are handed out."""
         ck = kafka()
         with self.lock:
             todo = {p: o for p, o in self.to_commit.items() if only is None or p in only}
-        if not todo:
-            return
-        offsets = [ck.TopicPartition(self.topic, p, o) for p, o in sorted(todo.items())]
+            if record_counts:
+                for p in self.uncounted.keys() & self.assigned:
+                    point = self._point(p)
+                    if point is not None and (only is None or p in only):
+                        todo.setdefault(p, point)
+            if not todo:
+                return
+            recorded = {p: g for p, g in self.uncounted.items() if p in todo}
+            offsets = [
+                ck.TopicPartition(
+                    self.topic, p, o, metadata=kafka_counts.encode(self.counts.get(p, {}), o)
+                )
+                for p, o in sorted(todo.items())
+            ]
         try:
             self.consumer.commit(offsets=offsets, asynchronous=False)
         except ck.KafkaException as exc:
@@ -184,7 +234,15 @@ class Member:
                 return
             raise translate(exc, "commit") from exc
         with self.lock:
+            for p, generation in recorded.items():
+                if self.uncounted.get(p) == generation:
+                    del self.uncounted[p]
             for p, o in todo.items():
+                if p in self.assigned:
+                    self.committed_at[p] = o
+                    counts = self.counts.get(p, {})
+                    for offset in [x for x in counts if x < o]:
+                        del counts[offset]
                 if self.to_commit.get(p) == o:
                     del self.to_commit[p]
 
