@@ -23,6 +23,10 @@ Contract
 * A drained batch is committed in the spool (cursor fsync'd; segments deleted once every
   frame in them is committed) only after the bus acknowledged all of it. A crash in between
   re-sends that batch: harmless, because store writes are idempotent on natural keys.
+* :meth:`path` names where an append made now goes (a bus's name, ``spool``, or ``none``),
+  and ``last_path`` where the last one went; ``snapshot()`` (``tickvault status``) and
+  ``/metrics`` (``tickvault_failover_path``) show both, so an operator sees at any moment
+  which path carries the traffic.
 * With ``spool=None`` and every bus failing, ``append`` raises
   :class:`~tickvault.errors.BusUnavailable` and the publisher keeps the frames (and holds
   the source back) as it always did.
@@ -109,6 +113,8 @@ class FailoverPublisher:
         self.stats = FailoverStats(frames_by_bus=[0] * len(self.buses))
         self._spooling = False
         self._handoff: asyncio.Event | None = None
+        self.last_path: str | None = None
+        """Where the last append went: a bus's name or ``spool`` (None before any)."""
 
     # -- the publisher's surface ------------------------------------------------------------
 
@@ -124,6 +130,7 @@ class FailoverPublisher:
                 ids = await self._try(i, lambda b=bus: b.append(stream, payloads))  # type: ignore[misc]
                 if ids is not None:
                     self.stats.frames_by_bus[i] += len(payloads)
+                    self.last_path = self.names[i]
                     return list(ids)
         if self.spool is None:
             raise BusUnavailable(f"every bus failed ({', '.join(self.names)}) and no spool")
@@ -131,6 +138,7 @@ class FailoverPublisher:
         if not await self.spool.append(stream, payloads, lambda: frame_records(payloads)):
             return []  # dropped by the spool's quota policy: counted and alerted there
         self.stats.frames_spooled += len(payloads)
+        self.last_path = "spool"
         return [
             f"spool:{self.spool.stats.appended - len(payloads) + k}" for k in range(len(payloads))
         ]
@@ -279,8 +287,19 @@ class FailoverPublisher:
         if run:
             await bus.append(run_stream, run)
 
+    def path(self) -> str:
+        """Where an append made now goes: the first bus whose breaker is closed (while the
+        spool holds no backlog), else ``spool``, else ``none`` (appends fail)."""
+        if not (self.spool is not None and self.spool.has_backlog):
+            for name, breaker in zip(self.names, self.breakers, strict=True):
+                if breaker.state is BreakerState.CLOSED:
+                    return name
+        return "spool" if self.spool is not None else "none"
+
     def snapshot(self) -> dict[str, Any]:
         return {
+            "path": self.path(),
+            "last_path": self.last_path,
             "buses": [
                 {"name": name, "frames": n, "breaker": b.snapshot()}
                 for name, n, b in zip(

@@ -312,6 +312,15 @@ class PipelineCollector(Collector):
                 "Frames written to the spool because no bus took them",
                 value=failover.get("frames_spooled", 0),
             )
+            path = GaugeMetricFamily(
+                "tickvault_failover_path",
+                "1 for the path new frames take now (a bus's name or spool), 0 for the others",
+                labels=["path"],
+            )
+            names = [str(b.get("name")) for b in failover.get("buses") or []]
+            for name in [*names, "spool"]:
+                path.add_metric([name], 1.0 if failover.get("path") == name else 0.0)
+            yield path
         if not spool:
             return
         yield GaugeMetricFamily(
