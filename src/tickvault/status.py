@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from tickvault.bus.base import Bus
+from tickvault.errors import BusError
 from tickvault.redact import redact_value
 from tickvault.stores.base import Store
 
@@ -37,12 +38,21 @@ async def collect_status(
     """
     streams = []
     retention = getattr(bus, "retention", None)  # buses with a retention window (Kafka)
-    for name in await bus.streams():
-        stream = msgspec.to_builtins(await bus.info(name))
-        if callable(retention):
-            stream["retention"] = await retention(name)
-        streams.append(stream)
-    by_reason = await bus.dead_letter_counts()
+    bus_error = None
+    by_reason: dict[str, int] = {}
+    try:
+        for name in await bus.streams():
+            stream = msgspec.to_builtins(await bus.info(name))
+            if callable(retention):
+                stream["retention"] = await retention(name)
+            streams.append(stream)
+        by_reason = await bus.dead_letter_counts()
+    except BusError as exc:
+        # The primary bus is down (incident 002): a running service still reports, and its
+        # ``failover`` section says where the traffic goes meanwhile.
+        if live is None:
+            raise
+        bus_error = str(exc)
     tables: dict[str, int] | None = None
     store_error = None
     wal: dict[str, Any] | None = None
@@ -62,7 +72,7 @@ async def collect_status(
             "data_dir": str(data_dir),
             "generated_at": time.time(),
             "running": live is not None,
-            "bus": {"url": bus_url, "streams": streams},
+            "bus": {"url": bus_url, "streams": streams, "error": bus_error},
             "store": {
                 "url": store_url,
                 "tables": tables,
