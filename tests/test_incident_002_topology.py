@@ -50,7 +50,7 @@ def metric_path(pipeline: Pipeline) -> str:
 
 
 async def test_nats_then_kafka_killed_then_both_restored_loses_and_duplicates_nothing(
-    tmp_path: Path,
+    tmp_path: Path, kafka_server: KafkaServer
 ) -> None:
     example = load_settings(EXAMPLE, data_dir=tmp_path / "data", env={})
     assert example.bus_url.startswith("nats://")
@@ -59,7 +59,7 @@ async def test_nats_then_kafka_killed_then_both_restored_loses_and_duplicates_no
     assert example.spool_path is not None
 
     primary = NatsServer(tmp_path / "nats").start()
-    kafka = KafkaServer(tmp_path / "kafka").start()
+    kafka = kafka_server  # the session's broker: killed and restarted (same ports and log)
     kafka_url = (
         kafka.url(group_protocol="consumer", partitions=3, timeout_ms=3000)
         + "&"
@@ -144,4 +144,5 @@ async def test_nats_then_kafka_killed_then_both_restored_loses_and_duplicates_no
             assert drained_in < DRAIN_WITHIN_S
     finally:
         primary.stop()
-        kafka.kill()
+        if not kafka.running:
+            kafka.start()

@@ -1,11 +1,13 @@
-"""The whole pipeline over Kafka (librdkafka's mock cluster, three brokers, in this process).
+"""The whole pipeline over Kafka.
 
 * SIGKILL ``tickvault replay --bus kafka://...`` at random instants, rerun, and compare the
-  store with the input exactly. The mock cluster lives in the test process, so it outlives
-  every killed replay; a killed writer's partitions move on once its session times out.
-* Rebalancing: a second writer joins a running group and the first one leaves mid-run;
-  every record ends up stored, exactly the input's keys (a commit past unfinished work
-  would lose records, and the key sets would differ).
+  store with the input exactly (librdkafka's mock cluster, three brokers in this process:
+  it outlives every killed replay; a killed writer's partitions move on once its session
+  times out).
+* Rebalancing, on a real Kafka broker: a second writer joins a running group and the first
+  one leaves mid-run while records keep flowing; every record ends up stored, exactly the
+  input's keys (a commit past unfinished work would lose records, and the key sets would
+  differ), none twice.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import duckdb
+
 from tickvault.bus.kafka import KafkaBus
 from tickvault.publisher import FramePublisher
 from tickvault.sample import write_recording
@@ -27,6 +31,7 @@ from tickvault.writer import Writer, WriterConfig
 from .cli_helpers import spawn, tv_json
 from .crash_helpers import published_lines
 from .kafka_mock import KafkaMockCluster
+from .kafka_server import KafkaServer
 from .polling import eventually
 from .test_redis_pipeline import _assert_exact, _keys, _wait
 
@@ -83,10 +88,11 @@ async def _publish(bus: KafkaBus, path: Path, a_left: asyncio.Event, done: async
 
 
 async def test_a_writer_joins_and_another_leaves_mid_run_and_contents_are_exact(
-    tmp_path: Path, kafka_mock_cluster: KafkaMockCluster
+    tmp_path: Path, kafka_server: KafkaServer
 ) -> None:
     rec = write_recording(tmp_path / "in.jsonl", 30_000, duplicate_share=0.0, seed=9)
-    url = kafka_mock_cluster.url(session_timeout_ms=3000)  # classic (eager) rebalancing
+    # Classic (eager) rebalancing: every partition is revoked and reassigned at each change.
+    url = kafka_server.url(session_timeout_ms=3000, partitions=6)
     source_bus, bus_a, bus_b = (KafkaBus.from_url(url) for _ in range(3))
     store = DuckDBStore(tmp_path / "ticks.duckdb")
     config = {"batch_entries": 4, "linger_ms": 0, "block_ms": 50}
@@ -118,6 +124,12 @@ async def test_a_writer_joins_and_another_leaves_mid_run_and_contents_are_exact(
             await bus.close()
         await store.close()
     keys = _keys(tmp_path / "ticks.duckdb")
+    con = duckdb.connect(str(tmp_path / "ticks.duckdb"), read_only=True)
+    try:
+        (rows,) = con.execute("SELECT count(*) FROM trades").fetchone() or (0,)
+    finally:
+        con.close()
+    assert rows == len(rec.trade_keys)  # none twice
     assert keys["trades"] == rec.trade_keys
     assert keys["quotes"] == rec.quote_keys
     assert keys["aggs"] == rec.agg_keys
