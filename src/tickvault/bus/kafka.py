@@ -49,7 +49,6 @@ What Kafka cannot do, and what this bus does instead
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -67,7 +66,8 @@ from tickvault.bus.base import (
     PendingEntry,
     StreamInfo,
 )
-from tickvault.bus.kafka_letters import GroupRegistry, KafkaDeadLetters
+from tickvault.bus.kafka_info import OffsetsInspector, RenewingProducer
+from tickvault.bus.kafka_letters import GroupRegistry, KafkaDeadLetters, gap_letters
 from tickvault.bus.kafka_link import KafkaOptions, Topics, kafka, translate
 from tickvault.bus.kafka_member import Held, Member, close_member, split_by_symbol
 from tickvault.errors import BusError, BusUnavailable
@@ -85,15 +85,14 @@ class KafkaBus(Bus):
 
     def __init__(self, options: KafkaOptions) -> None:
         self.options = options
-        ck = kafka()
-        self._producer = ck.Producer(options.producer_config())
+        self._producer = RenewingProducer(options)
         self._produce_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-produce")
         self._admin_pool = ThreadPoolExecutor(1, thread_name_prefix="kafka-admin")
         self.topics = Topics(options, self._producer)
         self.letters = KafkaDeadLetters(options, self._produce_sync)
         self.registry = GroupRegistry(options, self._produce_sync)
         self._members: dict[tuple[str, str], Member] = {}
-        self._inspectors: dict[str, Any] = {}
+        self.offsets = OffsetsInspector(options, self.registry)
         self._closed = False
         self.retention_gaps = 0
         """Ranges of records lost to retention before this bus's groups stored them."""
@@ -118,38 +117,7 @@ class KafkaBus(Bus):
     def _produce_sync(
         self, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
     ) -> list[str]:
-        """Produce and wait until every record is acknowledged; ids in record order."""
-        results: list[str | BaseException | None] = [None] * len(records)
-
-        def report(i: int) -> Callable[[Any, Any], None]:
-            def cb(err: Any, msg: Any) -> None:
-                if err is not None:
-                    results[i] = BusUnavailable(f"Kafka bus: append to {topic}: {err.str()}")
-                else:
-                    results[i] = f"{msg.partition()}:{msg.offset()}"
-
-            return cb
-
-        for i, (key, value, headers) in enumerate(records):
-            while True:
-                try:
-                    self._producer.produce(
-                        topic, value=value, key=key, headers=headers or None, on_delivery=report(i)
-                    )
-                    break
-                except BufferError:  # local queue full: let deliveries drain, then retry
-                    self._producer.poll(0.05)
-        remaining = self._producer.flush(self.options.timeout_ms / 1000 + 5)
-        if remaining:
-            raise BusUnavailable(f"Kafka bus: append to {topic}: {remaining} not acknowledged")
-        out: list[str] = []
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-            if r is None:
-                raise BusUnavailable(f"Kafka bus: append to {topic}: no delivery report")
-            out.append(r)
-        return out
+        return self._producer.produce(topic, records)
 
     def _ensure_topic(self, stream: str) -> str:
         topic = self.options.topic(stream)
@@ -306,28 +274,8 @@ class KafkaBus(Bus):
         group stored them: never a silent loss."""
         with m.lock:
             gaps, m.gaps = m.gaps, []
-        letters = []
-        for p, first, nxt in gaps:
-            log.error(
-                "Kafka bus: %s partition %d: offsets %d..%d were removed by retention before"
-                " group %s stored them",
-                m.topic,
-                p,
-                first,
-                nxt - 1,
-                group,
-            )
-            detail = {"topic": m.topic, "partition": p, "first": first, "last": nxt - 1}
-            letters.append(
-                NewDeadLetter(
-                    "gap",
-                    "removed by retention before it was stored",
-                    json.dumps(detail).encode(),
-                    f"gap:{group}:{p}:{first}",
-                )
-            )
         self.retention_gaps += len(gaps)
-        await self.add_dead_letters(stream, group, letters)
+        await self.add_dead_letters(stream, group, gap_letters(m.topic, group, gaps))
 
     async def read_own_pending(
         self, stream: str, group: str, consumer: str, count: int
@@ -446,38 +394,8 @@ class KafkaBus(Bus):
         topic = self.options.topic(stream)
         return await self._on(self._admin_pool, self.topics.retention, topic)
 
-    def _inspector(self, group: str) -> Any:
-        c = self._inspectors.get(group)
-        if c is None:
-            c = self._inspectors[group] = kafka().Consumer(self.options.consumer_config(group))
-        return c
-
-    def _info_sync(self, stream: str) -> tuple[dict[int, tuple[int, int]], dict[str, int]]:
-        """Watermarks per partition and, per group, records not committed yet."""
-        ck = kafka()
-        topic = self.options.topic(stream)
-        timeout = self.options.timeout_ms / 1000
-        meta = self._inspector("~inspect")
-        t = meta.list_topics(topic=topic, timeout=timeout).topics.get(topic)
-        if t is None or t.error is not None:
-            return {}, {}
-        marks = {
-            p: meta.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=timeout)
-            for p in sorted(t.partitions)
-        }
-        uncommitted: dict[str, int] = {}
-        for group in self.registry.of(stream):
-            tps = [ck.TopicPartition(topic, p) for p in marks]
-            committed = self._inspector(group).committed(tps, timeout=timeout)
-            total = 0
-            for tp in committed:
-                low, high = marks[tp.partition]
-                total += high - max(tp.offset if tp.offset >= 0 else low, low)
-            uncommitted[group] = total
-        return marks, uncommitted
-
     async def info(self, stream: str) -> StreamInfo:
-        marks, uncommitted = await self._on(self._admin_pool, self._info_sync, stream)
+        marks, uncommitted = await self._on(self._admin_pool, self.offsets.backlog, stream)
         groups = []
         for group, total in sorted(uncommitted.items()):
             m = self._members.get((stream, group))
@@ -529,9 +447,7 @@ class KafkaBus(Bus):
             self._producer.flush(5)
             self.letters.close()
             self.registry.close()
-            for c in self._inspectors.values():
-                c.close()
-            self._inspectors.clear()
+            self.offsets.close()
 
         await loop.run_in_executor(self._admin_pool, close_rest)
         self._admin_pool.shutdown(wait=True)

@@ -19,6 +19,8 @@ clusters without ``DescribeGroups`` rights, cannot list them.
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,6 +32,7 @@ Produce = Callable[[str, list[tuple[bytes, bytes, list[tuple[str, bytes]]]]], li
 """Append (key, value, headers) records to a topic durably; return their ids."""
 
 LETTER, REQUEUED = b"letter", b"requeued"
+log = logging.getLogger("tickvault.bus.kafka")
 
 
 def _key(stream: str, key: str) -> bytes:
@@ -146,6 +149,34 @@ class KafkaDeadLetters:
 
     def close(self) -> None:
         self.table.close()
+
+
+def gap_letters(
+    topic: str, group: str, gaps: Sequence[tuple[int, int, int]]
+) -> list[NewDeadLetter]:
+    """Dead letters (kind ``gap``, logged as errors) for ``(partition, first missing offset,
+    next offset read)`` ranges that retention removed before ``group`` stored them."""
+    letters = []
+    for p, first, nxt in gaps:
+        log.error(
+            "Kafka bus: %s partition %d: offsets %d..%d were removed by retention before"
+            " group %s stored them",
+            topic,
+            p,
+            first,
+            nxt - 1,
+            group,
+        )
+        detail = {"topic": topic, "partition": p, "first": first, "last": nxt - 1}
+        letters.append(
+            NewDeadLetter(
+                "gap",
+                "removed by retention before it was stored",
+                json.dumps(detail).encode(),
+                f"gap:{group}:{p}:{first}",
+            )
+        )
+    return letters
 
 
 def _fields(letter: DeadLetter) -> dict[str, Any]:

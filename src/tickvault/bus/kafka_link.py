@@ -150,13 +150,14 @@ class KafkaOptions:
     def base_config(self) -> dict[str, Any]:
         return {"bootstrap.servers": self.bootstrap, "logger": log, "log_level": 4}
 
-    def producer_config(self) -> dict[str, Any]:
+    def producer_config(self, **extra: Any) -> dict[str, Any]:
         return {
             **self.base_config(),
             "enable.idempotence": True,
             "acks": "all",
             "linger.ms": 2,
             "message.timeout.ms": self.timeout_ms,
+            **extra,
         }
 
     def group_id(self, group: str) -> str:
