@@ -1,11 +1,12 @@
 """Real Apache Kafka brokers for the tests (KRaft: no ZooKeeper), each on free loopback ports.
 
 The jars come from ``scripts/fetch-kafka.sh`` (``.deps/kafka/``, the version pinned in
-``scripts/kafka/pom.xml``). A :class:`KafkaServer` is one combined broker + controller
-node: its storage is formatted with Kafka's own storage tool (``kafka.tools.StorageTool``)
-and it runs ``kafka.Kafka`` with a small heap. ``stop`` (SIGTERM), ``kill`` (SIGKILL) and
-``start`` again keep its ports and log dir, like a restarted node. :func:`kafka_cluster`
-builds three such nodes that form one controller quorum.
+``scripts/kafka/pom.xml``; run here first if they are missing). A :class:`KafkaServer` is
+one combined broker + controller node: its storage is formatted with Kafka's own storage
+tool (``kafka.tools.StorageTool``) and it runs ``kafka.Kafka`` with a small heap.
+``stop`` (SIGTERM), ``kill`` (SIGKILL) and ``start`` again keep its ports and log dir, like
+a restarted node. :func:`kafka_cluster` builds three such nodes that form one controller
+quorum.
 
 Start-up is tuned for tests: no initial rebalance delay, few internal-topic partitions,
 short broker session timeouts (a killed node is fenced in ~3 s), C1-only JIT.
@@ -41,11 +42,22 @@ logger.started.level = info
 """
 
 
+def ensure_kafka() -> None:
+    """Fetch the pinned Kafka into ``.deps/kafka`` unless it is there (``make test`` on a
+    fresh machine works without running ``scripts/ci-deps.sh`` first)."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "fetch-kafka.sh")], capture_output=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/fetch-kafka.sh failed: {done.stderr.decode()[-2000:]}")
+
+
 def kafka_version() -> str:
     """The Kafka version in ``.deps/kafka`` (from the ``kafka_2.13-<version>.jar`` name)."""
     jars = sorted(KAFKA_LIBS.glob("kafka_2.13-*.jar"))
     if not jars:
-        raise RuntimeError("Kafka is not fetched: run scripts/fetch-kafka.sh")
+        ensure_kafka()
+        jars = sorted(KAFKA_LIBS.glob("kafka_2.13-*.jar"))
     return jars[-1].name.removeprefix("kafka_2.13-").removesuffix(".jar")
 
 
@@ -126,8 +138,7 @@ class KafkaServer:
         return path
 
     def _java(self, main: str, *args: str) -> list[str]:
-        if not (KAFKA_LIBS / f"kafka_2.13-{kafka_version()}.jar").is_file():
-            raise RuntimeError("Kafka is not fetched: run scripts/fetch-kafka.sh")
+        kafka_version()  # fetches the jars first if they are missing
         return [
             "java",
             *HEAP,
