@@ -202,6 +202,8 @@ def test_status_shows_breakers_failover_and_spool_of_a_running_service(tmp_path:
         text = tv("status", "--data-dir", data).stdout
         assert "circuit breakers" in text and "store" in text and "closed" in text
         assert f"spool {data / 'spool'}: 0 waiting" in text
+        assert f"traffic goes to sqlite:///{data / 'bus.sqlite3'}" in text
+        assert live["failover"]["path"] == live["failover"]["last_path"] == names[1][4:]
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)

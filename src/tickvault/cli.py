@@ -524,7 +524,16 @@ def _print_outage_state(data: dict[str, Any]) -> None:
             f"  {b['name']:<28} {b['state']:<9} opened {b['times_opened']}x{retry}{since}",
             highlight=False,
         )
-    spool = (data.get("failover") or {}).get("spool")
+    failover = data.get("failover") or {}
+    if failover.get("path"):
+        bus_error = (data.get("bus") or {}).get("error")
+        out.print(
+            f"[bold]traffic[/bold] goes to {failover['path']}"
+            f" (last append: {failover.get('last_path') or '-'})"
+            + (f"; primary bus: {bus_error}" if bus_error else ""),
+            highlight=False,
+        )
+    spool = failover.get("spool")
     if spool:
         out.print(
             f"[bold]spool[/bold] {spool['dir']}: {spool['backlog']:,} waiting,"
