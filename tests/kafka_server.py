@@ -215,6 +215,21 @@ class KafkaServer:
                 raise TimeoutError(f"Kafka node {self.node_id} not ready: {self.log_tail()}")
             time.sleep(0.1)
 
+    def dump_log(self, topic: str, partition: int) -> str:
+        """The record batches of a partition's log, as Kafka's ``DumpLogSegments`` tool
+        prints them (producer id, sequence numbers, ...), read from this node's log dir."""
+        segments = sorted((self.workdir / "data" / f"{topic}-{partition}").glob("*.log"))
+        done = subprocess.run(
+            self._java(
+                "kafka.tools.DumpLogSegments", "--files", ",".join(str(p) for p in segments)
+            ),
+            capture_output=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"DumpLogSegments failed: {done.stderr.decode()[-2000:]}")
+        return done.stdout.decode()
+
     def log_tail(self, chars: int = 3000) -> str:
         text = ""
         for name in ("stdout.log", "server.log"):

@@ -54,6 +54,17 @@ async def test_topics_are_created_with_the_configured_retention_and_min_insync(
         }
         producer = bus.options.producer_config()
         assert producer["enable.idempotence"] is True and producer["acks"] == "all"
+        # The broker's own log shows the producer is idempotent: its batches carry a
+        # producer id and sequence numbers (a plain producer writes producerId -1).
+        (entry_id,) = await bus.append(S, [b"one record"])
+        partition = int(entry_id.split(":")[0])
+        batches = [
+            line
+            for line in kafka_server.dump_log(topic, partition).splitlines()
+            if "baseOffset:" in line
+        ]
+        assert batches and all("producerId: -1" not in b for b in batches)
+        assert all("baseSequence: -1" not in b for b in batches)
     finally:
         await bus.close()
 
