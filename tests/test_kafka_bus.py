@@ -1,11 +1,11 @@
-"""Kafka-specific behaviour on librdkafka's mock cluster (the shared contract is in
-``tests/test_bus_contract.py``)."""
+"""Kafka-specific behaviour on librdkafka's mock cluster, and the delivery-count encoding
+(the shared contract is in ``tests/test_bus_contract.py``, on a real broker)."""
 
 from __future__ import annotations
 
 import json
 
-from tickvault.bus import open_bus
+from tickvault.bus import kafka_counts, open_bus
 from tickvault.bus.kafka import KafkaBus, split_by_symbol
 from tickvault.codec import column_values, decode_frame, encode_records
 from tickvault.records import Trade
@@ -99,3 +99,31 @@ async def test_records_retention_removed_before_they_were_stored_become_gap_lett
         for b in (bus, publisher, writer):
             if b is not None:
                 await b.close()
+
+
+def test_delivery_counts_round_trip_through_commit_metadata() -> None:
+    counts = {10: 2, 11: 2, 12: 1, 15: 3}
+    text = kafka_counts.encode(counts, start=11)
+    assert text == "tv1:11-11x2,12-12x1,15-15x3"  # offsets below the commit point drop out
+    assert kafka_counts.decode(text) == {11: 2, 12: 1, 15: 3}
+    assert kafka_counts.encode({5: 1}, start=6) == ""
+    assert kafka_counts.encode({1: 4, 2: 4, 3: 4}, start=0) == "tv1:1-3x4"
+
+
+def test_oversized_counts_merge_keeping_the_higher_count_and_bad_metadata_is_ignored() -> None:
+    # Alternating counts cannot form runs: 4,000 runs do not fit, so neighbours merge.
+    counts = {o: 1 + o % 2 for o in range(4000)}
+    text = kafka_counts.encode(counts, start=0)
+    assert len(text) <= kafka_counts.MAX_METADATA
+    back = kafka_counts.decode(text)
+    assert set(back) == set(counts)
+    assert all(back[o] >= n for o, n in counts.items())  # never understated
+    for foreign in (
+        None,
+        "",
+        "someone else's metadata",
+        "tv1:5-3x1",
+        "tv1:1-2xq",
+        "tv1:0-999999x1",
+    ):
+        assert kafka_counts.decode(foreign) == {}
