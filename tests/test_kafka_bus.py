@@ -1,5 +1,6 @@
-"""Kafka-specific behaviour on librdkafka's mock cluster, and the delivery-count encoding
-(the shared contract is in ``tests/test_bus_contract.py``, on a real broker)."""
+"""Kafka-specific behaviour: per-symbol keys and order (real broker), retention gaps
+(librdkafka's mock cluster, whose size-capped log drops old records at once), and the
+delivery-count encoding. The shared contract is in ``tests/test_bus_contract.py``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from tickvault.codec import column_values, decode_frame, encode_records
 from tickvault.records import Trade
 
 from .kafka_mock import KafkaMockCluster
+from .kafka_server import KafkaServer
 
 S, G = "ticks", "writers"
 
@@ -40,9 +42,10 @@ def test_a_mixed_frame_is_split_per_symbol_in_row_order() -> None:
 
 
 async def test_one_symbols_records_stay_in_order_in_one_partition(
-    kafka_mock_cluster: KafkaMockCluster,
+    kafka_server: KafkaServer,
 ) -> None:
-    bus = open_bus(kafka_mock_cluster.url(group_protocol="consumer"))
+    """On the real session broker (six partitions)."""
+    bus = open_bus(kafka_server.url(group_protocol="consumer", partitions=6))
     assert isinstance(bus, KafkaBus)
     try:
         await bus.ensure_group(S, G)
