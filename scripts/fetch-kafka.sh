@@ -11,13 +11,25 @@ stamp="$dest/.complete-$(sha256sum "$pom" | cut -c1-16)"
 if [ -f "$stamp" ] && [ -f "$dest/kafka_2.13-$version.jar" ]; then
   exit 0
 fi
-command -v mvn >/dev/null || { echo "fetch-kafka: mvn (Maven) is required" >&2; exit 1; }
-command -v java >/dev/null || { echo "fetch-kafka: java (17+) is required" >&2; exit 1; }
+# Java 17 runs the broker, Maven fetches it (Debian packages, installed when missing).
+need=()
+command -v java >/dev/null || need+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null || need+=(maven)
+if [ ${#need[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 tmp="$dest.tmp.$$"
 rm -rf "$tmp"
 mkdir -p "$tmp"
-mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
-  -DincludeScope=runtime -DoutputDirectory="$tmp" >&2
+if ! mvn -q -B -Dstyle.color=never -f "$pom" dependency:copy-dependencies \
+  -DincludeScope=runtime -DoutputDirectory="$tmp" >"$tmp.log" 2>&1; then
+  cat "$tmp.log" >&2
+  echo "fetch-kafka: mvn dependency:copy-dependencies failed" >&2
+  exit 1
+fi
+rm -f "$tmp.log"
 rm -rf "$dest"
 mv "$tmp" "$dest"
 touch "$stamp"
