@@ -39,7 +39,8 @@ What Kafka cannot do, and what this bus does instead
 * ``consumer_registry=False``: ``pending``, ``consumers``, ``read_own_pending`` and
   ``delete_consumer`` describe this client's in-flight entries (delivered, not committed).
   ``delete_consumer`` hands the name's entries back; the next ``read`` delivers them again.
-* ``trim_acknowledged`` returns 0: the topic's retention removes old records.
+* ``trim_acknowledged`` returns 0: the topic's retention removes old records; ``scan``
+  reads what it still holds (``tickvault rebuild``).
 * ``info``: ``pending`` = this client's in-flight entries, ``lag`` = everything else the
   group has not committed (high watermark - committed offset), so ``pending + lag == 0``
   means the group committed everything, whichever process consumed it.
@@ -64,6 +65,7 @@ from tickvault.bus.base import (
     GroupInfo,
     NewDeadLetter,
     PendingEntry,
+    RetainedEntry,
     StreamInfo,
 )
 from tickvault.bus.kafka_info import OffsetsInspector, RenewingProducer
@@ -388,6 +390,20 @@ class KafkaBus(Bus):
     async def trim_acknowledged(self, stream: str) -> int:
         """0: the topic's ``retention.ms`` removes old records, acknowledged or not."""
         return 0
+
+    async def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        *,
+        limit: int = 1000,
+        after_id: str | None = None,
+    ) -> list[RetainedEntry]:
+        """What the topic's retention still holds (``tickvault rebuild``): partition by
+        partition, oldest first in each (see :meth:`OffsetsInspector.scan`)."""
+        op = self.offsets.scan
+        return await self._on(self._admin_pool, op, stream, since_ms, until_ms, limit, after_id)
 
     async def retention(self, stream: str) -> dict[str, Any]:
         """The stream topic's retention (the replay window of ``tickvault rebuild``)."""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
+from tickvault.bus.base import RetainedEntry
 from tickvault.bus.kafka_letters import GroupRegistry
 from tickvault.bus.kafka_link import KafkaOptions, kafka
 from tickvault.errors import BusUnavailable
@@ -145,6 +147,56 @@ class OffsetsInspector:
                 total += high - max(tp.offset if tp.offset >= 0 else low, low)
             uncommitted[group] = total
         return marks, uncommitted
+
+    def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None,
+        limit: int,
+        after_id: str | None,
+    ) -> list[RetainedEntry]:
+        """Up to ``limit`` records the topic still retains with a timestamp in
+        ``[since_ms, until_ms)``, partition by partition, each in offset order; paging
+        resumes after ``after_id`` (``"<partition>:<offset>"``). Manual assignment: no
+        group, no commit. Each partition starts at ``offsets_for_times(since_ms)``."""
+        ck = kafka()
+        topic = self.options.topic(stream)
+        timeout = self.options.timeout_ms / 1000
+        c = self._consumer("~scan")
+        t = c.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        if t is None or t.error is not None:
+            return []
+        after_p, after_o = (int(x) for x in after_id.split(":", 1)) if after_id else (-1, -1)
+        out: list[RetainedEntry] = []
+        for p in sorted(x for x in t.partitions if x >= after_p):
+            low, high = c.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=timeout)
+            (at,) = c.offsets_for_times([ck.TopicPartition(topic, p, since_ms)], timeout=timeout)
+            pos = max(low, at.offset if at.offset >= 0 else high)
+            if p == after_p:
+                pos = max(pos, after_o + 1)
+            if pos >= high:
+                continue
+            c.assign([ck.TopicPartition(topic, p, pos)])
+            deadline = time.monotonic() + timeout
+            try:
+                while pos < high and len(out) < limit:
+                    if time.monotonic() > deadline:
+                        raise BusUnavailable(f"Kafka bus: scan of {topic} timed out")
+                    for msg in c.consume(min(500, limit - len(out)), 0.2):
+                        if msg.error() is not None or msg.partition() != p or msg.offset() < pos:
+                            continue
+                        pos = msg.offset() + 1
+                        ts = msg.timestamp()[1]
+                        if ts >= since_ms and (until_ms is None or ts < until_ms):
+                            out.append(RetainedEntry(f"{p}:{msg.offset()}", msg.value() or b"", ts))
+                            if len(out) >= limit:
+                                break
+            finally:
+                c.unassign()
+            if len(out) >= limit:
+                break
+        return out
 
     def close(self) -> None:
         for c in self._consumers.values():
