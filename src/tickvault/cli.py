@@ -285,10 +285,40 @@ def demo(
 
 @app.command()
 def replay(
-    paths: Annotated[list[Path], typer.Argument(help="Recorded JSON-lines files (.gz ok).")],
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Recorded message files (JSON lines, cryptofeed or hftbacktest captures;"
+            " .gz ok) or data.binance.vision trades/aggTrades CSVs (.zip ok)."
+        ),
+    ],
     restart: Annotated[
         bool, typer.Option(help="Ignore checkpoints and replay from the start.")
     ] = False,
+    exchange: Annotated[
+        str,
+        typer.Option(
+            "--exchange",
+            help="The Binance market the files come from: binance (spot), binance-usdm,"
+            " binance-coinm, binance-us, binance-tr.",
+        ),
+    ] = "binance",
+    line_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Line format: auto, json, cryptofeed (`<s>: {json}`),"
+            " hftbacktest (`<ns> {json}`).",
+        ),
+    ] = "auto",
+    symbol: Annotated[
+        str | None,
+        typer.Option(
+            "--symbol",
+            help="Symbol of lines that do not name one (bare REST depth snapshots, CSVs"
+            " not named SYMBOL-trades-...).",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
     data_dir: DataDir = None,
     config: ConfigFile = None,
@@ -301,6 +331,17 @@ def replay(
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
+
+    from tickvault.sources.binance_capture import FORMATS
+    from tickvault.sources.binance_markets import check_market
+
+    try:
+        check_market(exchange)
+        if line_format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}")
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
     async def main() -> int:
         plan = plan_replay(settings, list(paths), restart)
@@ -321,6 +362,9 @@ def replay(
                 settings,
                 plan,
                 restart=restart,
+                exchange=exchange,
+                line_format=line_format,
+                symbol=symbol,
                 handle_signals=True,
                 on_progress=lambda p: progress.update(
                     task, completed=plan.resume_at + p.lines, stored=p.writer.stats.inserted
@@ -330,7 +374,12 @@ def replay(
         result = summary.as_dict() | {
             "skipped_lines": produced.skipped_lines,
             "files_already_done": produced.files_already_done,
+            "exchange": exchange,
+            "skipped": produced.skipped,
+            "foreign_messages": produced.foreign,
+            "quotes_stamped_with_replay_time": produced.untimed_quotes,
         }
+        _replay_warnings(exchange, produced)
         if json_out:
             _print_json(result)
         else:
@@ -348,12 +397,31 @@ def replay(
                 )
             for reason, n in sorted(summary.dead_letters.items(), key=lambda kv: -kv[1]):
                 out.print(f"  dead letter: {n:>8,}  {reason}", highlight=False)
+            for reason, n in sorted(produced.skipped.items(), key=lambda kv: -kv[1]):
+                out.print(f"  skipped:     {n:>8,}  {reason}", highlight=False)
             if not summary.drained:
                 out.print(f"[yellow]not drained: backlog {summary.backlog}[/yellow]")
         return 0 if summary.drained else 1
 
     code = _run(main())
     raise typer.Exit(code)
+
+
+def _replay_warnings(exchange: str, produced: Any) -> None:
+    """Warn once per run about what the user may not expect (stderr, also with --json)."""
+    if produced.foreign:
+        err.print(
+            f"[yellow]warning:[/yellow] {produced.foreign:,} messages carry fields that"
+            f" market {exchange!r} does not send (futures fields replayed as spot, or the"
+            " reverse): check --exchange",
+            highlight=False,
+        )
+    if produced.untimed_quotes:
+        err.print(
+            f"note: {produced.untimed_quotes:,} book tickers carry no time of their own and"
+            " the file no receive time: their ts_recv is the replay time",
+            highlight=False,
+        )
 
 
 # -- query / status ---------------------------------------------------------------------------

@@ -39,6 +39,9 @@ class ProducerResult:
     rejects: Counter[str] = field(default_factory=Counter)
     skipped_lines: int = 0
     files_already_done: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    foreign: int = 0
+    untimed_quotes: int = 0
     error: str | None = None
 
 
@@ -48,6 +51,9 @@ class ReplaySpec:
 
     paths: list[Path]
     restart: bool = False
+    exchange: str = "binance"
+    line_format: str = "auto"
+    symbol: str | None = None
 
 
 def _die_with_parent(parent: int) -> None:
@@ -71,7 +77,14 @@ async def _produce(
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     checkpoints = CheckpointStore(settings.state_path)
-    source = ReplaySource(spec.paths, checkpoints, restart=spec.restart)
+    source = ReplaySource(
+        spec.paths,
+        checkpoints,
+        restart=spec.restart,
+        exchange=spec.exchange,
+        line_format=spec.line_format,  # type: ignore[arg-type]
+        symbol=spec.symbol,
+    )
     bus = open_bus(settings.bus_url)
     publisher = FramePublisher(
         bus, settings.bus.stream, max_records=settings.publisher.frame_records
@@ -99,6 +112,9 @@ async def _produce(
         rejects=pump.rejects,
         skipped_lines=source.skipped_lines,
         files_already_done=source.files_already_done,
+        skipped=dict(source.skipped),
+        foreign=source.foreign,
+        untimed_quotes=source.untimed_quotes,
     )
 
 

@@ -17,6 +17,7 @@ from tickvault.config import Settings
 from tickvault.errors import ConfigError
 from tickvault.pipeline import Pipeline, RunSummary
 from tickvault.producer import ProducerProcess, ProducerResult, ReplaySpec
+from tickvault.sources.binance_markets import check_market
 from tickvault.sources.replay import count_lines, file_key
 
 
@@ -56,9 +57,18 @@ async def run_replay(
     restart: bool = False,
     on_progress: Callable[[Pipeline], None] | None = None,
     handle_signals: bool = False,
+    exchange: str = "binance",
+    line_format: str = "auto",
+    symbol: str | None = None,
 ) -> tuple[RunSummary, ProducerResult]:
-    """Replay ``plan`` and wait until every record is stored and acknowledged."""
-    producer = ProducerProcess(settings, ReplaySpec(plan.paths, restart))
+    """Replay ``plan`` and wait until every record is stored and acknowledged.
+
+    ``exchange`` is the Binance market every row is stamped with (``binance``,
+    ``binance-usdm``...); ``line_format`` and ``symbol`` are passed to the replay source.
+    """
+    check_market(exchange)
+    spec = ReplaySpec(plan.paths, restart, exchange, line_format, symbol)
+    producer = ProducerProcess(settings, spec)
     # The owner's lock first (a second replay on the same data dir must fail before it
     # publishes anything), then the child, which starts up while the store opens.
     async with Pipeline(settings, [], drain_timeout=None, on_locked=producer.start) as pipeline:

@@ -53,7 +53,8 @@ from tickvault.sources.binance_conn import (
     stream_names,
 )
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
-from tickvault.sources.binance_wire import EXCHANGE, ParseError, parse_values
+from tickvault.sources.binance_markets import market_from_url
+from tickvault.sources.binance_wire import ParseError, SkippedMessage, parse_values
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.rest import RestClient, VenueError, backoff_delay
 
@@ -81,6 +82,8 @@ class BinanceSource(Source):
         self.clock = clock
         self.wall_us = wall_us
         self.rng = rng or random.Random()
+        # Each market is its own key space: the endpoint says which one this is.
+        self.exchange = market_from_url(o.ws_url)
         self.streams = stream_names(o.symbols, o.channels)
         self.groups = split_streams(self.streams, o.max_streams_per_connection)
         self.trades = IdTracker("trade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)
@@ -108,7 +111,9 @@ class BinanceSource(Source):
             backoff_max_s=o.backoff_max_s,
             rng=self.rng,
         )
-        self.backfiller = TradeBackfiller(self.rest, api_key=o.api_key, wall_us=wall_us)
+        self.backfiller = TradeBackfiller(
+            self.rest, api_key=o.api_key, wall_us=wall_us, exchange=self.exchange
+        )
         self._stopping = asyncio.Event()
         self.inbox = FrameInbox()
         self.connections = StreamConnections(
@@ -228,6 +233,7 @@ class BinanceSource(Source):
         pop = queued.popleft
         arrived = self.inbox.arrived
         trades, aggs = self.trades, self.aggs
+        exchange = self.exchange
         rows = batch.rows
         count = 0
         limit = o.batch_max_records if limit is None else limit
@@ -249,7 +255,9 @@ class BinanceSource(Source):
             if record:
                 frames.append(data)
             try:
-                kind, row = parse_values(data, recv_us)
+                kind, row = parse_values(data, recv_us, exchange)
+            except SkippedMessage:
+                continue
             except ParseError as exc:
                 batch.rejects.append(
                     NewDeadLetter("raw", exc.reason, data, f"binance:{tag}:{recv_us}:{seq}")
@@ -326,7 +334,13 @@ class BinanceSource(Source):
                 self._emit_row(
                     "book_snapshot",
                     snapshot_row(
-                        symbol, snap.lastUpdateId, "rest", snap.bids, snap.asks, self.wall_us()
+                        symbol,
+                        snap.lastUpdateId,
+                        "rest",
+                        snap.bids,
+                        snap.asks,
+                        self.wall_us(),
+                        self.exchange,
                     ),
                 )
                 was_live = sync.live
@@ -371,7 +385,9 @@ class BinanceSource(Source):
             bids, asks = sync.book.sorted_levels(self.options.depth_snapshot_limit)
             self._emit_row(
                 "book_snapshot",
-                snapshot_row(sync.symbol, sync.book_update_id, "local", bids, asks, now),
+                snapshot_row(
+                    sync.symbol, sync.book_update_id, "local", bids, asks, now, self.exchange
+                ),
             )
 
     # -- gaps and backfill ----------------------------------------------------------------------
@@ -390,10 +406,8 @@ class BinanceSource(Source):
         reason: str,
         status_us: int,
     ) -> None:
-        self._emit_row(
-            "gap",
-            (EXCHANGE, symbol, channel, from_id, to_id, detected_us, status, reason, status_us),
-        )
+        row = (self.exchange, symbol, channel, from_id, to_id, detected_us, status, reason)
+        self._emit_row("gap", (*row, status_us))
         log.log(
             logging.WARNING if status in ("open", "unrecoverable") else logging.INFO,
             "gap %s %s [%d, %d] %s: %s",

@@ -225,11 +225,17 @@ async def fetch_snapshot(rest: RestClient, symbol: str, limit: int) -> Snapshot:
 
 
 def snapshot_row(
-    symbol: str, last_update_id: int, origin: str, bids: Levels, asks: Levels, recv_us: int
+    symbol: str,
+    last_update_id: int,
+    origin: str,
+    bids: Levels,
+    asks: Levels,
+    recv_us: int,
+    exchange: str = EXCHANGE,
 ) -> tuple[Any, ...]:
     """A ``book_snapshot`` row (column order of ``KINDS["book_snapshot"]``)."""
     return (
-        EXCHANGE,
+        exchange,
         symbol,
         last_update_id,
         origin,

@@ -193,10 +193,12 @@ class TradeBackfiller:
         *,
         api_key: str | None = None,
         wall_us: Callable[[], int] = lambda: time.time_ns() // 1000,
+        exchange: str = EXCHANGE,
     ) -> None:
         self.rest = rest
         self.api_key = api_key
         self.wall_us = wall_us
+        self.exchange = exchange
 
     async def backfill(self, hole: Hole) -> BackfillResult:
         try:
@@ -251,7 +253,7 @@ class TradeBackfiller:
                     bad += 1
                     continue
                 rows[tid] = (
-                    EXCHANGE,
+                    self.exchange,
                     hole.symbol,
                     tid,
                     price,
@@ -288,7 +290,7 @@ class TradeBackfiller:
                     bad += 1
                     continue
                 rows[aid] = (
-                    EXCHANGE,
+                    self.exchange,
                     hole.symbol,
                     aid,
                     price,
@@ -335,7 +337,7 @@ class TradeBackfiller:
                 price, qty = _num(a["p"]), _num(a["q"])
                 if 0 < price < _INF and 0 <= qty < _INF:
                     rows[first] = (
-                        EXCHANGE,
+                        self.exchange,
                         hole.symbol,
                         first,
                         price,

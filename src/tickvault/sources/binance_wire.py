@@ -1,4 +1,4 @@
-"""Binance spot wire messages → tickvault records.
+"""Binance wire messages (spot, USD-M and COIN-M futures) → tickvault records.
 
 Parsing is the hot path of both the live collector and ``tickvault replay``: each message
 kind is decoded straight into a typed msgspec struct (prices arrive as decimal strings and
@@ -9,7 +9,15 @@ whitespace do not matter for correctness.
 
 Every failure raises :class:`ParseError` whose ``reason`` is short and stable (it becomes
 the dead-letter reason): ``malformed JSON``, ``missing field `p```, ``unknown event type
-'foo'``, ``non-finite price``, ``negative qty``...
+'foo'``, ``non-finite price``, ``negative qty``... A message that is valid but carries no
+record (an open kline) raises :class:`SkippedMessage` (a ``ParseError``): callers count it
+instead of dead-lettering it.
+
+Every market (spot, USD-M, COIN-M, Binance.US, Binance TR) has its own id spaces, so the
+``exchange`` column names the market (:mod:`tickvault.sources.binance_markets`); the caller
+passes it. Partial-depth streams (``@depth5/10/20``) are top-of-book snapshots: they become
+``book_snapshot`` rows (origin ``partial``), never depth diffs; a bare REST depth snapshot
+(``{"lastUpdateId":..}``) becomes one with origin ``rest``. Closed klines become bars.
 """
 
 from __future__ import annotations
@@ -25,10 +33,19 @@ from tickvault.errors import RecordError
 from tickvault.records import KINDS, Record
 
 EXCHANGE = "binance"
+_BAR_COLUMNS = KINDS["bar"].columns
 
 
 class ParseError(RecordError):
     """A venue message could not be turned into a valid record."""
+
+
+class SkippedMessage(ParseError):
+    """A valid message that carries no record (an open kline): counted, not dead-lettered."""
+
+
+class SymbolNeeded(ParseError):
+    """A depth snapshot that does not name its symbol (a bare REST snapshot line)."""
 
 
 class _Trade(msgspec.Struct, tag_field="e", tag="trade"):
@@ -60,6 +77,19 @@ class _BookTicker(msgspec.Struct):
     B: float
     a: float
     A: float
+    T: int | None = None  # futures: transaction time (ms)
+    E: int | None = None  # futures: event time (ms)
+
+
+class _FuturesBookTicker(msgspec.Struct, tag_field="e", tag="bookTicker"):
+    u: int
+    s: str
+    b: float
+    B: float
+    a: float
+    A: float
+    T: int | None = None
+    E: int | None = None
 
 
 class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
@@ -69,6 +99,42 @@ class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     u: int
     b: list[tuple[float, float]]
     a: list[tuple[float, float]]
+
+
+class _PartialDepth(msgspec.Struct):
+    """A top-N book: a spot partial-depth message or REST snapshot (``lastUpdateId``,
+    ``bids``, ``asks``), or a futures partial-depth message (diff shape: ``u``, ``b``, ``a``).
+    """
+
+    lastUpdateId: int | None = None
+    bids: list[tuple[float, float]] | None = None
+    asks: list[tuple[float, float]] | None = None
+    u: int | None = None
+    b: list[tuple[float, float]] | None = None
+    a: list[tuple[float, float]] | None = None
+    E: int | None = None
+    s: str | None = None
+    symbol: str | None = None  # COIN-M REST snapshots name their symbol
+
+
+class _KlineBody(msgspec.Struct):
+    t: int
+    s: str
+    i: str
+    o: float
+    c: float
+    h: float
+    l: float  # noqa: E741 - the venue's field name
+    v: float
+    n: int
+    x: bool
+    q: float | None = None
+
+
+class _Kline(msgspec.Struct, tag_field="e", tag="kline"):
+    E: int
+    s: str
+    k: _KlineBody
 
 
 class _Wrapped(msgspec.Struct):
@@ -81,22 +147,30 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "aggTrade": msgspec.json.Decoder(_AggTrade, strict=False),
     "bookTicker": msgspec.json.Decoder(_BookTicker, strict=False),
     "depthUpdate": msgspec.json.Decoder(_Depth, strict=False),
+    "kline": msgspec.json.Decoder(_Kline, strict=False),
+    "partialDepth": msgspec.json.Decoder(_PartialDepth, strict=False),
 }
 _TYPES: dict[str, type[msgspec.Struct]] = {
     "trade": _Trade,
     "aggTrade": _AggTrade,
     "bookTicker": _BookTicker,
     "depthUpdate": _Depth,
+    "kline": _Kline,
+    "partialDepth": _PartialDepth,
 }
 _WRAPPED = msgspec.json.Decoder(_Wrapped)
 # Events with an "e" field decode in one pass through a union tagged by that field.
-_EVENT = msgspec.json.Decoder(_Trade | _AggTrade | _Depth, strict=False)
+_EVENT = msgspec.json.Decoder(
+    _Trade | _AggTrade | _Depth | _FuturesBookTicker | _Kline, strict=False
+)
 _MARKERS = (
     (b'"e":"trade"', "trade"),
     (b'"e":"aggTrade"', "aggTrade"),
     (b'"e":"depthUpdate"', "depthUpdate"),
 )
 _STREAM_SUFFIX = {"trade": "trade", "aggTrade": "aggTrade", "bookTicker": "bookTicker"}
+# Binance's month interval is "1M"; "1mo" keeps it apart from a minute on case-blind systems.
+_TIMEFRAMES = {"1M": "1mo"}
 
 
 _INF = math.inf
@@ -115,7 +189,11 @@ def _stream_kind(stream: str) -> str | None:
     if channel in _STREAM_SUFFIX:
         return _STREAM_SUFFIX[channel]
     if channel.startswith("depth"):
-        return "depthUpdate"
+        # depth5 / depth10 / depth20 (optionally @100ms...) are top-N snapshots.
+        level = channel[5:].partition("@")[0]
+        return "partialDepth" if level.isdigit() else "depthUpdate"
+    if channel.startswith("kline"):
+        return "kline"
     return None
 
 
@@ -126,7 +204,11 @@ def _sniff(data: bytes) -> str | None:
         return "aggTrade"
     if b'"e":"depthUpdate"' in data:
         return "depthUpdate"
-    if b'"e"' not in data and b'"u"' in data and b'"b"' in data:
+    if b'"e":"kline"' in data:
+        return "kline"
+    if b'"lastUpdateId"' in data:
+        return "partialDepth"
+    if b'"u"' in data and b'"b"' in data and (b'"e"' not in data or b'"bookTicker"' in data):
         return "bookTicker"
     return None
 
@@ -134,7 +216,9 @@ def _sniff(data: bytes) -> str | None:
 def _reason(exc: msgspec.ValidationError) -> str:
     text = str(exc)
     if text.startswith("Object missing required field"):
-        return "missing field " + text.split("field", 1)[1].strip()
+        name, _, where = text.split("field", 1)[1].strip().partition(" - at `$")
+        path = where.rstrip("`").replace("[", ".").replace("]", "").strip(".")
+        return f"missing field `{path}.{name.strip('`')}`" if path else f"missing field {name}"
     return f"bad value: {text}"
 
 
@@ -167,6 +251,8 @@ def _generic(data: bytes) -> tuple[str, msgspec.Struct]:
         kind = doc.get("e")
         if kind is None and {"u", "s", "b", "a"} <= doc.keys():
             kind = "bookTicker"
+        elif kind is None and "lastUpdateId" in doc:
+            kind = "partialDepth"
     if kind not in _TYPES:
         raise ParseError(f"unknown event type {kind!r}" if kind else "unknown message type")
     try:
@@ -175,14 +261,26 @@ def _generic(data: bytes) -> tuple[str, msgspec.Struct]:
         raise ParseError(_reason(exc)) from None
 
 
-def parse_values(data: bytes, recv_us: int | None = None) -> tuple[str, tuple[Any, ...]]:
+def _symbol_of(stream: str) -> str:
+    return stream.partition("@")[0].upper()
+
+
+def parse_values(
+    data: bytes,
+    recv_us: int | None = None,
+    exchange: str = EXCHANGE,
+    symbol: str | None = None,
+) -> tuple[str, tuple[Any, ...]]:
     """Parse one raw websocket message (bare or combined-stream wrapped).
 
     Returns ``(kind, row)`` with ``row`` in the column order of ``KINDS[kind]``: the hot path
-    of the collector and of replay. ``recv_us`` is the local receive time; when ``None``
+    of the collector and of replay. ``exchange`` is the market the message came from
+    (``binance``, ``binance-usdm``...). ``recv_us`` is the local receive time; when ``None``
     (replays of files without receive times) the venue's event time is used, so replaying
-    the same file twice yields the same rows (book tickers, which carry no time, get the
-    replay time). Raises :class:`ParseError`.
+    the same file twice yields the same rows (spot book tickers and spot depth snapshots,
+    which carry no time, get the replay time). ``symbol`` names the symbol of a depth
+    snapshot that does not name it itself (a REST snapshot line). Raises
+    :class:`ParseError` (:class:`SkippedMessage` for an open kline).
     """
     msg: msgspec.Struct
     if data.startswith(b'{"stream"'):
@@ -194,6 +292,8 @@ def parse_values(data: bytes, recv_us: int | None = None) -> tuple[str, tuple[An
             inner = bytes(wrapped.data)
             kind = _stream_kind(wrapped.stream) or _sniff(inner)
             msg = _generic(inner)[1] if kind is None else _decode(kind, inner)
+            if kind == "partialDepth":
+                return _snapshot(msg, recv_us, exchange, _symbol_of(wrapped.stream), "partial")
     elif data.startswith(b'{"e":'):
         try:
             msg = _EVENT.decode(data)
@@ -202,17 +302,91 @@ def parse_values(data: bytes, recv_us: int | None = None) -> tuple[str, tuple[An
     else:
         kind = _sniff(data)
         msg = _generic(data)[1] if kind is None else _decode(kind, data)
-    return to_values(msg, recv_us)
+    if type(msg) is _PartialDepth:
+        return _snapshot(msg, recv_us, exchange, symbol, "rest")
+    return to_values(msg, recv_us, exchange)
 
 
-def parse_message(data: bytes, recv_us: int | None = None) -> Record:
+def parse_message(
+    data: bytes, recv_us: int | None = None, exchange: str = EXCHANGE, symbol: str | None = None
+) -> Record:
     """Like :func:`parse_values` but returns a typed record (convenient, slower)."""
-    kind, row = parse_values(data, recv_us)
+    kind, row = parse_values(data, recv_us, exchange, symbol)
     spec = KINDS[kind]
     return spec.record_type(**dict(zip(spec.columns, row, strict=True)))  # type: ignore[return-value]
 
 
-def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any, ...]]:
+def _check_levels(levels: list[tuple[float, float]]) -> None:
+    for price, qty in levels:
+        if not 0 < price < _INF:
+            raise ParseError(_price_reason("price", price))
+        if not 0 <= qty < _INF:
+            raise ParseError(_size_reason("qty", qty))
+
+
+def _snapshot(
+    msg: msgspec.Struct, recv_us: int | None, exchange: str, symbol: str | None, origin: str
+) -> tuple[str, tuple[Any, ...]]:
+    """A partial-depth message or REST depth snapshot → a ``book_snapshot`` row."""
+    assert isinstance(msg, _PartialDepth)
+    update_id = msg.lastUpdateId if msg.lastUpdateId is not None else msg.u
+    if update_id is None:
+        raise ParseError("missing field `lastUpdateId`")
+    bids = msg.bids if msg.bids is not None else msg.b
+    asks = msg.asks if msg.asks is not None else msg.a
+    if bids is None or asks is None:
+        raise ParseError("missing field `bids`" if bids is None else "missing field `asks`")
+    name = msg.s or msg.symbol or symbol
+    if not name:
+        raise SymbolNeeded(
+            "depth snapshot names no symbol (a bare REST snapshot line): replay it with --symbol"
+        )
+    _check_levels(bids)
+    _check_levels(asks)
+    if recv_us is None:
+        recv_us = msg.E * 1000 if msg.E is not None else time.time_ns() // 1000
+    return "book_snapshot", (
+        exchange,
+        name,
+        update_id,
+        origin,
+        [p for p, _ in bids],
+        [q for _, q in bids],
+        [p for p, _ in asks],
+        [q for _, q in asks],
+        recv_us,
+    )
+
+
+def _bar(msg: _Kline, exchange: str) -> tuple[str, tuple[Any, ...]]:
+    k = msg.k
+    if not k.x:
+        raise SkippedMessage("open kline (not final)")
+    for name, value in (("open", k.o), ("high", k.h), ("low", k.l), ("close", k.c)):
+        if not 0 < value < _INF:
+            raise ParseError(_price_reason(name, value))
+    if not 0 <= k.v < _INF:
+        raise ParseError(_size_reason("volume", k.v))
+    vwap = k.q / k.v if k.q is not None and k.v > 0 else None
+    values = {
+        "source": exchange,
+        "symbol": k.s,
+        "timeframe": _TIMEFRAMES.get(k.i, k.i),
+        "ts_open": k.t * 1000,
+        "open": k.o,
+        "high": k.h,
+        "low": k.l,
+        "close": k.c,
+        "volume": k.v,
+        "vwap": vwap,
+        "trade_count": k.n,
+    }
+    return "bar", tuple(values.get(column) for column in _BAR_COLUMNS)
+
+
+def to_values(
+    msg: msgspec.Struct, recv_us: int | None, exchange: str = EXCHANGE
+) -> tuple[str, tuple[Any, ...]]:
     """Normalise a decoded venue message and check it; raise ParseError when invalid."""
     if type(msg) is _Trade:
         p, q = msg.p, msg.q
@@ -221,7 +395,7 @@ def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any,
         if not 0 <= q < _INF:
             raise ParseError(_size_reason("qty", q))
         return "trade", (
-            EXCHANGE,
+            exchange,
             msg.s,
             msg.t,
             p,
@@ -230,24 +404,29 @@ def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any,
             msg.T * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is _BookTicker:
+    if type(msg) is _BookTicker or type(msg) is _FuturesBookTicker:
         for name, value in (("bid_price", msg.b), ("ask_price", msg.a)):
             if not 0 < value < _INF:
                 raise ParseError(_price_reason(name, value))
         for name, value in (("bid_qty", msg.B), ("ask_qty", msg.A)):
             if not 0 <= value < _INF:
                 raise ParseError(_size_reason(name, value))
-        # The spot book ticker carries no time at all: without a recorded receive time the
-        # replay time is the best we know (the key, update_id, keeps replays idempotent).
+        # Futures book tickers carry T (transaction) and E (event) times; the spot one
+        # carries none: without a recorded receive time the replay time is the best we
+        # know (the key, update_id, keeps replays idempotent).
+        venue_ms = msg.T if msg.T is not None else msg.E
+        ts_event = venue_ms * 1000 if venue_ms is not None else None
+        if recv_us is None:
+            recv_us = msg.E * 1000 if msg.E is not None else ts_event
         return "quote", (
-            EXCHANGE,
+            exchange,
             msg.s,
             msg.u,
             msg.b,
             msg.B,
             msg.a,
             msg.A,
-            None,
+            ts_event,
             recv_us if recv_us is not None else time.time_ns() // 1000,
         )
     if type(msg) is _AggTrade:
@@ -257,7 +436,7 @@ def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any,
         if not 0 <= q < _INF:
             raise ParseError(_size_reason("qty", q))
         return "agg_trade", (
-            EXCHANGE,
+            exchange,
             msg.s,
             msg.a,
             p,
@@ -269,13 +448,10 @@ def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any,
             recv_us if recv_us is not None else msg.E * 1000,
         )
     if type(msg) is _Depth:
-        for price, qty in (*msg.b, *msg.a):
-            if not 0 < price < _INF:
-                raise ParseError(_price_reason("price", price))
-            if not 0 <= qty < _INF:
-                raise ParseError(_size_reason("qty", qty))
+        _check_levels(msg.b)
+        _check_levels(msg.a)
         return "depth", (
-            EXCHANGE,
+            exchange,
             msg.s,
             msg.U,
             msg.u,
@@ -286,4 +462,8 @@ def to_values(msg: msgspec.Struct, recv_us: int | None) -> tuple[str, tuple[Any,
             msg.E * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
+    if type(msg) is _Kline:
+        return _bar(msg, exchange)
+    if type(msg) is _PartialDepth:
+        return _snapshot(msg, recv_us, exchange, None, "rest")
     raise ParseError(f"unsupported message {type(msg).__name__}")

@@ -1,7 +1,13 @@
-"""``replay``: recorded Binance websocket messages, one JSON document per line.
+"""``replay``: recorded Binance websocket messages and Binance's historical CSV dumps.
 
 Files may be plain or gzip-compressed (``.gz``); lines may be bare payloads or wrapped in the
-combined-stream form. Each file's progress is checkpointed (by line number, after the bus
+combined-stream form, alone (tickvault's own recordings) or behind a receive time
+(cryptofeed's ``<s>: {json}``, hftbacktest's ``<ns> {json}``; see
+:mod:`tickvault.sources.binance_capture`). data.binance.vision trades/aggTrades CSVs
+(zipped or not) are recognised by their content (:mod:`tickvault.sources.binance_vision`).
+Every row is stamped with the market the user names (``exchange``, default ``binance``);
+messages carrying fields that only another market sends are counted (``foreign``) so the
+command can warn once. Each file's progress is checkpointed (by line number, after the bus
 confirmed the lines before it), so a rerun after ``kill -9`` resumes instead of starting
 over. A file is identified by its resolved path and a hash of its first 64 KiB, so a
 different file at the same path is not mistaken for the old one.
@@ -20,13 +26,16 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from tickvault.bus.base import NewDeadLetter
 from tickvault.checkpoints import CheckpointStore
 from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
-from tickvault.sources.binance_wire import ParseError, parse_values
+from tickvault.sources.binance_capture import LineFormat, split_line
+from tickvault.sources.binance_markets import SPOT, check_market, foreign_fields
+from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, open_csv
+from tickvault.sources.binance_wire import ParseError, SkippedMessage, SymbolNeeded, parse_values
 
 
 def file_key(path: Path) -> str:
@@ -36,6 +45,8 @@ def file_key(path: Path) -> str:
 
 
 def _open(path: Path) -> IO[bytes]:
+    if is_csv(path):
+        return open_csv(path)
     raw = open(path, "rb")  # noqa: SIM115 - closed by the caller
     if raw.read(2) == b"\x1f\x8b":
         raw.seek(0)
@@ -61,6 +72,9 @@ class ReplaySource(Source):
         *,
         chunk_lines: int = 10_000,
         restart: bool = False,
+        exchange: str = SPOT,
+        line_format: LineFormat = "auto",
+        symbol: str | None = None,
     ) -> None:
         for p in paths:
             if not p.is_file():
@@ -70,6 +84,15 @@ class ReplaySource(Source):
         self.checkpoints = checkpoints
         self.chunk_lines = chunk_lines
         self.restart = restart
+        self.exchange = check_market(exchange)
+        self.line_format: LineFormat = line_format
+        self.symbol = symbol.upper() if symbol else None
+        self.skipped: dict[str, int] = {}
+        """Valid lines that carry no record, by reason (open klines, capture headers...)."""
+        self.foreign = 0
+        """Messages with fields only another market sends (see ``binance_markets``)."""
+        self.untimed_quotes = 0
+        """Book tickers stamped with the replay time (no time in the message or the line)."""
         self.messages = 0
         self.skipped_lines = 0
         self.files_done = 0
@@ -89,27 +112,20 @@ class ReplaySource(Source):
                 continue
             self.skipped_lines += start
             last = start
+            csv_chunks = self._csv_chunks(path)
+            self._file_symbols: set[str] = set()
             with _open(path) as fh:
                 for _ in itertools.islice(fh, start):
                     pass  # already published by an earlier run
                 while chunk := list(itertools.islice(fh, self.chunk_lines)):
                     batch = SourceBatch(lines=len(chunk))
-                    rows_by_kind = batch.rows
-                    for number, line in enumerate(chunk, start=last + 1):
-                        try:
-                            kind, row = parse_values(line)
-                        except ParseError as exc:
-                            data = line.strip()
-                            if data:  # blank lines are not input
-                                batch.rejects.append(
-                                    NewDeadLetter("raw", exc.reason, data, f"{key}:{number}")
-                                )
-                            continue
-                        rows = rows_by_kind.get(kind)
-                        if rows is None:
-                            rows = rows_by_kind[kind] = []
-                        rows.append(row)
+                    if csv_chunks is not None:
+                        self._parse_csv(csv_chunks, chunk, last, key, batch)
+                    else:
+                        self._parse_lines(chunk, last, key, batch)
                     last += len(chunk)
+                    if len(self._file_symbols) <= 1 and csv_chunks is None:
+                        self._only_symbol(batch.rows)
                     batch.position = (key, last, False)
                     self.messages += batch.lines
                     self._last = time.monotonic()
@@ -117,6 +133,65 @@ class ReplaySource(Source):
             batch = SourceBatch(position=(key, last, True))
             self.files_done += 1
             yield batch
+
+    def _csv_chunks(self, path: Path) -> CsvChunks | None:
+        if not is_csv(path):
+            return None
+        with _open(path) as fh:
+            first = fh.readline()
+        return CsvChunks(detect_layout(path, first, self.symbol), self.exchange)
+
+    def _parse_csv(
+        self, parser: CsvChunks, chunk: list[bytes], last: int, key: str, batch: SourceBatch
+    ) -> None:
+        numbered = list(enumerate(chunk, start=last + 1))
+        if last == 0 and parser.layout.header:
+            numbered = numbered[1:]
+        rows, rejects = parser.parse(numbered)
+        if rows:
+            batch.rows[parser.layout.kind] = rows
+        for number, reason, raw in rejects:
+            batch.rejects.append(NewDeadLetter("raw", reason, raw, f"{key}:{number}"))
+
+    def _parse_lines(self, chunk: list[bytes], last: int, key: str, batch: SourceBatch) -> None:
+        rows_by_kind = batch.rows
+        exchange, fmt, symbol = self.exchange, self.line_format, self.symbol
+        for number, line in enumerate(chunk, start=last + 1):
+            try:
+                payload, recv_us, named = split_line(line, fmt)
+                kind, row = parse_values(payload, recv_us, exchange, named or symbol)
+            except SymbolNeeded as exc:
+                # Captures of one symbol per file (hftbacktest) hold bare REST snapshots:
+                # they belong to the one symbol every message before them named.
+                only = self._only_symbol(rows_by_kind)
+                if only is None:
+                    batch.rejects.append(
+                        NewDeadLetter("raw", exc.reason, line.strip(), f"{key}:{number}")
+                    )
+                    continue
+                kind, row = parse_values(payload, recv_us, exchange, only)
+            except SkippedMessage as exc:
+                self.skipped[exc.reason] = self.skipped.get(exc.reason, 0) + 1
+                continue
+            except ParseError as exc:
+                data = line.strip()
+                if data:  # blank lines are not input
+                    batch.rejects.append(NewDeadLetter("raw", exc.reason, data, f"{key}:{number}"))
+                continue
+            if foreign_fields(exchange, kind, payload):
+                self.foreign += 1
+            if kind == "quote" and recv_us is None and row[7] is None:
+                self.untimed_quotes += 1
+            rows = rows_by_kind.get(kind)
+            if rows is None:
+                rows = rows_by_kind[kind] = []
+            rows.append(row)
+
+    def _only_symbol(self, rows_by_kind: dict[str, list[tuple[Any, ...]]]) -> str | None:
+        seen = self._file_symbols
+        if len(seen) <= 1:
+            seen.update(row[1] for rows in rows_by_kind.values() for row in rows)
+        return next(iter(seen)) if len(seen) == 1 else None
 
     async def commit(self, batch: SourceBatch) -> None:
         if self.checkpoints is not None and batch.position is not None:
