@@ -400,4 +400,10 @@ async def test_recorded_frames_replay_to_the_same_records(fakes: MakeFake, tmp_p
         assert replayed.task is not None
         await replayed.task
     assert [r[:7] for r in replayed.rows["trade"]] == [r[:7] for r in got.rows["trade"]]
-    assert [r.reason for r in replayed.rejects] == ["malformed JSON"]
+    # The live collector saw a frame that is not JSON; in a file, such a line is neither a
+    # message nor a capture line with a receive time, and the reason says what was expected.
+    assert [r.reason for r in got.rejects] == ["malformed JSON"]
+    assert [r.reason for r in replayed.rejects] == [
+        "unrecognised line: expected a JSON object, `<seconds>: {json}` (cryptofeed) or"
+        " `<ns> {json}` (hftbacktest)"
+    ]

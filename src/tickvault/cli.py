@@ -61,6 +61,57 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _command_defaults(command: Any, name: str, value: str) -> dict[str, Any]:
+    """A click ``default_map`` giving every (sub)command that has option ``name`` ``value``."""
+    defaults: dict[str, Any] = {}
+    for sub_name, sub in getattr(command, "commands", {}).items():
+        if getattr(sub, "commands", None):
+            defaults[sub_name] = _command_defaults(sub, name, value)
+        elif any(p.name == name for p in sub.params):
+            defaults[sub_name] = {name: value}
+    return defaults
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = _merge(out[key], value) if isinstance(out.get(key), dict) else value
+    return out
+
+
+@app.callback()
+def _global_options(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Data directory for every command (as if given after the command).",
+            show_envvar=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="TOML config file for every command that takes one."),
+    ] = None,
+) -> None:
+    """A market-data plane that does not lose data.
+
+    ``--data-dir`` and ``--config`` may come before the command as well as after it; after
+    it wins.
+    """
+    if data_dir is not None:
+        # Every command reads the data dir from its option or, failing that, this variable
+        # (the option after the command still wins); nested command groups included.
+        os.environ[ENV_DATA_DIR] = str(data_dir)
+    if config is not None:
+        ctx.default_map = _merge(
+            dict(ctx.default_map or {}), _command_defaults(ctx.command, "config", str(config))
+        )
+
+
 dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(positions_app, name="positions")
@@ -615,8 +666,20 @@ def _print_outage_state(data: dict[str, Any]) -> None:
 # -- dead letters -----------------------------------------------------------------------------
 
 
+def _letter_source(letter: DeadLetter) -> str:
+    """Where a dead letter came from: ``file:line`` for replays, else its entry."""
+    from tickvault.sources.replay import letter_origin
+
+    origin = letter_origin(letter.entry_id)
+    return f"{origin[0]}:{origin[1]}" if origin else letter.entry_id or ""
+
+
 def _letter_json(letter: DeadLetter) -> dict[str, Any]:
+    from tickvault.sources.replay import letter_origin
+
     data = msgspec.to_builtins(letter)
+    origin = letter_origin(letter.entry_id)
+    data["source_file"], data["source_line"] = origin if origin else (None, None)
     try:
         data["payload"] = letter.payload.decode("utf-8")
     except UnicodeDecodeError:
@@ -648,10 +711,10 @@ def dlq_list(
     if json_out:
         _print_json([_letter_json(x) for x in letters])
         return
-    table = Table("id", "kind", "reason", "entry", "payload")
+    table = Table("id", "kind", "reason", "source (file:line) / entry", "payload")
     for x in letters:
         preview = _letter_json(x)["payload"] or f"<{len(x.payload)} bytes binary>"
-        table.add_row(x.id, x.kind, x.reason, x.entry_id or "", preview[:60])
+        table.add_row(x.id, x.kind, x.reason, _letter_source(x), preview[:60])
     out.print(table)
 
 

@@ -13,7 +13,9 @@ over. A file is identified by its resolved path and a hash of its first 64 KiB, 
 different file at the same path is not mistaken for the old one.
 
 Lines that cannot become records are dead-lettered with the reason and the raw line; their
-key is ``<file key>:<line number>``, so reruns never record them twice.
+key is ``<file key>:<line number>``, so reruns never record them twice, and the same text is
+their ``entry_id`` (source letters have no bus entry), so ``dlq list`` shows the file and
+line each came from (:func:`letter_origin`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,15 @@ def file_key(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(65536)
     return f"replay:{path.resolve()}#{hashlib.sha256(head).hexdigest()[:16]}"
+
+
+def letter_origin(entry_id: str | None) -> tuple[str, int] | None:
+    """``(file, line)`` of a dead letter recorded by a replay, else ``None``."""
+    if not entry_id or not entry_id.startswith("replay:"):
+        return None
+    head, _, line = entry_id.rpartition(":")
+    path = head[len("replay:") :].rpartition("#")[0]
+    return (path, int(line)) if path and line.isdigit() else None
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -151,7 +162,7 @@ class ReplaySource(Source):
         if rows:
             batch.rows[parser.layout.kind] = rows
         for number, reason, raw in rejects:
-            batch.rejects.append(NewDeadLetter("raw", reason, raw, f"{key}:{number}"))
+            batch.rejects.append(NewDeadLetter("raw", reason, raw, f"{key}:{number}", f"{key}:{number}"))
 
     def _parse_lines(self, chunk: list[bytes], last: int, key: str, batch: SourceBatch) -> None:
         rows_by_kind = batch.rows
@@ -166,7 +177,7 @@ class ReplaySource(Source):
                 only = self._only_symbol(rows_by_kind)
                 if only is None:
                     batch.rejects.append(
-                        NewDeadLetter("raw", exc.reason, line.strip(), f"{key}:{number}")
+                        NewDeadLetter("raw", exc.reason, line.strip(), f"{key}:{number}", f"{key}:{number}")
                     )
                     continue
                 kind, row = parse_values(payload, recv_us, exchange, only)
@@ -176,7 +187,7 @@ class ReplaySource(Source):
             except ParseError as exc:
                 data = line.strip()
                 if data:  # blank lines are not input
-                    batch.rejects.append(NewDeadLetter("raw", exc.reason, data, f"{key}:{number}"))
+                    batch.rejects.append(NewDeadLetter("raw", exc.reason, data, f"{key}:{number}", f"{key}:{number}"))
                 continue
             if foreign_fields(exchange, kind, payload):
                 self.foreign += 1
