@@ -395,7 +395,7 @@ def replay(
         raise typer.Exit(2) from None
 
     async def main() -> int:
-        plan = plan_replay(settings, list(paths), restart)
+        plan = plan_replay(settings, list(paths), restart, exchange=exchange)
         progress = Progress(
             TextColumn("[bold]replay[/bold]"),
             BarColumn(),

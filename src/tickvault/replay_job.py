@@ -30,7 +30,12 @@ class ReplayPlan:
 
 
 def plan_replay(
-    settings: Settings, paths: list[Path], restart: bool = False, *, count: bool = True
+    settings: Settings,
+    paths: list[Path],
+    restart: bool = False,
+    *,
+    count: bool = True,
+    exchange: str = "binance",
 ) -> ReplayPlan:
     """Check the files and read their checkpoints; raise ConfigError for a missing file.
 
@@ -43,7 +48,7 @@ def plan_replay(
     if not restart:
         checkpoints = CheckpointStore(settings.state_path)
         try:
-            resume_at = sum(checkpoints.get(file_key(p))[0] for p in paths)
+            resume_at = sum(checkpoints.get(file_key(p, exchange))[0] for p in paths)
         finally:
             checkpoints.close()
     total = sum(count_lines(p) for p in paths) if count else 0

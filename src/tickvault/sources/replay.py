@@ -40,10 +40,17 @@ from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, o
 from tickvault.sources.binance_wire import ParseError, SkippedMessage, SymbolNeeded, parse_values
 
 
-def file_key(path: Path) -> str:
+def file_key(path: Path, exchange: str = SPOT) -> str:
+    """The checkpoint key of ``path`` replayed as market ``exchange``.
+
+    A file replayed as one market and then as another is two replays (two histories), so
+    the market is part of the key; spot keeps the key it always had, so checkpoints taken
+    before markets had names stay valid.
+    """
     with open(path, "rb") as fh:
         head = fh.read(65536)
-    return f"replay:{path.resolve()}#{hashlib.sha256(head).hexdigest()[:16]}"
+    key = f"replay:{path.resolve()}#{hashlib.sha256(head).hexdigest()[:16]}"
+    return key if exchange == SPOT else f"{key}@{exchange}"
 
 
 def letter_origin(entry_id: str | None) -> tuple[str, int] | None:
@@ -112,7 +119,7 @@ class ReplaySource(Source):
 
     async def batches(self) -> AsyncIterator[SourceBatch]:
         for path in self.paths:
-            key = file_key(path)
+            key = file_key(path, self.exchange)
             start, done = (0, False)
             if self.checkpoints is not None:
                 if self.restart:
