@@ -407,3 +407,32 @@ async def test_recorded_frames_replay_to_the_same_records(fakes: MakeFake, tmp_p
         "unrecognised line: expected a JSON object, `<seconds>: {json}` (cryptofeed) or"
         " `<ns> {json}` (hftbacktest)"
     ]
+
+
+async def test_every_row_is_stamped_with_the_collectors_market(fakes: MakeFake) -> None:
+    """Spot and USD-M BTCUSDT are two key spaces: a collector names its market in every
+    row (from its endpoint; here, on loopback, given explicitly)."""
+    fake = fakes()
+    src = BinanceSource(
+        options(fake, channels=["trade", "bookTicker"], market="binance-usdm", gap_settle_s=0.1)
+    )
+    async with Collected(src) as got:
+        await subscribed(fake, "btcusdt@bookTicker")
+        await fake.run(fake.emit_trades("BTCUSDT", 5))
+        await fake.run(fake.emit_book_ticker("BTCUSDT"))
+        await eventually(lambda: len(got.rows["trade"]) == 5 and len(got.rows["quote"]) == 1, 10)
+        await got.stop()
+    assert {r[0] for rows in got.rows.values() for r in rows} == {"binance-usdm"}
+    assert [r[2] for r in got.rows["trade"]] == full_range(FIRST_TRADE, 5)
+
+
+def test_the_market_comes_from_the_endpoint() -> None:
+    def market(url: str) -> str:
+        return BinanceSource(BinanceOptions(["BTCUSDT"], ["trade"], ws_url=url)).exchange
+
+    assert market("wss://stream.binance.com:9443") == "binance"
+    assert market("wss://fstream.binance.com") == "binance-usdm"
+    assert market("wss://dstream.binance.com") == "binance-coinm"
+    assert market("wss://stream.binance.us:9443") == "binance-us"
+    assert market("wss://stream-cloud.trbinance.com") == "binance-tr"
+    assert market("ws://127.0.0.1:9000") == "binance"  # not Binance's own host: spot

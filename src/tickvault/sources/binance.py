@@ -53,7 +53,7 @@ from tickvault.sources.binance_conn import (
     stream_names,
 )
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
-from tickvault.sources.binance_markets import market_from_url
+from tickvault.sources.binance_markets import check_market, market_from_url
 from tickvault.sources.binance_wire import ParseError, SkippedMessage, parse_values
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.rest import RestClient, VenueError, backoff_delay
@@ -83,7 +83,7 @@ class BinanceSource(Source):
         self.wall_us = wall_us
         self.rng = rng or random.Random()
         # Each market is its own key space: the endpoint says which one this is.
-        self.exchange = market_from_url(o.ws_url)
+        self.exchange = check_market(o.market) if o.market else market_from_url(o.ws_url)
         self.streams = stream_names(o.symbols, o.channels)
         self.groups = split_streams(self.streams, o.max_streams_per_connection)
         self.trades = IdTracker("trade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)

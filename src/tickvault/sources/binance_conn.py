@@ -54,6 +54,9 @@ class BinanceOptions:
     ws_url: str = "wss://stream.binance.com:9443"
     rest_url: str = "https://api.binance.com"
     api_key: str | None = None
+    market: str | None = None
+    """The market's name in the key (``binance``, ``binance-usdm``...); ``None``: from
+    ``ws_url`` (hosts that are not Binance's own count as spot)."""
     max_streams_per_connection: int = 1024
     stall_timeout_s: float = 60.0
     rollover_after_s: float = 23 * 3600.0
