@@ -102,3 +102,76 @@ def test_dead_letters_can_be_shown_and_requeued(tmp_path: Path) -> None:
     proc = tv("dlq", "requeue", letter["id"], "--data-dir", data, check=False)
     assert proc.returncode == 1
     assert "still invalid: non-finite price" in proc.stderr
+
+
+def test_dead_letters_say_which_file_and_line_they_came_from(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    good = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    path.write_bytes(
+        orjson.dumps(good) + b"\n" + b"garbage line\n" + orjson.dumps(dict(good, t=2)) + b"\n"
+    )
+    data = tmp_path / "data"
+    tv("replay", path, "--data-dir", data)
+    (letter,) = tv_json("dlq", "list", "--data-dir", data)
+    assert (letter["source_file"], letter["source_line"]) == (str(path.resolve()), 2)
+    shown = orjson.loads(tv("dlq", "show", letter["id"], "--data-dir", data).stdout)
+    assert (shown["source_file"], shown["source_line"]) == (str(path.resolve()), 2)
+    table = tv("dlq", "list", "--data-dir", data).stdout
+    assert f"{path.resolve()}:2" in table.replace("\n", "").replace("│", "").replace(" ", "")
+
+
+def test_data_dir_and_config_may_come_before_the_command(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    trade = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    path.write_bytes(orjson.dumps(trade) + b"\n")
+    data = tmp_path / "data"
+    summary = orjson.loads(tv("--data-dir", data, "replay", path, "--json").stdout)
+    assert summary["stored"] == 1
+    assert _count(data, "trades") == 1
+    rows = orjson.loads(
+        tv("--data-dir", data, "query", "SELECT count(*) AS n FROM trades", "--json").stdout
+    )
+    assert rows == [{"n": 1}]
+    # --config before the command reaches nested commands too; after the command wins.
+    other = tmp_path / "other"
+    config = tmp_path / "tv.toml"
+    config.write_text(f'data_dir = "{other}"\n')
+    with_garbage = tmp_path / "g.jsonl"
+    with_garbage.write_bytes(path.read_bytes() + b"garbage\n")
+    tv("--config", config, "replay", with_garbage)
+    assert _count(other, "trades") == 1
+    (letter,) = orjson.loads(tv("--config", config, "dlq", "list", "--json").stdout)
+    assert letter["source_line"] == 2
+    tv("--data-dir", tmp_path / "third", "replay", path, "--data-dir", data)
+    assert not (tmp_path / "third").exists()
+
+
+def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) -> None:
+    """Rows stored before markets had names are ``binance``: they stay as they are, and the
+    same files replayed with their market are stored beside them, in their own space."""
+    from .binance_samples import DATA
+
+    usdm = DATA / "hftbacktest-usdm-btcusdt_20240808.head800.gz"
+    spot = DATA / "hftbacktest-spot-btcusdt_20240808.head800.gz"
+    data = tmp_path / "data"
+    tv("replay", spot, usdm, "--data-dir", data)  # what earlier versions did: all "binance"
+    before = tv_json(
+        "query",
+        "SELECT exchange, count(*) AS n, sum(trade_id) AS ids FROM trades GROUP BY ALL",
+        "--data-dir",
+        data,
+    )
+    assert before == [{"exchange": "binance", "n": 245, "ids": before[0]["ids"]}]
+    again = tv_json("replay", spot, "--data-dir", data)
+    assert again["files_already_done"] == 1  # spot checkpoints keep their key
+    moved = tv_json("replay", usdm, "--exchange", "binance-usdm", "--data-dir", data)
+    assert moved["stored"] == moved["read"] == 800  # every record, under its market
+    after = tv_json(
+        "query",
+        "SELECT exchange, count(*) AS n, sum(trade_id) AS ids FROM trades GROUP BY ALL"
+        " ORDER BY exchange",
+        "--data-dir",
+        data,
+    )
+    assert after[0] == before[0]
+    assert after[1]["exchange"] == "binance-usdm" and after[1]["n"] == 128
