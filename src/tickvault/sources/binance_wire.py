@@ -31,6 +31,16 @@ import orjson
 
 from tickvault.errors import RecordError
 from tickvault.records import KINDS, Record
+from tickvault.sources.binance_structs import (
+    AggTrade,
+    BookTicker,
+    Depth,
+    FuturesBookTicker,
+    Kline,
+    PartialDepth,
+    Trade,
+    Wrapped,
+)
 
 EXCHANGE = "binance"
 _BAR_COLUMNS = KINDS["bar"].columns
@@ -48,126 +58,25 @@ class SymbolNeeded(ParseError):
     """A depth snapshot that does not name its symbol (a bare REST snapshot line)."""
 
 
-class _Trade(msgspec.Struct, tag_field="e", tag="trade"):
-    E: int
-    s: str
-    t: int
-    p: float
-    q: float
-    T: int
-    m: bool
-
-
-class _AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
-    E: int
-    s: str
-    a: int
-    p: float
-    q: float
-    f: int
-    l: int  # noqa: E741 - the venue's field name
-    T: int
-    m: bool
-
-
-class _BookTicker(msgspec.Struct):
-    u: int
-    s: str
-    b: float
-    B: float
-    a: float
-    A: float
-    T: int | None = None  # futures: transaction time (ms)
-    E: int | None = None  # futures: event time (ms)
-
-
-class _FuturesBookTicker(msgspec.Struct, tag_field="e", tag="bookTicker"):
-    u: int
-    s: str
-    b: float
-    B: float
-    a: float
-    A: float
-    T: int | None = None
-    E: int | None = None
-
-
-class _Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
-    E: int
-    s: str
-    U: int
-    u: int
-    b: list[tuple[float, float]]
-    a: list[tuple[float, float]]
-
-
-class _PartialDepth(msgspec.Struct):
-    """A top-N book: a spot partial-depth message or REST snapshot (``lastUpdateId``,
-    ``bids``, ``asks``), or a futures partial-depth message (diff shape: ``u``, ``b``, ``a``).
-    """
-
-    lastUpdateId: int | None = None
-    bids: list[tuple[float, float]] | None = None
-    asks: list[tuple[float, float]] | None = None
-    u: int | None = None
-    b: list[tuple[float, float]] | None = None
-    a: list[tuple[float, float]] | None = None
-    E: int | None = None
-    s: str | None = None
-    symbol: str | None = None  # COIN-M REST snapshots name their symbol
-
-
-class _KlineBody(msgspec.Struct):
-    t: int
-    s: str
-    i: str
-    o: float
-    c: float
-    h: float
-    l: float  # noqa: E741 - the venue's field name
-    v: float
-    n: int
-    x: bool
-    q: float | None = None
-
-
-class _Kline(msgspec.Struct, tag_field="e", tag="kline"):
-    E: int
-    s: str
-    k: _KlineBody
-
-
-class _Wrapped(msgspec.Struct):
-    stream: str
-    data: msgspec.Raw
-
-
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "trade": msgspec.json.Decoder(_Trade, strict=False),
-    "aggTrade": msgspec.json.Decoder(_AggTrade, strict=False),
-    "bookTicker": msgspec.json.Decoder(_BookTicker, strict=False),
-    "depthUpdate": msgspec.json.Decoder(_Depth, strict=False),
-    "kline": msgspec.json.Decoder(_Kline, strict=False),
-    "partialDepth": msgspec.json.Decoder(_PartialDepth, strict=False),
+    "trade": msgspec.json.Decoder(Trade, strict=False),
+    "aggTrade": msgspec.json.Decoder(AggTrade, strict=False),
+    "bookTicker": msgspec.json.Decoder(BookTicker, strict=False),
+    "depthUpdate": msgspec.json.Decoder(Depth, strict=False),
+    "kline": msgspec.json.Decoder(Kline, strict=False),
+    "partialDepth": msgspec.json.Decoder(PartialDepth, strict=False),
 }
 _TYPES: dict[str, type[msgspec.Struct]] = {
-    "trade": _Trade,
-    "aggTrade": _AggTrade,
-    "bookTicker": _BookTicker,
-    "depthUpdate": _Depth,
-    "kline": _Kline,
-    "partialDepth": _PartialDepth,
+    "trade": Trade,
+    "aggTrade": AggTrade,
+    "bookTicker": BookTicker,
+    "depthUpdate": Depth,
+    "kline": Kline,
+    "partialDepth": PartialDepth,
 }
-_WRAPPED = msgspec.json.Decoder(_Wrapped)
+_WRAPPED = msgspec.json.Decoder(Wrapped)
 # Events with an "e" field decode in one pass through a union tagged by that field.
-_EVENT = msgspec.json.Decoder(
-    _Trade | _AggTrade | _Depth | _FuturesBookTicker | _Kline, strict=False
-)
-_MARKERS = (
-    (b'"e":"trade"', "trade"),
-    (b'"e":"aggTrade"', "aggTrade"),
-    (b'"e":"depthUpdate"', "depthUpdate"),
-)
+_EVENT = msgspec.json.Decoder(Trade | AggTrade | Depth | FuturesBookTicker | Kline, strict=False)
 _STREAM_SUFFIX = {"trade": "trade", "aggTrade": "aggTrade", "bookTicker": "bookTicker"}
 # Binance's month interval is "1M"; "1mo" keeps it apart from a minute on case-blind systems.
 _TIMEFRAMES = {"1M": "1mo"}
@@ -302,7 +211,7 @@ def parse_values(
     else:
         kind = _sniff(data)
         msg = _generic(data)[1] if kind is None else _decode(kind, data)
-    if type(msg) is _PartialDepth:
+    if type(msg) is PartialDepth:
         return _snapshot(msg, recv_us, exchange, symbol, "rest")
     return to_values(msg, recv_us, exchange)
 
@@ -328,7 +237,7 @@ def _snapshot(
     msg: msgspec.Struct, recv_us: int | None, exchange: str, symbol: str | None, origin: str
 ) -> tuple[str, tuple[Any, ...]]:
     """A partial-depth message or REST depth snapshot → a ``book_snapshot`` row."""
-    assert isinstance(msg, _PartialDepth)
+    assert isinstance(msg, PartialDepth)
     update_id = msg.lastUpdateId if msg.lastUpdateId is not None else msg.u
     if update_id is None:
         raise ParseError("missing field `lastUpdateId`")
@@ -358,7 +267,7 @@ def _snapshot(
     )
 
 
-def _bar(msg: _Kline, exchange: str) -> tuple[str, tuple[Any, ...]]:
+def _bar(msg: Kline, exchange: str) -> tuple[str, tuple[Any, ...]]:
     k = msg.k
     if not k.x:
         raise SkippedMessage("open kline (not final)")
@@ -388,7 +297,7 @@ def to_values(
     msg: msgspec.Struct, recv_us: int | None, exchange: str = EXCHANGE
 ) -> tuple[str, tuple[Any, ...]]:
     """Normalise a decoded venue message and check it; raise ParseError when invalid."""
-    if type(msg) is _Trade:
+    if type(msg) is Trade:
         p, q = msg.p, msg.q
         if not 0 < p < _INF:
             raise ParseError(_price_reason("price", p))
@@ -404,7 +313,7 @@ def to_values(
             msg.T * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is _BookTicker or type(msg) is _FuturesBookTicker:
+    if type(msg) is BookTicker or type(msg) is FuturesBookTicker:
         for name, value in (("bid_price", msg.b), ("ask_price", msg.a)):
             if not 0 < value < _INF:
                 raise ParseError(_price_reason(name, value))
@@ -429,7 +338,7 @@ def to_values(
             ts_event,
             recv_us if recv_us is not None else time.time_ns() // 1000,
         )
-    if type(msg) is _AggTrade:
+    if type(msg) is AggTrade:
         p, q = msg.p, msg.q
         if not 0 < p < _INF:
             raise ParseError(_price_reason("price", p))
@@ -447,7 +356,7 @@ def to_values(
             msg.T * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is _Depth:
+    if type(msg) is Depth:
         _check_levels(msg.b)
         _check_levels(msg.a)
         return "depth", (
@@ -462,8 +371,8 @@ def to_values(
             msg.E * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is _Kline:
+    if type(msg) is Kline:
         return _bar(msg, exchange)
-    if type(msg) is _PartialDepth:
+    if type(msg) is PartialDepth:
         return _snapshot(msg, recv_us, exchange, None, "rest")
     raise ParseError(f"unsupported message {type(msg).__name__}")

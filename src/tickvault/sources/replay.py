@@ -62,6 +62,12 @@ def letter_origin(entry_id: str | None) -> tuple[str, int] | None:
     return (path, int(line)) if path and line.isdigit() else None
 
 
+def _origin(key: str, number: int) -> tuple[str, str]:
+    """Dead-letter key and entry id of line ``number`` (the same text: see the docstring)."""
+    origin = f"{key}:{number}"
+    return origin, origin
+
+
 def _open(path: Path) -> IO[bytes]:
     if is_csv(path):
         return open_csv(path)
@@ -169,7 +175,7 @@ class ReplaySource(Source):
         if rows:
             batch.rows[parser.layout.kind] = rows
         for number, reason, raw in rejects:
-            batch.rejects.append(NewDeadLetter("raw", reason, raw, f"{key}:{number}", f"{key}:{number}"))
+            batch.rejects.append(NewDeadLetter("raw", reason, raw, *_origin(key, number)))
 
     def _parse_lines(self, chunk: list[bytes], last: int, key: str, batch: SourceBatch) -> None:
         rows_by_kind = batch.rows
@@ -184,7 +190,9 @@ class ReplaySource(Source):
                 only = self._only_symbol(rows_by_kind)
                 if only is None:
                     batch.rejects.append(
-                        NewDeadLetter("raw", exc.reason, line.strip(), f"{key}:{number}", f"{key}:{number}")
+                        NewDeadLetter(
+                            "raw", exc.reason, line.strip(), f"{key}:{number}", f"{key}:{number}"
+                        )
                     )
                     continue
                 kind, row = parse_values(payload, recv_us, exchange, only)
@@ -194,7 +202,9 @@ class ReplaySource(Source):
             except ParseError as exc:
                 data = line.strip()
                 if data:  # blank lines are not input
-                    batch.rejects.append(NewDeadLetter("raw", exc.reason, data, f"{key}:{number}", f"{key}:{number}"))
+                    batch.rejects.append(
+                        NewDeadLetter("raw", exc.reason, data, *_origin(key, number))
+                    )
                 continue
             if foreign_fields(exchange, kind, payload):
                 self.foreign += 1
