@@ -11,7 +11,7 @@ from __future__ import annotations
 import msgspec
 
 
-class Trade(msgspec.Struct, tag_field="e", tag="trade"):
+class WireTrade(msgspec.Struct, tag_field="e", tag="trade"):
     E: int
     s: str
     t: int
@@ -21,7 +21,7 @@ class Trade(msgspec.Struct, tag_field="e", tag="trade"):
     m: bool
 
 
-class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
+class WireAggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
     E: int
     s: str
     a: int
@@ -33,7 +33,7 @@ class AggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):
     m: bool
 
 
-class BookTicker(msgspec.Struct):
+class WireBookTicker(msgspec.Struct):
     u: int
     s: str
     b: float
@@ -44,7 +44,7 @@ class BookTicker(msgspec.Struct):
     E: int | None = None  # futures: event time (ms)
 
 
-class FuturesBookTicker(msgspec.Struct, tag_field="e", tag="bookTicker"):
+class WireFuturesBookTicker(msgspec.Struct, tag_field="e", tag="bookTicker"):
     u: int
     s: str
     b: float
@@ -55,7 +55,7 @@ class FuturesBookTicker(msgspec.Struct, tag_field="e", tag="bookTicker"):
     E: int | None = None
 
 
-class Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
+class WireDepth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     E: int
     s: str
     U: int
@@ -64,7 +64,7 @@ class Depth(msgspec.Struct, tag_field="e", tag="depthUpdate"):
     a: list[tuple[float, float]]
 
 
-class PartialDepth(msgspec.Struct):
+class WirePartialDepth(msgspec.Struct):
     """A top-N book: a spot partial-depth message or REST snapshot (``lastUpdateId``,
     ``bids``, ``asks``), or a futures partial-depth message (diff shape: ``u``, ``b``, ``a``).
     """
@@ -80,7 +80,7 @@ class PartialDepth(msgspec.Struct):
     symbol: str | None = None  # COIN-M REST snapshots name their symbol
 
 
-class KlineBody(msgspec.Struct):
+class WireKlineBody(msgspec.Struct):
     t: int
     s: str
     i: str
@@ -94,12 +94,12 @@ class KlineBody(msgspec.Struct):
     q: float | None = None
 
 
-class Kline(msgspec.Struct, tag_field="e", tag="kline"):
+class WireKline(msgspec.Struct, tag_field="e", tag="kline"):
     E: int
     s: str
-    k: KlineBody
+    k: WireKlineBody
 
 
-class Wrapped(msgspec.Struct):
+class WireWrapped(msgspec.Struct):
     stream: str
     data: msgspec.Raw

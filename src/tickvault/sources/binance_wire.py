@@ -32,14 +32,14 @@ import orjson
 from tickvault.errors import RecordError
 from tickvault.records import KINDS, Record
 from tickvault.sources.binance_structs import (
-    AggTrade,
-    BookTicker,
-    Depth,
-    FuturesBookTicker,
-    Kline,
-    PartialDepth,
-    Trade,
-    Wrapped,
+    WireAggTrade,
+    WireBookTicker,
+    WireDepth,
+    WireFuturesBookTicker,
+    WireKline,
+    WirePartialDepth,
+    WireTrade,
+    WireWrapped,
 )
 
 EXCHANGE = "binance"
@@ -59,24 +59,26 @@ class SymbolNeeded(ParseError):
 
 
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
-    "trade": msgspec.json.Decoder(Trade, strict=False),
-    "aggTrade": msgspec.json.Decoder(AggTrade, strict=False),
-    "bookTicker": msgspec.json.Decoder(BookTicker, strict=False),
-    "depthUpdate": msgspec.json.Decoder(Depth, strict=False),
-    "kline": msgspec.json.Decoder(Kline, strict=False),
-    "partialDepth": msgspec.json.Decoder(PartialDepth, strict=False),
+    "trade": msgspec.json.Decoder(WireTrade, strict=False),
+    "aggTrade": msgspec.json.Decoder(WireAggTrade, strict=False),
+    "bookTicker": msgspec.json.Decoder(WireBookTicker, strict=False),
+    "depthUpdate": msgspec.json.Decoder(WireDepth, strict=False),
+    "kline": msgspec.json.Decoder(WireKline, strict=False),
+    "partialDepth": msgspec.json.Decoder(WirePartialDepth, strict=False),
 }
 _TYPES: dict[str, type[msgspec.Struct]] = {
-    "trade": Trade,
-    "aggTrade": AggTrade,
-    "bookTicker": BookTicker,
-    "depthUpdate": Depth,
-    "kline": Kline,
-    "partialDepth": PartialDepth,
+    "trade": WireTrade,
+    "aggTrade": WireAggTrade,
+    "bookTicker": WireBookTicker,
+    "depthUpdate": WireDepth,
+    "kline": WireKline,
+    "partialDepth": WirePartialDepth,
 }
-_WRAPPED = msgspec.json.Decoder(Wrapped)
+_WRAPPED = msgspec.json.Decoder(WireWrapped)
 # Events with an "e" field decode in one pass through a union tagged by that field.
-_EVENT = msgspec.json.Decoder(Trade | AggTrade | Depth | FuturesBookTicker | Kline, strict=False)
+_EVENT = msgspec.json.Decoder(
+    WireTrade | WireAggTrade | WireDepth | WireFuturesBookTicker | WireKline, strict=False
+)
 _STREAM_SUFFIX = {"trade": "trade", "aggTrade": "aggTrade", "bookTicker": "bookTicker"}
 # Binance's month interval is "1M"; "1mo" keeps it apart from a minute on case-blind systems.
 _TIMEFRAMES = {"1M": "1mo"}
@@ -211,7 +213,7 @@ def parse_values(
     else:
         kind = _sniff(data)
         msg = _generic(data)[1] if kind is None else _decode(kind, data)
-    if type(msg) is PartialDepth:
+    if type(msg) is WirePartialDepth:
         return _snapshot(msg, recv_us, exchange, symbol, "rest")
     return to_values(msg, recv_us, exchange)
 
@@ -237,7 +239,7 @@ def _snapshot(
     msg: msgspec.Struct, recv_us: int | None, exchange: str, symbol: str | None, origin: str
 ) -> tuple[str, tuple[Any, ...]]:
     """A partial-depth message or REST depth snapshot → a ``book_snapshot`` row."""
-    assert isinstance(msg, PartialDepth)
+    assert isinstance(msg, WirePartialDepth)
     update_id = msg.lastUpdateId if msg.lastUpdateId is not None else msg.u
     if update_id is None:
         raise ParseError("missing field `lastUpdateId`")
@@ -267,7 +269,7 @@ def _snapshot(
     )
 
 
-def _bar(msg: Kline, exchange: str) -> tuple[str, tuple[Any, ...]]:
+def _bar(msg: WireKline, exchange: str) -> tuple[str, tuple[Any, ...]]:
     k = msg.k
     if not k.x:
         raise SkippedMessage("open kline (not final)")
@@ -297,7 +299,7 @@ def to_values(
     msg: msgspec.Struct, recv_us: int | None, exchange: str = EXCHANGE
 ) -> tuple[str, tuple[Any, ...]]:
     """Normalise a decoded venue message and check it; raise ParseError when invalid."""
-    if type(msg) is Trade:
+    if type(msg) is WireTrade:
         p, q = msg.p, msg.q
         if not 0 < p < _INF:
             raise ParseError(_price_reason("price", p))
@@ -313,7 +315,7 @@ def to_values(
             msg.T * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is BookTicker or type(msg) is FuturesBookTicker:
+    if type(msg) is WireBookTicker or type(msg) is WireFuturesBookTicker:
         for name, value in (("bid_price", msg.b), ("ask_price", msg.a)):
             if not 0 < value < _INF:
                 raise ParseError(_price_reason(name, value))
@@ -338,7 +340,7 @@ def to_values(
             ts_event,
             recv_us if recv_us is not None else time.time_ns() // 1000,
         )
-    if type(msg) is AggTrade:
+    if type(msg) is WireAggTrade:
         p, q = msg.p, msg.q
         if not 0 < p < _INF:
             raise ParseError(_price_reason("price", p))
@@ -356,7 +358,7 @@ def to_values(
             msg.T * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is Depth:
+    if type(msg) is WireDepth:
         _check_levels(msg.b)
         _check_levels(msg.a)
         return "depth", (
@@ -371,8 +373,8 @@ def to_values(
             msg.E * 1000,
             recv_us if recv_us is not None else msg.E * 1000,
         )
-    if type(msg) is Kline:
+    if type(msg) is WireKline:
         return _bar(msg, exchange)
-    if type(msg) is PartialDepth:
+    if type(msg) is WirePartialDepth:
         return _snapshot(msg, recv_us, exchange, None, "rest")
     raise ParseError(f"unsupported message {type(msg).__name__}")
