@@ -8,7 +8,6 @@ the user's to fix print one line and exit 2; nothing prints a traceback for them
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import os
 import sys
@@ -17,7 +16,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import msgspec
 import orjson
 import typer
 from rich.console import Console
@@ -28,8 +26,6 @@ from rich.table import Table
 from tickvault import control
 from tickvault.backfill_cli import app as backfill_app
 from tickvault.bus import open_bus
-from tickvault.bus.base import DeadLetter
-from tickvault.codec import FrameBuilder
 from tickvault.config import (
     ENV_DATA_DIR,
     BinanceSettings,
@@ -41,11 +37,11 @@ from tickvault.config import (
     load_settings,
     settings_reference,
 )
+from tickvault.dlq_cli import app as dlq_app
 from tickvault.errors import ConfigError, StoreUnavailable, TickvaultError
 from tickvault.guardian.cli import app as guardian_app
 from tickvault.guardian.cli import rebuild_command
 from tickvault.positions.cli import app as positions_app
-from tickvault.records import KINDS
 from tickvault.redact import install_log_redaction, redact_text
 from tickvault.sources.base import Source
 from tickvault.status import collect_status
@@ -112,7 +108,6 @@ def _global_options(
         )
 
 
-dlq_app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(positions_app, name="positions")
 app.add_typer(streams_app, name="streams")
@@ -661,151 +656,6 @@ def _print_outage_state(data: dict[str, Any]) -> None:
             f" corrupt {spool['corrupt']}",
             highlight=False,
         )
-
-
-# -- dead letters -----------------------------------------------------------------------------
-
-
-def _letter_source(letter: DeadLetter) -> str:
-    """Where a dead letter came from: ``file:line`` for replays, else its entry."""
-    from tickvault.sources.replay import letter_origin
-
-    origin = letter_origin(letter.entry_id)
-    return f"{origin[0]}:{origin[1]}" if origin else letter.entry_id or ""
-
-
-def _letter_json(letter: DeadLetter) -> dict[str, Any]:
-    from tickvault.sources.replay import letter_origin
-
-    data = msgspec.to_builtins(letter)
-    origin = letter_origin(letter.entry_id)
-    data["source_file"], data["source_line"] = origin if origin else (None, None)
-    try:
-        data["payload"] = letter.payload.decode("utf-8")
-    except UnicodeDecodeError:
-        data["payload"] = None
-        data["payload_base64"] = base64.b64encode(letter.payload).decode()
-    return dict(data)
-
-
-@dlq_app.command("list")
-def dlq_list(
-    json_out: JsonFlag = False,
-    limit: Annotated[int, typer.Option(help="Show at most this many.")] = 1000,
-    all_: Annotated[bool, typer.Option("--all", help="Include requeued letters.")] = False,
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    bus: BusUrl = None,
-) -> None:
-    """List dead letters (oldest first) with their reasons."""
-    settings = _settings(config, data_dir, bus, None)
-
-    async def main() -> list[DeadLetter]:
-        b = open_bus(settings.bus_url)
-        try:
-            return await b.dead_letters(limit=limit, include_requeued=all_)
-        finally:
-            await b.close()
-
-    letters = _run(main())
-    if json_out:
-        _print_json([_letter_json(x) for x in letters])
-        return
-    table = Table("id", "kind", "reason", "source (file:line) / entry", "payload")
-    for x in letters:
-        preview = _letter_json(x)["payload"] or f"<{len(x.payload)} bytes binary>"
-        table.add_row(x.id, x.kind, x.reason, _letter_source(x), preview[:60])
-    out.print(table)
-
-
-@dlq_app.command("show")
-def dlq_show(
-    letter_id: Annotated[str, typer.Argument(metavar="ID")],
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    bus: BusUrl = None,
-) -> None:
-    """Show one dead letter in full (JSON)."""
-    settings = _settings(config, data_dir, bus, None)
-
-    async def main() -> DeadLetter | None:
-        b = open_bus(settings.bus_url)
-        try:
-            return await b.get_dead_letter(letter_id)
-        finally:
-            await b.close()
-
-    letter = _run(main())
-    if letter is None:
-        err.print(f"[red]error:[/red] no dead letter {letter_id}")
-        raise typer.Exit(2)
-    _print_json(_letter_json(letter))
-
-
-def requeue_payload(letter: DeadLetter) -> bytes:
-    """The bus payload that re-submits ``letter``; raise TickvaultError if it cannot be."""
-    from tickvault.sources.binance_wire import ParseError, parse_message
-
-    if letter.kind == "frame":
-        return letter.payload
-    if letter.kind in KINDS:
-        row = orjson.loads(letter.payload)
-        builder = FrameBuilder(letter.kind)
-        builder.add_values(row.get(c) for c in KINDS[letter.kind].columns)
-        return builder.take()
-    if letter.kind == "raw":
-        try:
-            record = parse_message(letter.payload)
-        except ParseError as exc:
-            raise TickvaultError(
-                f"dead letter {letter.id} is still invalid: {exc.reason}"
-            ) from None
-        builder = FrameBuilder(
-            next(k for k, s in KINDS.items() if isinstance(record, s.record_type))
-        )
-        builder.add(record)
-        return builder.take()
-    raise TickvaultError(f"dead letter {letter.id} has unknown kind {letter.kind!r}")
-
-
-@dlq_app.command("requeue")
-def dlq_requeue(
-    letter_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
-    data_dir: DataDir = None,
-    config: ConfigFile = None,
-    bus: BusUrl = None,
-) -> None:
-    """Put dead letters back on their stream (the writer validates them again)."""
-    settings = _settings(config, data_dir, bus, None)
-
-    async def main() -> int:
-        b = open_bus(settings.bus_url)
-        failed = 0
-        try:
-            for letter_id in letter_ids:
-                letter = await b.get_dead_letter(letter_id)
-                if letter is None:
-                    err.print(f"[red]error:[/red] no dead letter {letter_id}")
-                    failed += 1
-                    continue
-                if letter.requeued_at is not None:
-                    err.print(f"dead letter {letter_id} was already requeued")
-                    continue
-                try:
-                    payload = requeue_payload(letter)
-                except TickvaultError as exc:
-                    err.print(f"[red]error:[/red] {exc}", highlight=False)
-                    failed += 1
-                    continue
-                ids = await b.append(letter.stream, [payload])
-                await b.mark_requeued(letter_id)
-                out.print(f"requeued {letter_id} as entry {ids[0]} on {letter.stream}")
-        finally:
-            await b.close()
-        return failed
-
-    failed = _run(main())
-    raise typer.Exit(1 if failed else 0)
 
 
 @app.command("config-reference")
