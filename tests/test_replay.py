@@ -7,6 +7,7 @@ from pathlib import Path
 
 import orjson
 
+from tickvault.records import KINDS
 from tickvault.sample import MALFORMED_KINDS, write_recording
 
 from .cli_helpers import tv, tv_json
@@ -175,3 +176,33 @@ def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) ->
     )
     assert after[0] == before[0]
     assert after[1]["exchange"] == "binance-usdm" and after[1]["n"] == 128
+
+
+def test_requeued_capture_line_keeps_its_market_and_receive_time(tmp_path: Path) -> None:
+    """A dead-lettered line of a USD-M capture, once fixed upstream, is requeued with the
+    market it was replayed as and the receive time of its prefix."""
+    from tickvault.dlq_cli import requeue_payload
+    from tickvault.sources.replay import letter_market
+
+    line = (
+        b'1723161255088176367 {"stream":"btcusdt@trade","data":{"e":"trade","E":1723161256322,'
+        b'"T":1723161256322,"s":"BTCUSDT","t":5266583935,"p":"61800.30","q":"0.006",'
+        b'"X":"MARKET","m":false}}'
+    )
+    path = tmp_path / "usdm.txt"
+    path.write_bytes(line.replace(b'"61800.30"', b'"-1"') + b"\n")
+    data = tmp_path / "data"
+    tv("replay", path, "--exchange", "binance-usdm", "--data-dir", data)
+    (letter,) = tv_json("dlq", "list", "--data-dir", data)
+    assert letter["reason"] == "non-positive price"
+    assert letter_market(letter["entry_id"]) == "binance-usdm"
+    assert letter_market(None) == "binance"
+    from tickvault.bus.base import DeadLetter
+    from tickvault.codec import column_values, decode_frame
+
+    fixed = DeadLetter(letter["id"], "ticks", None, "raw", "", line, letter["entry_id"], 0, 0.0)
+    frame = decode_frame(requeue_payload(fixed))
+    assert frame.kind == "trade"
+    columns = [column_values(frame.cols[c]) for c in KINDS["trade"].columns]
+    want = ("binance-usdm", "BTCUSDT", 5266583935, 61800.3, 0.006, False)
+    assert list(zip(*columns, strict=True)) == [(*want, 1723161256322000, 1723161255088176)]

@@ -26,7 +26,7 @@ from tickvault.config import ENV_DATA_DIR, Settings, load_settings
 from tickvault.errors import TickvaultError
 from tickvault.records import KINDS
 from tickvault.redact import redact_text
-from tickvault.sources.replay import letter_origin
+from tickvault.sources.replay import letter_market, letter_origin
 
 T = TypeVar("T")
 
@@ -142,6 +142,7 @@ def dlq_show(
 
 def requeue_payload(letter: DeadLetter) -> bytes:
     """The bus payload that re-submits ``letter``; raise TickvaultError if it cannot be."""
+    from tickvault.sources.binance_capture import split_line
     from tickvault.sources.binance_wire import ParseError, parse_message
 
     if letter.kind == "frame":
@@ -153,7 +154,9 @@ def requeue_payload(letter: DeadLetter) -> bytes:
         return builder.take()
     if letter.kind == "raw":
         try:
-            record = parse_message(letter.payload)
+            # A replayed line keeps its capture prefix (receive time) and its market.
+            payload, recv_us, symbol = split_line(letter.payload)
+            record = parse_message(payload, recv_us, letter_market(letter.entry_id), symbol)
         except ParseError as exc:
             raise TickvaultError(
                 f"dead letter {letter.id} is still invalid: {exc.reason}"

@@ -62,6 +62,15 @@ def letter_origin(entry_id: str | None) -> tuple[str, int] | None:
     return (path, int(line)) if path and line.isdigit() else None
 
 
+def letter_market(entry_id: str | None) -> str:
+    """The market a replay dead letter was read as (``binance`` unless its key says)."""
+    if not entry_id or not entry_id.startswith("replay:"):
+        return SPOT
+    tail = entry_id.rpartition("#")[2]
+    market = tail.partition("@")[2].rpartition(":")[0]
+    return market or SPOT
+
+
 def _origin(key: str, number: int) -> tuple[str, str]:
     """Dead-letter key and entry id of line ``number`` (the same text: see the docstring)."""
     origin = f"{key}:{number}"
