@@ -115,3 +115,16 @@ def test_replay_format_option_and_unknown_market(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "unknown Binance market 'binance-futures'" in bad.stderr
     bad = tv("replay", path, "--format", "tardis", "--data-dir", data, check=False)
     assert bad.returncode == 2 and "--format must be one of" in bad.stderr
+
+
+async def test_a_bad_bare_snapshot_is_a_dead_letter_not_a_crash(tmp_path: Path) -> None:
+    from tickvault.sources.replay import ReplaySource
+
+    spot = lines("hftbacktest-spot-btcusdt_20240808.head800.gz")
+    bad = '1723161254206652067 {"lastUpdateId":5,"bids":[["-1","2"]],"asks":[]}'
+    path = tmp_path / "x.txt"
+    path.write_text("\n".join([spot[0], bad, spot[2]]) + "\n")
+    source = ReplaySource([path])
+    batches = [b async for b in source.batches()]
+    assert [r.reason for b in batches for r in b.rejects] == ["non-positive price"]
+    assert sum(len(b) for b in batches) == 2

@@ -126,6 +126,8 @@ class ReplaySource(Source):
         """Messages with fields only another market sends (see ``binance_markets``)."""
         self.untimed_quotes = 0
         """Book tickers stamped with the replay time (no time in the message or the line)."""
+        self._file_symbols: set[str] = set()
+        """Symbols the current file named so far (tracked while there is at most one)."""
         self.messages = 0
         self.skipped_lines = 0
         self.files_done = 0
@@ -146,7 +148,7 @@ class ReplaySource(Source):
             self.skipped_lines += start
             last = start
             csv_chunks = self._csv_chunks(path)
-            self._file_symbols: set[str] = set()
+            self._file_symbols = set()
             with _open(path) as fh:
                 for _ in itertools.islice(fh, start):
                     pass  # already published by an earlier run
@@ -192,19 +194,15 @@ class ReplaySource(Source):
         for number, line in enumerate(chunk, start=last + 1):
             try:
                 payload, recv_us, named = split_line(line, fmt)
-                kind, row = parse_values(payload, recv_us, exchange, named or symbol)
-            except SymbolNeeded as exc:
-                # Captures of one symbol per file (hftbacktest) hold bare REST snapshots:
-                # they belong to the one symbol every message before them named.
-                only = self._only_symbol(rows_by_kind)
-                if only is None:
-                    batch.rejects.append(
-                        NewDeadLetter(
-                            "raw", exc.reason, line.strip(), f"{key}:{number}", f"{key}:{number}"
-                        )
-                    )
-                    continue
-                kind, row = parse_values(payload, recv_us, exchange, only)
+                try:
+                    kind, row = parse_values(payload, recv_us, exchange, named or symbol)
+                except SymbolNeeded:
+                    # Captures of one symbol per file (hftbacktest) hold bare REST snapshots:
+                    # they belong to the one symbol every message before them named.
+                    only = self._only_symbol(rows_by_kind)
+                    if only is None:
+                        raise
+                    kind, row = parse_values(payload, recv_us, exchange, only)
             except SkippedMessage as exc:
                 self.skipped[exc.reason] = self.skipped.get(exc.reason, 0) + 1
                 continue
