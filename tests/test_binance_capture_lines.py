@@ -128,3 +128,9 @@ async def test_a_bad_bare_snapshot_is_a_dead_letter_not_a_crash(tmp_path: Path) 
     batches = [b async for b in source.batches()]
     assert [r.reason for b in batches for r in b.rejects] == ["non-positive price"]
     assert sum(len(b) for b in batches) == 2
+
+
+def test_receive_times_out_of_range_are_rejected() -> None:
+    for prefix in (b"9" * 5000, b"12345678901234567890", b"1234567890123.5:"):
+        with pytest.raises(ParseError, match="bad receive time"):
+            split_line(prefix + b' {"u":1}')

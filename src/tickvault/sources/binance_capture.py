@@ -41,7 +41,12 @@ def _unrecognised(fmt: LineFormat) -> ParseError:
 def _time_us(prefix: bytes) -> int:
     """A receive time (s with a fraction, or integer s/ms/µs/ns) → µs since the epoch."""
     whole, dot, frac = prefix.partition(b".")
-    if not whole or not set(whole) <= _DIGITS or (dot and not set(frac) <= _DIGITS):
+    if (
+        not whole
+        or len(whole) > 19
+        or not set(whole) <= _DIGITS
+        or (dot and (len(whole) > 12 or not set(frac) <= _DIGITS))
+    ):
         raise ParseError(f"bad receive time {prefix[:32]!r}")
     value = int(whole)
     if dot:  # seconds with a decimal fraction: exact integer arithmetic, µs rounded half up

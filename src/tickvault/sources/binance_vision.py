@@ -133,8 +133,12 @@ def detect_layout(path: Path, first_line: bytes, symbol: str | None) -> CsvLayou
     return CsvLayout(kind, names[: len(cells)], header, name.upper())
 
 
-def _reason(price: Any, qty: Any) -> str:
-    if price is None or not math.isfinite(price):
+def _reason(row: dict[str, Any], names: list[str]) -> str:
+    missing = [n for n in names if row[n] is None]
+    if missing:
+        return f"missing {missing[0]}"
+    price, qty = row[names[1]], row[names[2]]
+    if not math.isfinite(price):
         return "non-finite price"
     if price <= 0:
         return "non-positive price"
@@ -183,13 +187,16 @@ class CsvChunks:
             pc.and_(pc.greater(price, 0.0), pc.less(price, math.inf)),
             pc.and_(pc.greater_equal(qty, 0.0), pc.less(qty, math.inf)),
         )
+        for column in c:
+            if column.null_count:
+                ok = pc.and_(ok, pc.is_valid(column))
         ok = pc.fill_null(ok, False)
         rejects: list[tuple[int, str, bytes]] = []
         if not pc.all(ok).as_py():
             flags = ok.to_pylist()
-            prices, qtys = price.to_pylist(), qty.to_pylist()
+            rows = table.to_pylist()
             rejects = [
-                (numbers[i], _reason(prices[i], qtys[i]), raw[i].strip())
+                (numbers[i], _reason(rows[i], self._names), raw[i].strip())
                 for i, good in enumerate(flags)
                 if not good
             ]
@@ -230,6 +237,8 @@ class CsvChunks:
             cell = cell.strip()
             try:
                 if kind == pa.int64():
+                    if len(cell) > 20:  # longer than any int64: not worth parsing
+                        raise ValueError
                     values.append(int(cell))
                 elif kind == pa.float64():
                     values.append(float(cell))
@@ -237,6 +246,8 @@ class CsvChunks:
                     values.append(_BOOLS[cell.lower()])
             except (ValueError, KeyError):
                 raise ValueError(f"bad {name}: {cell[:40]!r}") from None
+            if kind == pa.int64() and not -(2**63) <= values[-1] < 2**63:
+                raise ValueError(f"{name} out of range: {cell[:40]!r}")
         pairs = zip(self._names, values, strict=True)
         table = pa.table({n: pa.array([v], type=self._types[n]) for n, v in pairs})
         rows, rejects = self._rows(table, [0], [line])
