@@ -185,10 +185,4 @@ def test_futures_capture_replayed_as_spot_warns_once_with_a_count(tmp_path: Path
     assert len(warnings) == 1
     # 612 book tickers with E/T, 59 depth diffs with pu, 128 trades with X: 799.
     assert "799 messages carry fields that market 'binance' does not send" in warnings[0]
-    right = tv(
-        "replay",
-        DATA / "hftbacktest-spot-btcusdt_20240808.head800.gz",
-        "--data-dir",
-        tmp_path / "e",
-    )
-    assert "warning" not in right.stderr
+    # The right market gives no warning (the fixture's replays: foreign_messages == 0).

@@ -65,21 +65,32 @@ def test_same_ids_in_two_markets_are_two_histories(tmp_path: Path) -> None:
     ]
 
 
-def test_agg_trades_csv_with_header(tmp_path: Path) -> None:
-    data = tmp_path / "d"
-    summary = tv_json("replay", AGG_CSV, "--exchange", "binance-usdm", "--data-dir", data)
-    assert summary["stored"] == 10
-    got = stored(data, "agg_trades", "binance-usdm")
+async def test_agg_trades_csv_with_header() -> None:
+    from tickvault.sources.replay import ReplaySource
+
+    source = ReplaySource([AGG_CSV], exchange="binance-usdm")
+    got = {
+        (row[1], row[2]): row
+        for batch in [b async for b in source.batches()]
+        for row in batch.rows.get("agg_trade", [])
+    }
     want = {
         k: v
         for k, v in expected(["cryptofeed-BINANCE_FUTURES.ws.1.0.head400.gz"]).agg_trades.items()
         if k[0] == "SUSHIUSDT"
     }
     assert set(got) == set(want) and len(want) == 10
-    for key, row in want.items():
-        for name in ("price", "qty", "first_trade_id", "last_trade_id", "buyer_is_maker"):
-            assert got[key][name] == row[name], (key, name)
-        assert got[key]["ts_event"] == got[key]["ts_recv"] == row["ts_event"]
+    for key, w in want.items():
+        exchange, _, _, price, qty, first, last, maker, ts_event, ts_recv = got[key]
+        assert exchange == "binance-usdm"
+        assert (price, qty, first, last, maker) == (
+            w["price"],
+            w["qty"],
+            w["first_trade_id"],
+            w["last_trade_id"],
+            w["buyer_is_maker"],
+        )
+        assert ts_event == ts_recv == w["ts_event"]
 
 
 def test_microsecond_times_gzip_and_bad_rows(tmp_path: Path) -> None:

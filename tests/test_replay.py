@@ -151,28 +151,24 @@ def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) ->
     """Rows stored before markets had names are ``binance``: they stay as they are, and the
     same files replayed with their market are stored beside them, in their own space."""
     from .binance_samples import DATA
+    from .test_binance_recordings import query
 
     usdm = DATA / "hftbacktest-usdm-btcusdt_20240808.head800.gz"
     spot = DATA / "hftbacktest-spot-btcusdt_20240808.head800.gz"
     data = tmp_path / "data"
     tv("replay", spot, usdm, "--data-dir", data)  # what earlier versions did: all "binance"
-    before = tv_json(
-        "query",
-        "SELECT exchange, count(*) AS n, sum(trade_id) AS ids FROM trades GROUP BY ALL",
-        "--data-dir",
-        data,
+    before = query(
+        data, "SELECT exchange, count(*) AS n, sum(trade_id) AS ids FROM trades GROUP BY ALL"
     )
     assert before == [{"exchange": "binance", "n": 245, "ids": before[0]["ids"]}]
     again = tv_json("replay", spot, "--data-dir", data)
     assert again["files_already_done"] == 1  # spot checkpoints keep their key
     moved = tv_json("replay", usdm, "--exchange", "binance-usdm", "--data-dir", data)
     assert moved["stored"] == moved["read"] == 800  # every record, under its market
-    after = tv_json(
-        "query",
+    after = query(
+        data,
         "SELECT exchange, count(*) AS n, sum(trade_id) AS ids FROM trades GROUP BY ALL"
         " ORDER BY exchange",
-        "--data-dir",
-        data,
     )
     assert after[0] == before[0]
     assert after[1]["exchange"] == "binance-usdm" and after[1]["n"] == 128
