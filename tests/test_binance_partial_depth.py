@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .binance_samples import lines, recv_us
+from .binance_samples import lines, query, recv_us, stored
 from .cli_helpers import tv_json
-from .test_binance_recordings import query, stored
 
 SPOT = "hftbacktest-spot-btcusdt_20240808.head800.gz"
 USDM = "hftbacktest-usdm-btcusdt_20240808.head800.gz"

@@ -7,53 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pytest
 
-from .binance_samples import CAPTURES, DATA, Expected, expected
+from .binance_samples import CAPTURES, DATA, TABLE_KEYS, Expected, expected, query, stored
 from .cli_helpers import tv, tv_json
-
-_KEYS = {
-    "trades": ("symbol", "trade_id"),
-    "agg_trades": ("symbol", "agg_id"),
-    "quotes": ("symbol", "update_id"),
-    "depth_updates": ("symbol", "final_update_id"),
-    "book_snapshots": ("symbol", "last_update_id"),
-    "bars": ("symbol", "timeframe", "ts_open"),
-}
-_TIMES = {"ts_event", "ts_recv", "ts_open"}
-
-
-def query(data: Path, sql: str) -> list[dict[str, Any]]:
-    """Read the replay's DuckDB store directly (no process owns the data dir after it)."""
-    with duckdb.connect(str(data / "ticks.duckdb"), read_only=True) as conn:
-        cursor = conn.execute(sql)
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-
-
-def stored(data: Path, table: str, market: str) -> dict[tuple[Any, ...], dict[str, Any]]:
-    """Every row of ``table`` for ``market``, keyed like :class:`Expected`, times in µs."""
-    column = "source" if table == "bars" else "exchange"
-    names = [
-        r["column_name"]
-        for r in query(
-            data,
-            "SELECT column_name FROM information_schema.columns"
-            f" WHERE table_name = '{table}' ORDER BY ordinal_position",
-        )
-    ]
-    select = ", ".join(f"epoch_us({n}) AS {n}" if n in _TIMES else n for n in names)
-    out: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for row in query(data, f"SELECT {select} FROM {table} WHERE {column} = '{market}'"):
-        key = tuple(row.pop(k) for k in _KEYS[table])
-        row.pop(column)
-        out[key] = row
-    return out
 
 
 def _assert_tables(data: Path, market: str, want: Expected) -> None:
-    for table in _KEYS:
+    for table in TABLE_KEYS:
         got = stored(data, table, market)
         wanted: dict[tuple[Any, ...], dict[str, Any]] = getattr(want, table)
         assert set(got) == set(wanted), (market, table)

@@ -7,9 +7,8 @@ import gzip
 import zipfile
 from pathlib import Path
 
-from .binance_samples import DATA, expected
+from .binance_samples import DATA, expected, query, stored
 from .cli_helpers import tv, tv_json
-from .test_binance_recordings import query, stored
 
 SPOT_ZIP = DATA / "BTCUSDT-trades-2024-08-08.zip"
 USDM_CSV = DATA / "BTCUSDT-trades-2024-08-08-usdm.csv"

@@ -150,8 +150,7 @@ def test_data_dir_and_config_may_come_before_the_command(tmp_path: Path) -> None
 def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) -> None:
     """Rows stored before markets had names are ``binance``: they stay as they are, and the
     same files replayed with their market are stored beside them, in their own space."""
-    from .binance_samples import DATA
-    from .test_binance_recordings import query
+    from .binance_samples import DATA, query
 
     usdm = DATA / "hftbacktest-usdm-btcusdt_20240808.head800.gz"
     spot = DATA / "hftbacktest-spot-btcusdt_20240808.head800.gz"
