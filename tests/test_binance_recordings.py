@@ -47,6 +47,7 @@ def test_every_capture_is_stored_exactly_field_by_field(
     assert summary["dead_letters"] == {}
     assert summary["exchange"] == market
     assert summary["foreign_messages"] == 0
+    assert summary["header_markets"] == []
     skipped = summary["skipped"]
     assert skipped.get("open kline (not final)", 0) == want.open_klines
     assert skipped.get("capture header (websocket URL)", 0) == want.headers
@@ -135,15 +136,20 @@ def test_rerun_with_restart_changes_nothing(replayed: tuple[Path, dict[str, Any]
     _assert_tables(data, "binance-coinm", expected(names))
 
 
-def test_futures_capture_replayed_as_spot_warns_once_with_a_count(tmp_path: Path) -> None:
+def test_captures_of_other_markets_replayed_as_spot_warn_once(tmp_path: Path) -> None:
     proc = tv(
         "replay",
         DATA / "hftbacktest-usdm-btcusdt_20240808.head800.gz",
+        DATA / "cryptofeed-BINANCE_US.ws.1.0.gz",
         "--data-dir",
         tmp_path / "d",
     )
-    warnings = [x for x in proc.stderr.splitlines() if "warning" in x]
-    assert len(warnings) == 1
+    warnings = [" ".join(x.split()) for x in proc.stderr.split("warning:")[1:]]
+    assert len(warnings) == 2
     # 612 book tickers with E/T, 59 depth diffs with pu, 128 trades with X: 799.
-    assert "799 messages carry fields that market 'binance' does not send" in warnings[0]
+    assert warnings[0].startswith("799 messages carry fields that market 'binance' does not")
+    # Binance.US speaks the spot format: its capture's header names the market.
+    assert warnings[1].startswith(
+        "the capture's header (its websocket URL) names market 'binance-us', replayed as 'binance'"
+    )
     # The right market gives no warning (the fixture's replays: foreign_messages == 0).

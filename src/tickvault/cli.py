@@ -423,6 +423,7 @@ def replay(
             "exchange": exchange,
             "skipped": produced.skipped,
             "foreign_messages": produced.foreign,
+            "header_markets": produced.header_markets,
             "quotes_stamped_with_replay_time": produced.untimed_quotes,
         }
         _replay_warnings(exchange, produced)
@@ -460,6 +461,12 @@ def _replay_warnings(exchange: str, produced: Any) -> None:
             f"[yellow]warning:[/yellow] {produced.foreign:,} messages carry fields that"
             f" market {exchange!r} does not send (futures fields replayed as spot, or the"
             " reverse): check --exchange",
+            highlight=False,
+        )
+    for named in produced.header_markets:
+        err.print(
+            f"[yellow]warning:[/yellow] the capture's header (its websocket URL) names market"
+            f" {named!r}, replayed as {exchange!r}: check --exchange",
             highlight=False,
         )
     if produced.untimed_quotes:

@@ -41,6 +41,7 @@ class ProducerResult:
     files_already_done: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
     foreign: int = 0
+    header_markets: list[str] = field(default_factory=list)
     untimed_quotes: int = 0
     error: str | None = None
 
@@ -114,6 +115,7 @@ async def _produce(
         files_already_done=source.files_already_done,
         skipped=dict(source.skipped),
         foreign=source.foreign,
+        header_markets=list(source.header_markets),
         untimed_quotes=source.untimed_quotes,
     )
 

@@ -35,7 +35,12 @@ from tickvault.checkpoints import CheckpointStore
 from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance_capture import LineFormat, split_line
-from tickvault.sources.binance_markets import SPOT, check_market, foreign_fields
+from tickvault.sources.binance_markets import (
+    SPOT,
+    check_market,
+    foreign_fields,
+    market_from_url,
+)
 from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, open_csv
 from tickvault.sources.binance_wire import ParseError, SkippedMessage, SymbolNeeded, parse_values
 
@@ -124,6 +129,8 @@ class ReplaySource(Source):
         """Valid lines that carry no record, by reason (open klines, capture headers...)."""
         self.foreign = 0
         """Messages with fields only another market sends (see ``binance_markets``)."""
+        self.header_markets: list[str] = []
+        """Markets named by capture headers (websocket URLs) other than ``exchange``."""
         self.untimed_quotes = 0
         """Book tickers stamped with the replay time (no time in the message or the line)."""
         self._file_symbols: set[str] = set()
@@ -205,6 +212,8 @@ class ReplaySource(Source):
                     kind, row = parse_values(payload, recv_us, exchange, only)
             except SkippedMessage as exc:
                 self.skipped[exc.reason] = self.skipped.get(exc.reason, 0) + 1
+                if line.startswith((b"wss://", b"ws://")):
+                    self._check_header(line)
                 continue
             except ParseError as exc:
                 data = line.strip()
@@ -221,6 +230,12 @@ class ReplaySource(Source):
             if rows is None:
                 rows = rows_by_kind[kind] = []
             rows.append(row)
+
+    def _check_header(self, line: bytes) -> None:
+        """A capture's header names its websocket URL, hence its market: note a mismatch."""
+        named = market_from_url(line.split(b" ", 1)[0].decode("ascii", "replace"), default="")
+        if named and named != self.exchange and named not in self.header_markets:
+            self.header_markets.append(named)
 
     def _only_symbol(self, rows_by_kind: dict[str, list[tuple[Any, ...]]]) -> str | None:
         seen = self._file_symbols
