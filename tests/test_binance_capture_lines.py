@@ -4,6 +4,7 @@ line on real lines of the samples; plus the CLI's handling of ``--format``."""
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import pytest
@@ -134,3 +135,24 @@ def test_receive_times_out_of_range_are_rejected() -> None:
     for prefix in (b"9" * 5000, b"12345678901234567890", b"1234567890123.5:"):
         with pytest.raises(ParseError, match="bad receive time"):
             split_line(prefix + b' {"u":1}')
+
+
+def test_snapshot_shapes_in_streams_whatever_the_key_order() -> None:
+    """Partial depth in any key order, and a generated REST snapshot in a stream (Tardis'
+    ``@depthSnapshot``), are snapshots with the stream's symbol."""
+    spot = lines("hftbacktest-spot-btcusdt_20240808.head800.gz")
+    prefix, _, snap = next(x for x in spot if '"lastUpdateId"' in x).partition(" ")
+    recv = int(prefix) // 1000
+    reordered = f'{{"data":{snap},"stream":"btcusdt@depth5@100ms"}}'.encode()
+    kind, row = parse_values(reordered, recv)
+    assert (kind, row[:4], row[-1]) == (
+        "book_snapshot",
+        ("binance", "BTCUSDT", 50093239218, "partial"),
+        recv,
+    )
+    generated = f'{{"stream":"btcusdt@depthSnapshot","generated":true,"data":{snap}}}'.encode()
+    kind, row = parse_values(generated, recv)
+    assert row[:4] == ("binance", "BTCUSDT", 50093239218, "rest")
+    doc = json.loads(snap)
+    assert row[4] == [float(p) for p, _ in doc["bids"]]
+    assert row[7] == [float(q) for _, q in doc["asks"]]

@@ -102,7 +102,7 @@ def _stream_kind(stream: str) -> str | None:
     if channel.startswith("depth"):
         # depth5 / depth10 / depth20 (optionally @100ms...) are top-N snapshots.
         level = channel[5:].partition("@")[0]
-        return "partialDepth" if level.isdigit() else "depthUpdate"
+        return "partialDepth" if level.isdigit() or level == "Snapshot" else "depthUpdate"
     if channel.startswith("kline"):
         return "kline"
     return None
@@ -142,17 +142,19 @@ def _decode(kind: str, data: bytes) -> msgspec.Struct:
         raise ParseError("malformed JSON") from None
 
 
-def _generic(data: bytes) -> tuple[str, msgspec.Struct]:
-    """Slow path: decode to a dict, find the message kind, convert."""
+def _generic(data: bytes) -> tuple[str, msgspec.Struct, str | None]:
+    """Slow path: decode to a dict, find the message kind, convert; also the stream name."""
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise ParseError("malformed JSON") from None
     if not isinstance(doc, dict):
         raise ParseError("not a JSON object")
+    stream = None
     if "stream" in doc and "data" in doc:
         inner = doc["data"]
-        kind = _stream_kind(str(doc["stream"]))
+        stream = str(doc["stream"])
+        kind = _stream_kind(stream)
         if kind is None and isinstance(inner, dict):
             kind = inner.get("e")
         doc = inner
@@ -167,7 +169,7 @@ def _generic(data: bytes) -> tuple[str, msgspec.Struct]:
     if kind not in _TYPES:
         raise ParseError(f"unknown event type {kind!r}" if kind else "unknown message type")
     try:
-        return kind, msgspec.convert(doc, _TYPES[kind], strict=False)
+        return kind, msgspec.convert(doc, _TYPES[kind], strict=False), stream
     except msgspec.ValidationError as exc:
         raise ParseError(_reason(exc)) from None
 
@@ -194,27 +196,36 @@ def parse_values(
     :class:`ParseError` (:class:`SkippedMessage` for an open kline).
     """
     msg: msgspec.Struct
+    stream: str | None = None
     if data.startswith(b'{"stream"'):
         try:
             wrapped = _WRAPPED.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            _, msg = _generic(data)
+            _, msg, stream = _generic(data)
         else:
             inner = bytes(wrapped.data)
-            kind = _stream_kind(wrapped.stream) or _sniff(inner)
+            stream = wrapped.stream
+            kind = _stream_kind(stream) or _sniff(inner)
             msg = _generic(inner)[1] if kind is None else _decode(kind, inner)
-            if kind == "partialDepth":
-                return _snapshot(msg, recv_us, exchange, _symbol_of(wrapped.stream), "partial")
     elif data.startswith(b'{"e":'):
         try:
             msg = _EVENT.decode(data)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            _, msg = _generic(data)  # the slow path finds the precise reason
+            _, msg, stream = _generic(data)  # the slow path finds the precise reason
     else:
-        kind = _sniff(data)
-        msg = _generic(data)[1] if kind is None else _decode(kind, data)
+        # A wrapped message with its keys in another order takes the slow path.
+        kind = None if b'"stream"' in data else _sniff(data)
+        if kind is None:
+            _, msg, stream = _generic(data)
+        else:
+            msg = _decode(kind, data)
     if type(msg) is WirePartialDepth:
-        return _snapshot(msg, recv_us, exchange, symbol, "rest")
+        if stream is None:
+            return _snapshot(msg, recv_us, exchange, symbol, "rest")
+        # A partial-depth stream is a top-N snapshot; a generated snapshot in a stream
+        # (Tardis' "<symbol>@depthSnapshot") is a full REST one.
+        origin = "rest" if stream.endswith("@depthSnapshot") else "partial"
+        return _snapshot(msg, recv_us, exchange, _symbol_of(stream), origin)
     return to_values(msg, recv_us, exchange)
 
 
