@@ -171,6 +171,14 @@ def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) ->
     )
     assert after[0] == before[0]
     assert after[1]["exchange"] == "binance-usdm" and after[1]["n"] == 128
+    # The documented spot-only view leaves the old futures copies out, deleting nothing.
+    spot_only = query(
+        data,
+        "SELECT count(*) AS n FROM trades b WHERE b.exchange = 'binance' AND NOT EXISTS ("
+        " SELECT 1 FROM trades f WHERE f.exchange = 'binance-usdm' AND f.symbol = b.symbol"
+        " AND f.trade_id = b.trade_id AND f.ts_event = b.ts_event AND f.price = b.price)",
+    )
+    assert spot_only == [{"n": 117}]
 
 
 def test_requeued_capture_line_keeps_its_market_and_receive_time(tmp_path: Path) -> None:
