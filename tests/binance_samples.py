@@ -165,6 +165,7 @@ def expected(names: list[str]) -> Expected:
                         "volume": volume,
                         "vwap": float(k["q"]) / volume if volume > 0 else None,
                         "trade_count": k["n"],
+                        "adjusted": True,  # one price basis on Binance
                     },
                 )
             else:  # book ticker: spot without times, futures with T (transaction) and E

@@ -30,7 +30,7 @@ import msgspec
 import orjson
 
 from tickvault.errors import RecordError
-from tickvault.records import KINDS, Record
+from tickvault.records import KINDS, Bar, Record
 from tickvault.sources.binance_structs import (
     WireAggTrade,
     WireBookTicker,
@@ -44,6 +44,14 @@ from tickvault.sources.binance_structs import (
 
 EXCHANGE = "binance"
 _BAR_COLUMNS = KINDS["bar"].columns
+# Columns a kline does not give (``adjusted``: Binance publishes one price basis, crypto
+# has no splits) take the Bar record's defaults.
+_BAR_DEFAULTS: dict[str, Any] = {
+    name: default
+    for name, default in zip(
+        reversed(Bar.__struct_fields__), reversed(Bar.__struct_defaults__), strict=False
+    )
+}
 
 
 class ParseError(RecordError):
@@ -303,7 +311,7 @@ def _bar(msg: WireKline, exchange: str) -> tuple[str, tuple[Any, ...]]:
         "vwap": vwap,
         "trade_count": k.n,
     }
-    return "bar", tuple(values.get(column) for column in _BAR_COLUMNS)
+    return "bar", tuple(values.get(c, _BAR_DEFAULTS.get(c)) for c in _BAR_COLUMNS)
 
 
 def to_values(
