@@ -212,66 +212,10 @@ class Checks:
         return found
 
     async def questdb_check(self) -> list[Observation]:
-        """Per QuestDB table (found through ``tables()``): suspended, or the writer trailing
-        the sequencer, or a WAL table the server does not list in ``wal_tables()`` yet."""
-        store: Any = self.store
-        if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
-            return []
-        try:
-            tables = await store.tables()
-            wal = await store._rest.wal_tables()
-        except Exception as exc:
-            resource = "questdb"
-            return [
-                Observation(
-                    resource,
-                    (self._f(resource, "questdb.unreachable", "critical", {"error": str(exc)}),),
-                )
-            ]
-        out: list[Observation] = []
-        for name in sorted(tables):
-            info = tables[name]
-            resource = f"questdb/{name}"
-            identity = str(info.directory or name)  # changes when the table is re-created
-            created = self._seen(resource, identity)
-            found: list[Finding] = []
-            status = wal.get(name)
-            if info.wal and status is None:
-                found.append(
-                    self._f(resource, "questdb.wal_not_initialised", "warning", {"table": name})
-                )
-            elif status is not None and status.suspended:
-                found.append(
-                    self._f(
-                        resource,
-                        "questdb.wal_suspended",
-                        "critical",
-                        {
-                            "table": name,
-                            "error_tag": status.error_tag,
-                            "error_message": status.error_message,
-                            "writer_txn": status.writer_txn,
-                            "sequencer_txn": status.sequencer_txn,
-                        },
-                        "questdb_resume_wal",
-                        table=name,
-                    )
-                )
-            elif status is not None and status.lag_txns > self.limits.wal_lag_max:
-                found.append(
-                    self._f(
-                        resource,
-                        "questdb.wal_lag",
-                        "warning",
-                        {
-                            "table": name,
-                            "lag_txns": status.lag_txns,
-                            "max": self.limits.wal_lag_max,
-                        },
-                    )
-                )
-            out.append(Observation(resource, tuple(found), created))
-        return out
+        """QuestDB's own view of its tables (:mod:`tickvault.guardian.questdb_checks`)."""
+        from tickvault.guardian.questdb_checks import questdb_check
+
+        return await questdb_check(self)
 
     # -- data quality ---------------------------------------------------------------------
 
