@@ -22,3 +22,5 @@ if [ ${#browser[@]} -gt 0 ]; then
 fi
 # Apache Kafka (pinned in scripts/kafka/pom.xml) for the real-broker tests, into .deps/kafka/.
 bash "$(dirname "$0")/fetch-kafka.sh"
+# The QuestDB server jar (pinned, from Maven Central) into .deps/questdb/; no network when cached.
+bash "$(dirname "$0")/fetch-questdb.sh" >/dev/null

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from tickvault.bus.kafka import KafkaBus
 from tickvault.bus.nats import NatsBus
 from tickvault.bus.redis import RedisBus
 from tickvault.bus.sqlite import SqliteBus
+from tickvault.records import KINDS
 from tickvault.stores.base import Store
 from tickvault.stores.clickhouse import ClickHouseStore
 from tickvault.stores.duckdb import DuckDBStore
@@ -27,7 +30,7 @@ from tickvault.stores.questdb import QuestDBStore
 
 from .kafka_mock import KafkaMockCluster
 from .kafka_server import KafkaServer
-from .questdb_double import QuestDBDouble
+from .questdb_server import QuestDBServer
 from .servers import ClickHouseServer, NatsServer, RedisServer
 
 BUS_BACKENDS = ["sqlite", "redis", "nats", "kafka"]
@@ -177,23 +180,38 @@ def kafka_bus_factory(kafka_server: KafkaServer) -> Iterator[BusFactory]:
     _close_all(made)
 
 
+# -- QuestDB: one real server for the session (tests/questdb_server.py) -----------------
+
+
+@pytest.fixture(scope="session")
+def questdb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QuestDBServer]:
+    """One QuestDB server for the session, for tests that do not kill or damage it."""
+    server = QuestDBServer(tmp_path_factory.mktemp("questdb-session")).start()
+    yield server
+    server.stop(signal.SIGKILL)  # its root is thrown away
+
+
+def questdb_fresh_tables(server: QuestDBServer) -> None:
+    """Drop tickvault's tables on ``server`` so the next store starts from nothing."""
+    for spec in KINDS.values():
+        query = urllib.parse.urlencode({"query": f"DROP TABLE IF EXISTS {spec.table}"})
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/exec?{query}") as r:
+            assert r.status == 200
+
+
 @pytest.fixture
-def questdb_store_factory() -> Iterator[StoreFactory]:
-    """QuestDB stores, each against its own wire-level double (tests/questdb_double.py)."""
+def questdb_store_factory(questdb_server: QuestDBServer) -> Iterator[StoreFactory]:
+    """QuestDB stores on the session server, each starting with no tickvault tables."""
     made: list[Store] = []
-    doubles: list[QuestDBDouble] = []
 
     async def make() -> Store:
-        double = QuestDBDouble().start()
-        doubles.append(double)
-        store = QuestDBStore.from_url(double.url)
+        await asyncio.to_thread(questdb_fresh_tables, questdb_server)
+        store = QuestDBStore.from_url(questdb_server.url)
         made.append(store)
         return store
 
     yield make
     _close_all(made)
-    for double in doubles:
-        double.stop()
 
 
 def peer_of(bus: Bus) -> Bus:

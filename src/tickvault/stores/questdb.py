@@ -1,5 +1,9 @@
 """The QuestDB store: ``questdb://[user:password@]host[:9000][?secure=1&wal_timeout=30]``.
 
+More URL options: ``pg_port`` (8812), ``reader_user`` and ``reader_password`` (QuestDB's
+read-only PG-wire user, default ``user``/``quest``), which :meth:`QuestDBStore.query` uses
+for user SQL (see :mod:`tickvault.stores.questdb_query`).
+
 Writes go through the official ``questdb`` client over ILP/HTTP (protocol version 1, text),
 one table per request, so each request is one transaction and a refused request leaves
 nothing behind. Queries, DDL and health go through the REST endpoint ``/exec``.
@@ -57,8 +61,8 @@ from tickvault.errors import (
 from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 from tickvault.stores.keys import event_time, first_per_key, order_column
+from tickvault.stores.questdb_query import DEFAULT_READER, QuestDBReader
 from tickvault.stores.questdb_rest import (
-    QuestDBQueryError,
     QuestDBREST,
     TableInfo,
     WalTableStatus,
@@ -140,6 +144,8 @@ class QuestDBStore(Store):
         timeout: float = 60.0,
         wal_timeout: float = 30.0,
         read_only: bool = False,
+        pg_port: int = 8812,
+        reader: tuple[str, str] = DEFAULT_READER,
     ) -> None:
         self.host, self.port = host, port
         self.url = f"questdb://{host}:{port}"
@@ -150,6 +156,9 @@ class QuestDBStore(Store):
         self._timeout = timeout
         self._rest = QuestDBREST(
             f"{'https' if secure else 'http'}://{host}:{port}", auth=self._auth, timeout=timeout
+        )
+        self._reader = QuestDBReader(
+            host, pg_port, user=reader[0], password=reader[1], timeout=timeout
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="questdb-ilp")
         self._sender: Any = None
@@ -167,6 +176,7 @@ class QuestDBStore(Store):
             port = parts.port or 9000
             timeout = float(options.get("timeout", "60"))
             wal_timeout = float(options.get("wal_timeout", "30"))
+            pg_port = int(options.get("pg_port", "8812"))
         except ValueError as exc:
             raise ConfigError(f"bad QuestDB URL {url!r}: {exc}") from None
         return cls(
@@ -178,6 +188,11 @@ class QuestDBStore(Store):
             timeout=timeout,
             wal_timeout=wal_timeout,
             read_only=read_only,
+            pg_port=pg_port,
+            reader=(
+                options.get("reader_user", DEFAULT_READER[0]),
+                options.get("reader_password", DEFAULT_READER[1]),
+            ),
         )
 
     # -- schema -----------------------------------------------------------------------------
@@ -365,13 +380,12 @@ class QuestDBStore(Store):
     # -- reading ----------------------------------------------------------------------------
 
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult:
+        """One read-only statement as QuestDB's read-only PG-wire user; statements whose
+        plan reads host files are refused (:mod:`tickvault.stores.questdb_query`)."""
         statement = check_single_select(sql)
         await self.ensure_schema()
-        try:
-            doc = await self._rest.exec(statement, limit=limit + 1)
-        except QuestDBQueryError as exc:
-            raise StoreError(f"query failed: {exc}") from None
-        columns, rows = _decode_public(doc)
+        columns, types, rows = await self._reader.query(statement, limit)
+        rows = _lists_back(columns, types, rows)
         return QueryResult(columns, rows[:limit], truncated=len(rows) > limit)
 
     async def counts(self) -> dict[str, int]:
@@ -427,6 +441,7 @@ class QuestDBStore(Store):
         await loop.run_in_executor(self._executor, op)
         self._executor.shutdown(wait=True)
         await self._rest.aclose()
+        await self._reader.close()
 
 
 def _upsert_columns(spec: KindSpec) -> list[str]:
@@ -458,11 +473,18 @@ def _converter(field: pa.Field, client: Any) -> Callable[[Any], Any]:
 def _decode_public(doc: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
     """``decode_dataset`` plus depth levels (JSON text columns) back into lists."""
     columns, rows = decode_dataset(doc)
-    types = [str(c.get("type", "")).upper() for c in doc.get("columns", [])]
+    types = [str(c.get("type", "")) for c in doc.get("columns", [])]
+    return columns, _lists_back(columns, types, rows)
+
+
+def _lists_back(
+    columns: list[str], types: list[str], rows: list[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
+    """Depth levels (stored as JSON text) back into lists."""
     lists = [
         i
         for i, (n, t) in enumerate(zip(columns, types, strict=True))
-        if n in LIST_COLUMNS and t in ("VARCHAR", "STRING")
+        if n in LIST_COLUMNS and t.upper() in ("VARCHAR", "STRING", "TEXT")
     ]
     if lists:
         rows = [
@@ -472,4 +494,4 @@ def _decode_public(doc: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]
             )
             for row in rows
         ]
-    return columns, rows
+    return rows
