@@ -1,195 +1,305 @@
-"""QuestDB store against the wire-level double: ILP lines, WAL status, refusals, outages.
+"""The QuestDB store against a real QuestDB server (tests/questdb_server.py).
 
-QuestDB cannot run on these machines; ``tests/questdb_double.py`` speaks its HTTP protocol
-(ILP/HTTP ``/write``, REST ``/exec``) with the documented answer shapes.
+Tables, exactly-once writes, suspended tables ("committed, not applied"), refusals, the
+read-only query surface, and a ``kill -9`` of the server in the middle of a replay. The
+few faults a real 9.x server cannot be made to show are in ``test_questdb_double.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
+import asyncpg
+import orjson
 import pyarrow as pa
 import pytest
 
-from tickvault.errors import BatchRejected, StoreUnavailable
+from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
 from tickvault.records import DepthUpdate
 from tickvault.stores.questdb import QuestDBStore
 
+from .conftest import questdb_fresh_tables
 from .polling import eventually
-from .questdb_double import QuestDBDouble
+from .questdb_server import READER_PASSWORD, READER_USER, QuestDBServer
 from .test_clickhouse_store import raw_trades
 from .test_store_contract import T0, table_of, trade
 
 
-@pytest.fixture
-async def double() -> AsyncIterator[QuestDBDouble]:
-    d = QuestDBDouble().start()
-    yield d
-    d.stop()
+def rest(server: QuestDBServer, sql: str) -> dict[str, Any]:
+    """``/exec`` as the operator (the store's own paths are what is under test)."""
+    query = urllib.parse.urlencode({"query": sql})
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/exec?{query}") as r:
+        doc: dict[str, Any] = orjson.loads(r.read())
+    return doc
+
+
+def scalar(server: QuestDBServer, sql: str) -> Any:
+    return rest(server, sql)["dataset"][0][0]
 
 
 @pytest.fixture
-async def store(double: QuestDBDouble) -> AsyncIterator[QuestDBStore]:
-    s = QuestDBStore.from_url(double.url + "?wal_timeout=5")
+async def store(questdb_server: QuestDBServer) -> AsyncIterator[QuestDBStore]:
+    await asyncio.to_thread(questdb_fresh_tables, questdb_server)
+    s = QuestDBStore.from_url(questdb_server.url + "&wal_timeout=20")
     yield s
     await s.close()
 
 
-async def test_ilp_lines_carry_symbols_typed_fields_and_the_event_time(
-    store: QuestDBStore, double: QuestDBDouble
-) -> None:
-    assert await store.write("trade", table_of("trade", [trade(7), trade(8)])) == 2
-    lines = double.lines()
-    assert len(lines) == 2 and len(double.write_bodies) == 1  # one request, one transaction
-    head, fields, stamp = lines[0].split(" ")
-    assert head == "trades,exchange=binance,symbol=BTCUSDT"
-    assert fields.split(",") == [
-        "trade_id=7i",
-        "price=107.0",
-        "qty=0.5",
-        "buyer_is_maker=f",
-        f"ts_recv={T0 + 14}t",
-    ]
-    assert stamp == str((T0 + 7) * 1000)  # explicit designated timestamp (ns), never server time
-    assert await store.write("trade", table_of("trade", [trade(7), trade(8)])) == 0
-    assert len(double.write_bodies) == 1  # nothing new: no request at all
-
-
-async def test_tables_are_wal_dedup_and_found_by_name(
-    store: QuestDBStore, double: QuestDBDouble
+async def test_tables_are_wal_day_partitioned_with_symbols_and_upsert_keys(
+    store: QuestDBStore, questdb_server: QuestDBServer
 ) -> None:
     await store.ensure_schema()
     info = (await store.tables())["trades"]
     assert info.wal and info.dedup and info.designated_timestamp == "ts_event"
-    assert double.tables["trades"].upsert_keys == ["ts_event", "exchange", "symbol", "trade_id"]
-    first_dir = info.directory
-    # Re-created table: a new directory suffix; a new store still finds it by asking.
-    await store._rest.exec("DROP TABLE trades")
-    other = QuestDBStore.from_url(double.url)
+    assert info.partition_by == "DAY"
+    columns = {row[0]: row for row in rest(questdb_server, "SHOW COLUMNS FROM trades")["dataset"]}
+    names = [c["name"] for c in rest(questdb_server, "SHOW COLUMNS FROM trades")["columns"]]
+    kind, upsert = names.index("type"), names.index("upsertKey")
+    assert columns["exchange"][kind] == columns["symbol"][kind] == "SYMBOL"
+    assert [c for c, row in columns.items() if row[upsert]] == [
+        "exchange",
+        "symbol",
+        "trade_id",
+        "ts_event",
+    ]
+    # A new store finds the same table by asking the server, not by its directory.
+    other = QuestDBStore.from_url(questdb_server.url)
     try:
         await other.ensure_schema()
-        assert (await other.tables())["trades"].directory != first_dir
-        assert await other.write("trade", table_of("trade", [trade(1)])) == 1
+        assert (await other.tables())["trades"].directory == info.directory
     finally:
         await other.close()
 
 
-async def test_write_returns_only_after_the_wal_is_applied(
-    store: QuestDBStore, double: QuestDBDouble
+async def test_replaying_the_same_batches_twice_gives_the_same_counts(
+    store: QuestDBStore, questdb_server: QuestDBServer
 ) -> None:
-    await store.ensure_schema()
-    double.hold_apply(True)
-    task = asyncio.create_task(
-        store.write("trade", table_of("trade", [trade(i) for i in range(5)]))
-    )
-    await eventually(lambda: double.tables["trades"].sequencer_txn == 1, what="WAL commit")
-    status = (await store.wal_status())["trades"]
-    assert status.lag_txns == 1 and status.buffered_txns == 1 and not status.suspended
-    assert not task.done()
-    double.hold_apply(False)
-    assert await task == 5
-    assert (await store.counts())["trades"] == 5
+    batches = [table_of("trade", [trade(i) for i in range(b * 50, b * 50 + 60)]) for b in range(4)]
+    first = [await store.write("trade", b) for b in batches]  # overlapping batches
+    assert sum(first) == 210
+    again = [await store.write("trade", b) for b in batches]  # the whole file once more
+    assert again == [0, 0, 0, 0]
+    assert scalar(questdb_server, "SELECT count() FROM trades") == 210
+    assert scalar(questdb_server, "SELECT count_distinct(trade_id) FROM trades") == 210
+    assert (await store.counts())["trades"] == 210
 
 
-async def test_suspended_table_is_unavailable_and_reported(
-    store: QuestDBStore, double: QuestDBDouble
+async def test_suspended_table_is_committed_not_applied_until_resumed(
+    store: QuestDBStore, questdb_server: QuestDBServer
 ) -> None:
-    await store.ensure_schema()
-    double.suspend("trades", "OUT OF MEMORY", "query memory limit exceeded")
-    with pytest.raises(StoreUnavailable, match="suspended"):
-        await store.write("trade", table_of("trade", [trade(1)]))
-    status = (await store.wal_status())["trades"]
-    assert status.suspended and status.error_tag == "OUT OF MEMORY"
-    health = await store.health()
-    assert health.ok and not health.writable and "trades" in health.detail
-    double.resume("trades")
-    # Retrying the same batch is harmless: it is already in the WAL and deduplicated.
-    await store.write("trade", table_of("trade", [trade(1)]))
-    assert (await store.counts())["trades"] == 1
-
-
-async def test_incident_001_wal_write_error_is_an_outage_not_bad_data(
-    store: QuestDBStore, double: QuestDBDouble
-) -> None:
-    """Seed 001: a damaged WAL made QuestDB answer 500 ``internal error``; records must not
-    be dead-lettered as bad data but retried once the server is repaired."""
-    await store.ensure_schema()
-    double.fail_writes = (500, {
-        "code": "internal error",
-        "message": "failed to parse line protocol:errors encountered on line(s):write error:"
-        " trades, errno: 2, error: could not open read-write"
-        " [file=/var/lib/questdb/db/trades~8/txn_seq/_wal_index.d]",
-        "line": 1, "errorId": "a417ef293242-1316",
-    })  # fmt: skip
-    with pytest.raises(StoreUnavailable) as down:
-        await store.write("trade", table_of("trade", [trade(1)]))
-    assert not isinstance(down.value, BatchRejected)
-    assert "_wal_index.d" in str(down.value)
-    double.fail_writes = None
     assert await store.write("trade", table_of("trade", [trade(1)])) == 1
+    rest(questdb_server, "ALTER TABLE trades SUSPEND WAL")
+    batch = table_of("trade", [trade(i) for i in range(2, 12)])
+    with pytest.raises(StoreUnavailable, match=r"committed, not applied \(1 txns behind\)"):
+        await store.write("trade", batch)
+    status = (await store.wal_status())["trades"]
+    assert status.suspended and status.lag_txns == 1
+    assert status.state == "committed, not applied (1 txns behind)"
+    health = await store.health()
+    assert health.ok and not health.writable
+    assert "trades: committed, not applied (1 txns behind)" in health.detail
+    # The server took the rows but hides them: tickvault does not call them visible.
+    assert scalar(questdb_server, "SELECT count() FROM trades") == 1
+    rest(questdb_server, "ALTER TABLE trades RESUME WAL")
+    await eventually(
+        lambda: scalar(questdb_server, "SELECT count() FROM trades") == 11,
+        timeout=60,
+        what="the WAL applied after RESUME WAL",
+    )
+    # Redelivering the batch the writer saw fail adds nothing (already applied).
+    assert await store.write("trade", batch) == 0
+    assert scalar(questdb_server, "SELECT count_distinct(trade_id) FROM trades") == 11
+    assert (await store.wal_status())["trades"].state == "applied"
 
 
-async def test_refused_values_raise_batch_rejected_and_the_rest_goes_through(
-    store: QuestDBStore, double: QuestDBDouble
+async def test_refused_values_are_batch_rejected_and_the_rest_goes_through(
+    store: QuestDBStore, questdb_server: QuestDBServer
 ) -> None:
-    await store.ensure_schema()
     before_1970 = raw_trades([1.0, 2.0, 3.0]).set_column(
         6, "ts_event", pa.array([T0, -5, T0 + 2], pa.timestamp("us"))
     )
     with pytest.raises(BatchRejected, match="QuestDB"):
         await store.write("trade", before_1970)
-    assert double.write_bodies == []
     good = before_1970.filter(pa.array([True, False, True]))
     assert await store.write("trade", good) == 2
-    assert (await store.counts())["trades"] == 2
+    assert scalar(questdb_server, "SELECT count() FROM trades") == 2
 
 
-async def test_server_refusal_of_a_value_is_batch_rejected_with_its_message(
-    double: QuestDBDouble,
+async def test_the_servers_own_refusal_is_batch_rejected_with_its_message(
+    questdb_server: QuestDBServer,
 ) -> None:
+    await asyncio.to_thread(questdb_fresh_tables, questdb_server)
     # An operator created `trades` by hand with qty as LONG: the server refuses FLOAT values.
-    double.handle_exec(
+    rest(
+        questdb_server,
         "CREATE TABLE trades (exchange SYMBOL, symbol SYMBOL, trade_id LONG, price DOUBLE,"
         " qty LONG, buyer_is_maker BOOLEAN, ts_event TIMESTAMP, ts_recv TIMESTAMP)"
         " TIMESTAMP(ts_event) PARTITION BY DAY WAL DEDUP UPSERT KEYS(ts_event, exchange, symbol,"
         " trade_id)",
-        None,
     )
-    store = QuestDBStore.from_url(double.url)
+    store = QuestDBStore.from_url(questdb_server.url)
     try:
+        await store._rest.exec("SELECT 1")
+        store._present.add("trades")
+        store._schema_ready = True  # the schema check would refuse the table first
         with pytest.raises(BatchRejected) as refused:
             await store.write("trade", table_of("trade", [trade(1)]))
         assert "cast error from protocol type: FLOAT to column type: LONG" in str(refused.value)
-        assert "code: invalid" in str(refused.value)
-        assert (await store.counts())["trades"] == 0
+        assert '"code":"invalid"' in str(refused.value)
+        assert scalar(questdb_server, "SELECT count() FROM trades") == 0
     finally:
         await store.close()
+    await asyncio.to_thread(questdb_fresh_tables, questdb_server)
 
 
-async def test_older_server_column_names_and_depth_levels_round_trip() -> None:
-    double = QuestDBDouble(version="7.3.10").start()
-    store = QuestDBStore.from_url(double.url)
+async def test_depth_levels_round_trip_through_the_read_only_user(
+    store: QuestDBStore,
+) -> None:
+    depth = DepthUpdate(
+        exchange="binance",
+        symbol="BTCUSDT",
+        first_update_id=10,
+        final_update_id=12,
+        bid_prices=[100.5, 100.25],
+        bid_qtys=[1.0, 0.0],
+        ask_prices=[101.0],
+        ask_qtys=[2.5],
+        ts_event=T0,
+        ts_recv=T0 + 3,
+    )
+    assert await store.write("depth", table_of("depth", [depth])) == 1
+    rows = (await store.query("SELECT bid_prices, ask_qtys FROM depth_updates")).rows
+    assert rows == [([100.5, 100.25], [2.5])]
+    status = (await store.wal_status())["depth_updates"]
+    assert status.writer_txn == status.sequencer_txn == 1 and status.buffered_txns == 0
+
+
+@pytest.fixture
+def canary(questdb_server: QuestDBServer) -> Iterator[Path]:
+    path = questdb_server.root / "canary-secret.txt"
+    path.write_text("CANARY-7f3a\n")
+    yield path
+    path.unlink()
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT * FROM files('{dir}')",
+        "SELECT path FROM glob('{dir}/*') WHERE path LIKE '%canary%'",
+        "WITH f AS (SELECT * FROM files('{dir}')) SELECT * FROM f",
+        "SELECT * FROM trades t JOIN (SELECT * FROM glob('{dir}/*')) g ON t.symbol = g.path",
+        "SELECT * FROM read_parquet('{file}')",
+        "SELECT * FROM parquet_scan('{file}')",
+    ],
+)
+async def test_queries_that_read_host_files_are_refused(
+    store: QuestDBStore, canary: Path, sql: str
+) -> None:
+    await store.ensure_schema()
+    statement = sql.format(dir=canary.parent, file=canary)
+    with pytest.raises(StoreError) as refused:
+        await store.query(statement)
+    assert "CANARY" not in str(refused.value)
+    if "files(" in sql or "glob(" in sql:
+        assert isinstance(refused.value, QueryRejected)
+        assert "file system" in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "INSERT INTO trades VALUES ('x', 'y', 1, 1.0, 1.0, true, now(), now())",
+        "ALTER TABLE trades RESUME WAL",
+        "ALTER TABLE trades ADD COLUMN x INT",
+        "DROP TABLE trades",
+    ],
+)
+async def test_the_query_user_cannot_write_even_past_the_statement_check(
+    store: QuestDBStore, questdb_server: QuestDBServer, sql: str
+) -> None:
+    """The server itself refuses the read-only user: sent as-is over PG wire."""
+    await store.ensure_schema()
+    conn = await asyncpg.connect(
+        host="127.0.0.1",
+        port=questdb_server.pg_port,
+        user=READER_USER,
+        password=READER_PASSWORD,
+        database="qdb",
+    )
     try:
-        depth = DepthUpdate(
-            exchange="binance",
-            symbol="BTCUSDT",
-            first_update_id=10,
-            final_update_id=12,
-            bid_prices=[100.5, 100.25],
-            bid_qtys=[1.0, 0.0],
-            ask_prices=[101.0],
-            ask_qtys=[2.5],
-            ts_event=T0,
-            ts_recv=T0 + 3,
-        )
-        assert await store.write("depth", table_of("depth", [depth])) == 1
-        assert double.tables["depth_updates"].columns["bid_prices"] == "STRING"  # no VARCHAR on 7.3
-        row = (await store.query("SELECT bid_prices, ask_qtys FROM depth_updates")).rows
-        assert row == [([100.5, 100.25], [2.5])]
-        status = (await store.wal_status())["depth_updates"]
-        assert status.buffered_txns == 0 and status.writer_txn == status.sequencer_txn == 1
-        assert "trades" in await store.tables()
+        with pytest.raises(asyncpg.PostgresError, match="Write permission denied"):
+            await conn.execute(sql)
+    finally:
+        await conn.close()
+    assert "trades" in await store.tables()
+    assert not (await store.wal_status())["trades"].suspended
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # QuestDB 9.3's read-only user may export (COPY … TO) and, in dev mode, SUSPEND WAL:
+        # the store refuses both before the server sees them.
+        "COPY trades TO 'tv_export' WITH FORMAT PARQUET",
+        "ALTER TABLE trades SUSPEND WAL",
+        "EXPLAIN SELECT * FROM files('/')",
+    ],
+)
+async def test_what_the_read_only_user_could_still_do_is_refused_by_the_store(
+    store: QuestDBStore, questdb_server: QuestDBServer, sql: str
+) -> None:
+    await store.ensure_schema()
+    with pytest.raises(StoreError):
+        await store.query(sql)
+    assert not list(questdb_server.root.rglob("tv_export*"))
+    assert not (await store.wal_status())["trades"].suspended
+
+
+async def test_kill_9_mid_replay_then_restart_loses_and_duplicates_nothing(
+    tmp_path: Path,
+) -> None:
+    """A writer replays a file (retrying each batch until it is stored, as redelivery does)
+    while QuestDB is killed with SIGKILL and started again."""
+    server = QuestDBServer(tmp_path / "qdb").start()
+    store = QuestDBStore.from_url(server.url + "&timeout=10&wal_timeout=20")
+    n_batches, size = 40, 250
+    batches = [
+        table_of("trade", [trade(i) for i in range(b * size, (b + 1) * size)])
+        for b in range(n_batches)
+    ]
+    done: list[int] = []
+    failures: list[str] = []
+
+    async def replay() -> None:
+        for i, batch in enumerate(batches):
+            while True:
+                try:
+                    await store.write("trade", batch)
+                    break
+                except StoreUnavailable as exc:
+                    failures.append(str(exc))
+                    await asyncio.sleep(0.2)  # retry backoff, as the writer does
+            done.append(i)
+
+    try:
+        task = asyncio.create_task(replay())
+        await eventually(lambda: len(done) >= 5, timeout=120, what="some batches stored")
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(server.start)
+        await asyncio.wait_for(task, timeout=300)
+        assert failures, "the kill happened while the replay was still writing"
+        # The whole file once more (the redelivery after a writer crash) adds nothing.
+        for batch in batches:
+            await store.write("trade", batch)
+        total = n_batches * size
+        assert scalar(server, "SELECT count() FROM trades") == total
+        assert scalar(server, "SELECT count_distinct(trade_id) FROM trades") == total
     finally:
         await store.close()
-        double.stop()
+        server.kill()

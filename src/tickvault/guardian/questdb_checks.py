@@ -53,6 +53,8 @@ async def questdb_check(checks: Checks) -> list[Observation]:
                     "critical",
                     {
                         "table": name,
+                        "state": status.state,
+                        "unapplied_txns": status.lag_txns,
                         "error_tag": status.error_tag,
                         "error_message": status.error_message,
                         "writer_txn": status.writer_txn,

@@ -76,7 +76,9 @@ LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
 _HTTP_STATUS = re.compile(r"http-status=(\d+)")
-_ERROR_CODE = re.compile(r"code: ([^,\]]+)")
+# The client's message carries the server's answer: ``{"code":"invalid",...}`` (9.x, the
+# JSON body as sent) or ``code: invalid`` (older clients' rendering).
+_ERROR_CODE = re.compile(r'"?code"?\s*:\s*"?([^,\]"}]+)')
 
 
 def _client() -> Any:
@@ -362,8 +364,9 @@ class QuestDBStore(Store):
                 return  # not a WAL table: committed means visible
             if status.suspended:
                 raise StoreUnavailable(
-                    f"QuestDB table {table} is suspended ({status.error_tag or 'no tag'}:"
-                    f" {status.error_message or 'no message'}); its WAL holds the batch"
+                    f"QuestDB table {table} is suspended: {status.state}"
+                    f" ({status.error_tag or 'no tag'}: {status.error_message or 'no message'});"
+                    " its WAL holds the batch, invisible until RESUME WAL"
                 )
             if target is None:
                 target = status.sequencer_txn
@@ -420,13 +423,13 @@ class QuestDBStore(Store):
         except StoreError as exc:
             return StoreHealth(ok=False, writable=False, detail=str(exc))
         suspended = sorted(t for t, s in wal.items() if s.suspended)
-        lag = {t: s.lag_txns for t, s in wal.items() if s.lag_txns}
         version = ".".join(map(str, self._version or (0, 0, 0)))
         detail = f"QuestDB {version} at {self.url}"
         if suspended:
             detail += f"; suspended tables: {', '.join(suspended)}"
-        if lag:
-            detail += "; WAL lag (txns): " + ", ".join(f"{t}={n}" for t, n in sorted(lag.items()))
+        behind = sorted((t, s.state) for t, s in wal.items() if s.state != "applied")
+        if behind:
+            detail += "; " + ", ".join(f"{t}: {state}" for t, state in behind)
         return StoreHealth(ok=True, writable=not self.read_only and not suspended, detail=detail)
 
     async def close(self) -> None:

@@ -55,6 +55,19 @@ class WalTableStatus(msgspec.Struct, frozen=True):
     error_tag: str = ""
     error_message: str = ""
 
+    @property
+    def state(self) -> str:
+        """What a reader sees: ``applied``; ``applying (N txns behind)``; or, for a suspended
+        table (QuestDB keeps accepting writes into its WAL and hides them until
+        ``RESUME WAL``), ``committed, not applied (N txns behind)`` or ``suspended``."""
+        if self.suspended:
+            if self.lag_txns:
+                return f"committed, not applied ({self.lag_txns} txns behind)"
+            return "suspended"
+        if self.lag_txns:
+            return f"applying ({self.lag_txns} txns behind)"
+        return "applied"
+
 
 @dataclass(frozen=True)
 class TableInfo:
