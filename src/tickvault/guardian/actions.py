@@ -18,11 +18,12 @@ import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from tickvault.bus.base import Bus
 from tickvault.errors import TickvaultError, UnsafeActionRefused
+from tickvault.guardian import questdb_actions as qdb
 from tickvault.guardian.journal import Journal
 from tickvault.stores.base import Store
 
@@ -67,6 +68,9 @@ class ActionContext:
     consumer: str = "guardian"
     restarters: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     drain_spool: Callable[[], Awaitable[int]] | None = None
+    operator_flags: frozenset[str] = frozenset()
+    """Actions an operator asked for explicitly (``questdb_actions.REBASE_FLAG``)."""
+    disk_free: Callable[[Path], int] = qdb.disk_free
 
 
 @dataclass(frozen=True)
@@ -231,6 +235,20 @@ ALLOWLIST: dict[str, ActionSpec] = {
             "questdb_resume_wal", "ALTER TABLE … RESUME WAL", True, _resume_plan, _resume_run
         ),
         ActionSpec(
+            "questdb_backup_table",
+            "copy a QuestDB table's directory to backup_dir (reads the server's files only)",
+            False,
+            qdb.backup_plan,
+            qdb.backup_run,
+        ),
+        ActionSpec(
+            "questdb_rebase_wal",
+            "ALTER TABLE … REBASE WAL (operator flag only)",
+            True,
+            qdb.rebase_plan,
+            qdb.rebase_run,
+        ),
+        ActionSpec(
             "rebuild_range",
             "re-write a time range from the bus into the store",
             True,
@@ -267,6 +285,11 @@ class ActionRunner:
             return str(p.get("component")) in self.ctx.restarters
         if name == "drain_spool":
             return self.ctx.drain_spool is not None
+        if name == "questdb_backup_table":
+            store = self.ctx.store
+            return bool(getattr(store, "server_root", None) and getattr(store, "backup_dir", None))
+        if name == "questdb_rebase_wal":
+            return qdb.REBASE_FLAG in self.ctx.operator_flags
         if name == "questdb_resume_wal":
             return self.ctx.store is not None and hasattr(self.ctx.store, "wal_status")
         return self.ctx.bus is not None

@@ -32,6 +32,12 @@ RUNBOOKS: dict[str, str] = {
         " and replay it with `tickvault rebuild --since <time>`. Never delete txn_seq, _txnlog"
         " or any WAL file."
     ),
+    "questdb.wal_damaged": (
+        f"{RUNBOOK_BASE}#runbook-incident-001-a-suspended-or-damaged-wal: the sequencer log"
+        " is damaged; the table directory was copied to backup_dir. Never delete txn_seq,"
+        " _txnlog or any WAL file, never REBASE WAL by reflex: rename the table away and"
+        " `tickvault rebuild --since <time>` into a fresh one."
+    ),
     "questdb.wal_not_initialised": (
         f"{RUNBOOK_BASE}#runbook-incident-000-a-recovery-loop: a fresh WAL table appears in"
         " wal_tables() after its first commit; if it does not, check that writes reach it."

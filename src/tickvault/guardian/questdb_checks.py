@@ -4,16 +4,53 @@ Tables are found through ``tables()`` and judged through ``wal_tables()`` (incid
 judged health from a ``txn_seq`` directory that a fresh table does not have yet). A table's
 age is the time the guardian first saw its current identity (its directory name, which
 changes when the table is re-created), so the policy's grace period covers new tables.
+
+A suspended table whose error says its sequencer log is broken (QuestDB 9.3 after a damaged
+``txn_seq/_txnlog``: "broken table transaction record in sequencer log, walId cannot be 0")
+is ``questdb.wal_damaged``: ``RESUME WAL`` cannot help there, so the action is a backup of
+the table's directory (:mod:`tickvault.guardian.questdb_actions`) and then a human decides.
+When the store knows the server's root (``root=`` in its URL), the evidence carries the
+server's own error lines about the table from ``<root>/log`` (read, never written).
 """
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tickvault.guardian.findings import Finding, Observation
 
 if TYPE_CHECKING:
     from tickvault.guardian.checks import Checks
+
+# What QuestDB says when a table's sequencer files (txn_seq/) are damaged or missing.
+DAMAGE = re.compile(
+    r"sequencer log|_txnlog|txn_seq|_wal_index|broken table transaction|corrupt", re.IGNORECASE
+)
+_ERROR_LINE = re.compile(r"^\S+\s+[CE]\s")
+LOG_TAIL_BYTES = 256 << 10
+
+
+def server_log_lines(root: Path | None, needles: list[str], limit: int = 10) -> list[str]:
+    """The newest error (E) and critical (C) lines of the server's log naming one of
+    ``needles``; empty when there is no log to read."""
+    if root is None:
+        return []
+    try:
+        logs = [p for p in (Path(root) / "log").iterdir() if p.is_file()]
+        newest = max(logs, key=lambda p: p.stat().st_mtime)
+        with newest.open("rb") as f:
+            f.seek(max(0, newest.stat().st_size - LOG_TAIL_BYTES))
+            text = f.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return []
+    hits = [
+        line.strip()[:500]
+        for line in text.splitlines()
+        if _ERROR_LINE.match(line) and any(n in line for n in needles)
+    ]
+    return hits[-limit:]
 
 
 async def questdb_check(checks: Checks) -> list[Observation]:
@@ -44,6 +81,32 @@ async def questdb_check(checks: Checks) -> list[Observation]:
         if info.wal and status is None:
             found.append(
                 checks._f(resource, "questdb.wal_not_initialised", "warning", {"table": name})
+            )
+        elif status is not None and status.suspended and DAMAGE.search(status.error_message):
+            found.append(
+                checks._f(
+                    resource,
+                    "questdb.wal_damaged",
+                    "critical",
+                    {
+                        "table": name,
+                        "state": status.state,
+                        "wal_tables_row": {
+                            "suspended": status.suspended,
+                            "writerTxn": status.writer_txn,
+                            "sequencerTxn": status.sequencer_txn,
+                            "errorTag": status.error_tag,
+                            "errorMessage": status.error_message,
+                        },
+                        "directory": info.directory,
+                        "server_log": server_log_lines(
+                            getattr(store, "server_root", None),
+                            [f"table={info.directory}", f"{info.directory}]"],
+                        ),
+                    },
+                    "questdb_backup_table",
+                    table=name,
+                )
             )
         elif status is not None and status.suspended:
             found.append(

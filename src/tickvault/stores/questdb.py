@@ -2,7 +2,9 @@
 
 More URL options: ``pg_port`` (8812), ``reader_user`` and ``reader_password`` (QuestDB's
 read-only PG-wire user, default ``user``/``quest``), which :meth:`QuestDBStore.query` uses
-for user SQL (see :mod:`tickvault.stores.questdb_query`).
+for user SQL (see :mod:`tickvault.stores.questdb_query`); ``root`` (the server's root
+directory, when it runs on this host) and ``backup_dir`` (where the guardian copies a damaged
+table's directory; never inside ``root``), both only read by the guardian.
 
 Writes go through the official ``questdb`` client over ILP/HTTP (protocol version 1, text),
 one table per request, so each request is one transaction and a refused request leaves
@@ -45,6 +47,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -148,10 +151,16 @@ class QuestDBStore(Store):
         read_only: bool = False,
         pg_port: int = 8812,
         reader: tuple[str, str] = DEFAULT_READER,
+        server_root: Path | None = None,
+        backup_dir: Path | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.url = f"questdb://{host}:{port}"
         self.read_only = read_only
+        # Where the server keeps its files, when it runs on this host: the guardian reads
+        # its log and copies a damaged table's directory to ``backup_dir``, nothing more.
+        self.server_root = server_root
+        self.backup_dir = backup_dir
         self.wal_timeout = wal_timeout
         self._secure = secure
         self._auth = (user, password or "") if user else None
@@ -195,6 +204,8 @@ class QuestDBStore(Store):
                 options.get("reader_user", DEFAULT_READER[0]),
                 options.get("reader_password", DEFAULT_READER[1]),
             ),
+            server_root=Path(options["root"]) if options.get("root") else None,
+            backup_dir=Path(options["backup_dir"]) if options.get("backup_dir") else None,
         )
 
     # -- schema -----------------------------------------------------------------------------
