@@ -69,7 +69,7 @@ class ActionContext:
     restarters: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     drain_spool: Callable[[], Awaitable[int]] | None = None
     operator_flags: frozenset[str] = frozenset()
-    """Actions an operator asked for explicitly (``questdb_actions.REBASE_FLAG``)."""
+    """Actions an operator asked for explicitly (``questdb_actions.DISCARD_FLAG``)."""
     disk_free: Callable[[Path], int] = qdb.disk_free
 
 
@@ -242,11 +242,11 @@ ALLOWLIST: dict[str, ActionSpec] = {
             qdb.backup_run,
         ),
         ActionSpec(
-            "questdb_rebase_wal",
-            "ALTER TABLE … REBASE WAL (operator flag only)",
+            "questdb_discard_unapplied_wal",
+            "ALTER TABLE … RESUME WAL FROM TXN n: skips unapplied txns (operator flag only)",
             True,
-            qdb.rebase_plan,
-            qdb.rebase_run,
+            qdb.discard_plan,
+            qdb.discard_run,
         ),
         ActionSpec(
             "rebuild_range",
@@ -288,8 +288,8 @@ class ActionRunner:
         if name == "questdb_backup_table":
             store = self.ctx.store
             return bool(getattr(store, "server_root", None) and getattr(store, "backup_dir", None))
-        if name == "questdb_rebase_wal":
-            return qdb.REBASE_FLAG in self.ctx.operator_flags
+        if name == "questdb_discard_unapplied_wal":
+            return qdb.DISCARD_FLAG in self.ctx.operator_flags
         if name == "questdb_resume_wal":
             return self.ctx.store is not None and hasattr(self.ctx.store, "wal_status")
         return self.ctx.bus is not None

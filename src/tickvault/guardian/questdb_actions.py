@@ -1,4 +1,4 @@
-"""QuestDB recovery actions: back up a damaged table's directory; ``REBASE WAL`` by hand only.
+"""QuestDB recovery actions: back up a damaged table's directory; discarding WAL by hand only.
 
 Incident 001: a recovery deleted a table's ``txn_seq`` and stopped all writes. Here:
 
@@ -10,9 +10,11 @@ Incident 001: a recovery deleted a table's ``txn_seq`` and stopped all writes. H
   the free space where the backup goes: when the copy would not fit with a margin it stops
   (:class:`UnsafeActionRefused`) and nothing is written — a human decides. Idempotent: a
   complete backup whose manifest matches the table's current files is reported, not redone.
-* ``ALTER TABLE … REBASE WAL`` discards transactions the writer has not applied yet. It is
-  never chosen by a check or the policy; :func:`rebase_plan` refuses unless the operator set
-  :data:`REBASE_FLAG` in the action context (``tickvault guardian rebase-wal``).
+* Discarding transactions the writer has not applied yet — ``ALTER TABLE … REBASE WAL`` where
+  a server has it; QuestDB 9.3 has no REBASE and does it with ``ALTER TABLE … RESUME WAL FROM
+  TXN <n>``, which skips the transactions before ``n`` — is never chosen by a check or the
+  policy: :func:`discard_plan` refuses unless the operator set :data:`DISCARD_FLAG` in the
+  action context, and needs the transaction number from the operator too.
 
 Nothing here deletes, renames, truncates or writes any file under the server's root.
 """
@@ -33,8 +35,8 @@ from tickvault.errors import TickvaultError, UnsafeActionRefused
 if TYPE_CHECKING:
     from tickvault.guardian.actions import ActionContext
 
-REBASE_FLAG = "questdb_rebase_wal"
-"""Operator flag: ``REBASE WAL`` may run (it discards unapplied transactions)."""
+DISCARD_FLAG = "questdb_discard_unapplied_wal"
+"""Operator flag: unapplied WAL transactions may be discarded (``RESUME WAL FROM TXN``)."""
 MARGIN_BYTES = 64 << 20
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_DIR = re.compile(r"^[A-Za-z0-9_.\-]+~\d+$")
@@ -161,29 +163,33 @@ async def backup_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
     return await asyncio.to_thread(_copy, source, backups)
 
 
-async def rebase_plan(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
+async def discard_plan(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
     table = _table(p)
-    if REBASE_FLAG not in ctx.operator_flags:
+    if DISCARD_FLAG not in ctx.operator_flags:
         raise UnsafeActionRefused(
-            f"refused: REBASE WAL on {table} discards unapplied transactions; it runs only on"
-            " an operator's explicit request (`tickvault guardian rebase-wal`), never by policy"
+            f"refused: discarding unapplied WAL transactions of {table} (REBASE WAL / RESUME"
+            " WAL FROM TXN) runs only on an operator's explicit request, never by policy"
         )
+    txn = p.get("from_txn")
+    if not isinstance(txn, int) or txn < 1:
+        raise UnsafeActionRefused("refused: the operator must name from_txn, a positive integer")
     status = (await _store(ctx).wal_status()).get(table)
     if status is None:
         raise TickvaultError(f"{table} is not a WAL table")
     return {
-        "will": f"ALTER TABLE {table} REBASE WAL (discards {status.lag_txns} unapplied txns)",
+        "will": f"ALTER TABLE {table} RESUME WAL FROM TXN {txn} (skips the transactions"
+        f" {status.writer_txn + 1}..{txn - 1})",
         "before": {"state": status.state, "writer_txn": status.writer_txn},
-        "backup": "take questdb_backup_table first; REBASE itself keeps applied data",
+        "backup": "take questdb_backup_table first; applied rows are kept",
     }
 
 
-async def rebase_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
+async def discard_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
     table = _table(p)
-    await rebase_plan(ctx, p)
-    await _store(ctx)._rest.exec(f"ALTER TABLE {table} REBASE WAL")
+    await discard_plan(ctx, p)
+    await _store(ctx)._rest.exec(f"ALTER TABLE {table} RESUME WAL FROM TXN {int(p['from_txn'])}")
     after = (await _store(ctx).wal_status()).get(table)
-    return {"rebased": True, "state_after": after.state if after else None}
+    return {"resumed_from_txn": int(p["from_txn"]), "state_after": after.state if after else None}
 
 
 def disk_free(path: Path) -> int:
