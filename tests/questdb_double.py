@@ -1,4 +1,10 @@
-"""A wire-level stand-in for QuestDB's HTTP port (QuestDB itself cannot run on these machines).
+"""A wire-level stand-in for QuestDB's HTTP port, for the faults a real server cannot show.
+
+The suite runs against a real QuestDB (``tests/questdb_server.py``). This double remains for
+``tests/test_questdb_double.py`` only: the answers of an older server (7.x column names in
+``tables()``/``wal_tables()``, no VARCHAR), which the pinned 9.x jar cannot give, and the
+exact HTTP 500 body of incident 001 (``fail_writes``), which a real server gives only after
+its ``txn_seq`` is deleted. See docs/stores.md.
 
 What it speaks, shaped like QuestDB's documented answers:
 
@@ -12,7 +18,7 @@ What it speaks, shaped like QuestDB's documented answers:
   Tables and columns are not auto-created (as with ``line.auto.create.new.*=false``).
 * WAL tables: an accepted request is a sequencer transaction; a separate applier thread
   applies transactions in order, deduplicating on the table's UPSERT KEYS (last row wins).
-  Tests can hold the applier, suspend a table, or make ``/write`` fail like a damaged WAL.
+  Tests can make ``/write`` fail like a damaged WAL.
 * ``GET /exec`` — ``{"query","columns","timestamp","dataset","count"}`` for queries,
   ``{"ddl":"OK"}`` for DDL, HTTP 400 ``{"query","error","position"}`` for errors.
   ``tables()``, ``wal_tables()`` and ``build()`` answer from the double's own state, with the
@@ -109,7 +115,6 @@ class QuestDBDouble:
         self._errors = 0
         self._lock = threading.RLock()
         self._applied = threading.Condition(self._lock)
-        self._hold = False
         self._stopping = False
         self._duck = duckdb.connect()
         self._server: ThreadingHTTPServer | None = None
@@ -154,23 +159,6 @@ class QuestDBDouble:
 
     # -- controls for tests -----------------------------------------------------------------
 
-    def hold_apply(self, hold: bool) -> None:
-        """While held, committed transactions stay in the WAL (writerTxn < sequencerTxn)."""
-        with self._lock:
-            self._hold = hold
-            self._applied.notify_all()
-
-    def suspend(self, table: str, tag: str, message: str) -> None:
-        with self._lock:
-            t = self.tables[table]
-            t.suspended, t.error_tag, t.error_message = True, tag, message
-
-    def resume(self, table: str) -> None:
-        with self._lock:
-            t = self.tables[table]
-            t.suspended, t.error_tag, t.error_message = False, "", ""
-            self._applied.notify_all()
-
     def lines(self) -> list[str]:
         """Every ILP line received so far (accepted or not)."""
         return [ln for body in self.write_bodies for ln in body.decode().splitlines() if ln]
@@ -181,7 +169,7 @@ class QuestDBDouble:
         with self._lock:
             while not self._stopping:
                 work = [t for t in self.tables.values() if t.pending and not t.suspended]
-                if self._hold or not work:
+                if not work:
                     self._applied.wait(timeout=0.5)
                     continue
                 for t in work:

@@ -41,11 +41,8 @@ HTTP 5xx such as ``"internal error"`` from a damaged WAL) is :class:`StoreUnavai
 from __future__ import annotations
 
 import asyncio
-import importlib
-import re
 import time
 import urllib.parse
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,8 +52,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tickvault.errors import (
-    BackendNotAvailable,
-    BatchRejected,
     ConfigError,
     StoreError,
     StoreUnavailable,
@@ -64,6 +59,7 @@ from tickvault.errors import (
 from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 from tickvault.stores.keys import event_time, first_per_key, order_column
+from tickvault.stores.questdb_ilp import ILPWriter
 from tickvault.stores.questdb_query import DEFAULT_READER, QuestDBReader
 from tickvault.stores.questdb_rest import (
     QuestDBREST,
@@ -78,23 +74,6 @@ VARCHAR_VERSION = (7, 4, 0)
 LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
-_HTTP_STATUS = re.compile(r"http-status=(\d+)")
-# The client's message carries the server's answer: ``{"code":"invalid",...}`` (9.x, the
-# JSON body as sent) or ``code: invalid`` (older clients' rendering).
-_ERROR_CODE = re.compile(r'"?code"?\s*:\s*"?([^,\]"}]+)')
-
-
-def _client() -> Any:
-    """The ``questdb`` client's names (``Sender``, timestamps, error class), any 2.x+ layout."""
-    try:
-        module = importlib.import_module("questdb")
-    except ImportError:
-        raise BackendNotAvailable(
-            "the QuestDB store needs the questdb client: install tickvault[questdb]"
-        ) from None
-    if not hasattr(module, "Sender"):
-        module = importlib.import_module("questdb.ingress")
-    return module
 
 
 def column_type(field: pa.Field, text_type: str, key: tuple[str, ...]) -> str:
@@ -172,7 +151,7 @@ class QuestDBStore(Store):
             host, pg_port, user=reader[0], password=reader[1], timeout=timeout
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="questdb-ilp")
-        self._sender: Any = None
+        self._ilp = ILPWriter(host, port, secure=secure, auth=self._auth, timeout=timeout)
         self._version: tuple[int, int, int] | None = None
         self._present: set[str] = set()
         self._schema_ready = False
@@ -284,7 +263,7 @@ class QuestDBStore(Store):
         if batch.num_rows == 0:
             return 0
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self._send, spec, batch)
+        await loop.run_in_executor(self._executor, self._ilp.send, spec, batch)
         await self._wait_applied(spec.table)
         return int(batch.num_rows)
 
@@ -307,62 +286,6 @@ class QuestDBStore(Store):
         )
         _, rows = decode_dataset(doc)
         return set(rows)
-
-    def _send(self, spec: KindSpec, batch: pa.Table) -> None:
-        """Build one ILP request for ``batch`` and flush it as one transaction (thread)."""
-        client = _client()
-        ts = event_time(spec)
-        symbols = [f.name for f in spec.schema if f.type == pa.string() and f.name in spec.key]
-        fields = [f for f in spec.schema if f.name not in symbols and f.name != ts]
-        convert = [(f.name, _converter(f, client)) for f in fields]
-        symbol_values = [batch.column(n).to_pylist() for n in symbols]
-        field_values = [_python_values(batch.column(n)) for n, _ in convert]
-        at_values = pc.cast(batch.column(ts), pa.int64()).to_pylist()
-        nanos = client.TimestampNanos
-        try:
-            sender = self._ensure_sender(client)
-            buf = sender.new_buffer()
-            for i, at in enumerate(at_values):
-                buf.row(
-                    spec.table,
-                    symbols={n: v[i] for n, v in zip(symbols, symbol_values, strict=True)},
-                    columns={
-                        n: conv(v[i]) for (n, conv), v in zip(convert, field_values, strict=True)
-                    },
-                    at=nanos(at * 1000),
-                )
-        except (ValueError, OverflowError, TypeError) as exc:
-            raise BatchRejected(f"QuestDB client refused a value for {spec.table}: {exc}") from None
-        try:
-            sender.flush(buf, transactional=True)
-        except Exception as exc:  # the client's own error class differs between versions
-            raise self._translate(exc, spec.table) from None
-
-    def _ensure_sender(self, client: Any) -> Any:
-        if self._sender is None:
-            conf = (
-                f"{'https' if self._secure else 'http'}::addr={self.host}:{self.port};"
-                f"protocol_version=1;auto_flush=off;retry_timeout=0;"
-                f"request_timeout={int(self._timeout * 1000)};"
-            )
-            if self._auth is not None:
-                conf += f"username={self._auth[0]};password={self._auth[1]};"
-            sender = client.Sender.from_conf(conf)
-            sender.establish()
-            self._sender = sender
-        return self._sender
-
-    def _translate(self, exc: Exception, table: str) -> StoreError:
-        text = str(exc)
-        match = _HTTP_STATUS.search(text)
-        status = int(match.group(1)) if match else None
-        code = _ERROR_CODE.search(text)
-        refused = code is not None and code.group(1).strip() == "invalid"
-        if status is not None and 400 <= status < 500 and status not in (401, 403, 408, 429):
-            refused = True
-        if refused:
-            return BatchRejected(f"QuestDB refused the batch for {table}: {text}")
-        return StoreUnavailable(f"QuestDB could not take the batch for {table}: {text}")
 
     async def _wait_applied(self, table: str) -> None:
         """Wait until the table's WAL writer has applied what the sequencer committed."""
@@ -444,15 +367,8 @@ class QuestDBStore(Store):
         return StoreHealth(ok=True, writable=not self.read_only and not suspended, detail=detail)
 
     async def close(self) -> None:
-        def op() -> None:
-            if self._sender is not None:
-                try:
-                    self._sender.close()
-                finally:
-                    self._sender = None
-
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, op)
+        await loop.run_in_executor(self._executor, self._ilp.close)
         self._executor.shutdown(wait=True)
         await self._rest.aclose()
         await self._reader.close()
@@ -466,22 +382,6 @@ def _upsert_columns(spec: KindSpec) -> list[str]:
 def _key_tuples(spec: KindSpec, batch: pa.Table) -> list[tuple[Any, ...]]:
     columns = [batch.column(c).to_pylist() for c in _upsert_columns(spec)]
     return list(zip(*columns, strict=True))
-
-
-def _python_values(column: pa.ChunkedArray) -> list[Any]:
-    """Column values as Python objects; timestamps as integer microseconds."""
-    if pa.types.is_timestamp(column.type):
-        return list(pc.cast(column, pa.int64()).to_pylist())
-    return list(column.to_pylist())
-
-
-def _converter(field: pa.Field, client: Any) -> Callable[[Any], Any]:
-    if pa.types.is_timestamp(field.type):
-        micros = client.TimestampMicros
-        return lambda v: None if v is None else micros(v)
-    if pa.types.is_list(field.type):
-        return lambda v: None if v is None else orjson.dumps(v).decode()
-    return lambda v: v
 
 
 def _decode_public(doc: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
