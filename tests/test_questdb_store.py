@@ -19,9 +19,13 @@ import orjson
 import pyarrow as pa
 import pytest
 
+from tickvault.config import Settings
 from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
+from tickvault.pipeline import Pipeline
 from tickvault.records import DepthUpdate
+from tickvault.status import collect_status
 from tickvault.stores.questdb import QuestDBStore
+from tickvault.web.metrics import PipelineMetrics
 
 from .conftest import questdb_fresh_tables
 from .polling import eventually
@@ -303,3 +307,41 @@ async def test_kill_9_mid_replay_then_restart_loses_and_duplicates_nothing(
     finally:
         await store.close()
         server.kill()
+
+
+async def test_status_and_metrics_show_committed_not_applied(
+    tmp_path: Path, questdb_server: QuestDBServer
+) -> None:
+    await asyncio.to_thread(questdb_fresh_tables, questdb_server)
+    settings = Settings(data_dir=tmp_path / "data")
+    settings.store.url = questdb_server.url + "&wal_timeout=5"
+    async with Pipeline(settings, []) as pipeline:
+        store = pipeline.store
+        assert isinstance(store, QuestDBStore)
+        assert await store.write("trade", table_of("trade", [trade(1)])) == 1
+        rest(questdb_server, "ALTER TABLE trades SUSPEND WAL")
+        for lo in (2, 12):
+            with pytest.raises(StoreUnavailable):
+                await store.write(
+                    "trade", table_of("trade", [trade(i) for i in range(lo, lo + 10)])
+                )
+        status = await collect_status(
+            pipeline.bus,
+            store,
+            bus_url=settings.bus_url,
+            store_url=settings.store_url,
+            data_dir=settings.data_dir,
+        )
+        assert status["store"]["tables"]["trades"] == 1  # the 20 hidden rows are not counted
+        wal = status["store"]["wal"]["trades"]
+        assert wal["state"] == "committed, not applied (2 txns behind)" and wal["suspended"]
+        text = (await PipelineMetrics(pipeline).render()).decode()
+        gauge = "tickvault_store_unapplied_txns"
+        assert f'{gauge}{{state="committed, not applied",table="trades"}} 2.0' in text
+        assert f'{gauge}{{state="applied",table="quotes"}} 0.0' in text
+        rest(questdb_server, "ALTER TABLE trades RESUME WAL")
+        await eventually(
+            lambda: scalar(questdb_server, "SELECT count() FROM trades") == 21, timeout=60
+        )
+        text = (await PipelineMetrics(pipeline).render()).decode()
+        assert f'{gauge}{{state="applied",table="trades"}} 0.0' in text

@@ -55,18 +55,17 @@ class WalTableStatus(msgspec.Struct, frozen=True):
     error_tag: str = ""
     error_message: str = ""
 
-    @property
-    def state(self) -> str:
-        """What a reader sees: ``applied``; ``applying (N txns behind)``; or, for a suspended
-        table (QuestDB keeps accepting writes into its WAL and hides them until
-        ``RESUME WAL``), ``committed, not applied (N txns behind)`` or ``suspended``."""
-        if self.suspended:
-            if self.lag_txns:
-                return f"committed, not applied ({self.lag_txns} txns behind)"
-            return "suspended"
-        if self.lag_txns:
-            return f"applying ({self.lag_txns} txns behind)"
-        return "applied"
+    state: str = "applied"
+    """What a reader sees (:func:`wal_state`); set by :meth:`QuestDBREST.wal_tables`."""
+
+
+def wal_state(suspended: bool, lag_txns: int) -> str:
+    """``applied``; ``applying (N txns behind)``; or, for a suspended table (QuestDB keeps
+    accepting writes into its WAL and hides them until ``RESUME WAL``), ``committed, not
+    applied (N txns behind)`` or ``suspended``."""
+    if suspended:
+        return f"committed, not applied ({lag_txns} txns behind)" if lag_txns else "suspended"
+    return f"applying ({lag_txns} txns behind)" if lag_txns else "applied"
 
 
 @dataclass(frozen=True)
@@ -208,6 +207,7 @@ class QuestDBREST:
                 buffered_txns=None if buffered is None else int(buffered),
                 error_tag=str(row.get("errorTag") or ""),
                 error_message=str(row.get("errorMessage") or ""),
+                state=wal_state(bool(row.get("suspended")), max(0, sequencer - writer)),
             )
         return out
 

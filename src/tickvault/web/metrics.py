@@ -60,6 +60,8 @@ class Snapshot:
     dead_letters: dict[str, int] | None = None
     tables: dict[str, int] | None = None
     store_up: bool = False
+    wal: dict[str, tuple[str, int]] | None = None
+    """Stores with a WAL (QuestDB): table -> (state without the count, unapplied txns)."""
 
 
 def table_name(kind: str) -> str:
@@ -90,6 +92,10 @@ async def gather_snapshot(pipeline: Pipeline) -> Snapshot:
     try:
         snap.tables = await _bounded(pipeline.store.counts())
         snap.store_up = True
+        wal_status = getattr(pipeline.store, "wal_status", None)
+        if wal_status is not None:
+            status = await _bounded(wal_status())
+            snap.wal = {t: (w.state.split(" (")[0], w.lag_txns) for t, w in status.items()}
     except Exception as exc:
         log.debug("metrics: store: %s", exc)
     return snap
@@ -284,6 +290,14 @@ class PipelineCollector(Collector):
         for table, n in sorted((snap.tables or {}).items()):
             rows.add_metric([table], n)
         yield rows
+        unapplied = GaugeMetricFamily(
+            "tickvault_store_unapplied_txns",
+            "Committed WAL transactions not visible yet, with the table's state (QuestDB)",
+            labels=["table", "state"],
+        )
+        for table, (state, n) in sorted((snap.wal or {}).items()):
+            unapplied.add_metric([table, state], n)
+        yield unapplied
 
     def _breakers(self, breakers: list[dict[str, Any]]) -> Iterator[Metric]:
         state = GaugeMetricFamily(
