@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -36,6 +37,7 @@ from tickvault.rebuild import rebuild
 from tickvault.stores.questdb import QuestDBStore
 
 from .alert_receiver import Receiver
+from .cli_helpers import tv
 from .conftest import questdb_fresh_tables
 from .polling import eventually
 from .questdb_server import QuestDBServer
@@ -301,3 +303,28 @@ async def test_a_real_wal_directory_survives_a_refused_action(tmp_path: Path) ->
 def test_guard_allows_ordinary_paths() -> None:
     guard_path("/var/lib/tickvault/backups/ticks-2025.duckdb")
     guard_path("questdb/market_trades")
+
+
+async def test_operator_discard_wal_command_needs_its_confirmation_flag(
+    tmp_path: Path, questdb_server: QuestDBServer
+) -> None:
+    store, _ = await _session_store(questdb_server, tmp_path / "backups")  # 10 rows, txn 1
+    rest(questdb_server, "ALTER TABLE trades SUSPEND WAL")
+    for lo in (100, 200):  # txns 2 and 3: committed, not applied
+        with pytest.raises(StoreUnavailable):
+            await store.write("trade", table_of("trade", [trade(i) for i in range(lo, lo + 5)]))
+    await store.close()
+    args = ["guardian", "discard-wal", "trades", "--from-txn", "3"]
+    where = ["--store", questdb_server.url, "--data-dir", tmp_path / "data"]
+    refused = await asyncio.to_thread(tv, *args, *where, check=False)
+    assert refused.returncode == 2 and "--discard-unapplied-transactions" in refused.stderr
+    assert scalar(questdb_server, "SELECT suspended FROM wal_tables() WHERE name = 'trades'")
+    done = await asyncio.to_thread(tv, *args, "--discard-unapplied-transactions", *where)
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["resumed_from_txn"] == 3
+    await eventually(
+        lambda: scalar(questdb_server, "SELECT count() FROM trades") == 15,
+        timeout=60,
+        what="txn 3 applied, txn 2 skipped",
+    )
+    assert scalar(questdb_server, "SELECT count() FROM trades WHERE trade_id >= 200") == 5

@@ -237,6 +237,59 @@ def resume(
     out.print(f"resumed {resource}", highlight=False)
 
 
+@app.command("discard-wal")
+def discard_wal(
+    table: Annotated[str, typer.Argument(help="The QuestDB table, e.g. trades.")],
+    from_txn: Annotated[
+        int, typer.Option("--from-txn", help="Resume applying from this transaction.")
+    ],
+    confirmed: Annotated[
+        bool,
+        typer.Option(
+            "--discard-unapplied-transactions",
+            help="Required: the transactions before --from-txn are skipped for good.",
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Journal the plan only.")] = False,
+    config: ConfigFile = None,
+    data_dir: DataDir = None,
+    store: StoreUrl = None,
+) -> None:
+    """QuestDB: ALTER TABLE … RESUME WAL FROM TXN n (what REBASE WAL does elsewhere); an
+    operator's explicit act, never the guardian's. Back the table up first."""
+    from tickvault.guardian.actions import ActionContext, ActionRunner
+    from tickvault.guardian.questdb_actions import DISCARD_FLAG
+    from tickvault.stores import open_store
+
+    if not confirmed:
+        raise _fail(ConfigError("refused: pass --discard-unapplied-transactions to confirm"))
+    settings = _settings(config, data_dir, None, store)
+
+    async def main() -> dict[str, Any]:
+        store_ = open_store(settings.store_url)
+        journal = Journal.in_data_dir(settings.data_dir)
+        try:
+            ctx = ActionContext(store=store_, operator_flags=frozenset({DISCARD_FLAG}))
+            runner = ActionRunner(ctx, journal, clock=time.time, dry_run=dry_run)
+            result = await runner.run(
+                "questdb_discard_unapplied_wal",
+                f"questdb/{table}",
+                {"table": table, "from_txn": from_txn},
+            )
+            return {"ok": result.ok, "dry_run": result.dry_run, **result.detail}
+        finally:
+            journal.close()
+            await store_.close()
+
+    try:
+        report = asyncio.run(main())
+    except TickvaultError as exc:
+        raise _fail(exc) from None
+    _json(report)
+    if not report["ok"]:
+        raise typer.Exit(1)
+
+
 @app.command("simulate")
 def simulate_command(
     timeline: Annotated[Path, typer.Argument(help="JSON lines: {t, resource, code, ...}.")],
