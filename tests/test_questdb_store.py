@@ -8,6 +8,9 @@ few faults a real 9.x server cannot be made to show are in ``test_questdb_double
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 import orjson
 import pyarrow as pa
 import pytest
@@ -22,13 +26,15 @@ import pytest
 from tickvault.config import Settings
 from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
 from tickvault.pipeline import Pipeline
-from tickvault.records import DepthUpdate
+from tickvault.records import DepthUpdate, Quote
+from tickvault.sample import write_recording
 from tickvault.status import collect_status
 from tickvault.stores.questdb import QuestDBStore
 from tickvault.web.metrics import PipelineMetrics
 
+from .cli_helpers import cli_env, tv_json
 from .conftest import questdb_fresh_tables
-from .polling import eventually
+from .polling import eventually, eventually_sync
 from .questdb_server import READER_PASSWORD, READER_USER, QuestDBServer
 from .test_clickhouse_store import raw_trades
 from .test_store_contract import T0, table_of, trade
@@ -265,47 +271,57 @@ async def test_what_the_read_only_user_could_still_do_is_refused_by_the_store(
     assert not (await store.wal_status())["trades"].suspended
 
 
-async def test_kill_9_mid_replay_then_restart_loses_and_duplicates_nothing(
+def _counts(server: QuestDBServer) -> dict[str, int]:
+    out = {}
+    for table, key in (("trades", "trade_id"), ("quotes", "update_id"), ("agg_trades", "agg_id")):
+        out[table] = scalar(server, f"SELECT count() FROM {table}")
+        out[f"distinct_{table}"] = scalar(
+            server, f"SELECT count() FROM (SELECT DISTINCT exchange, symbol, {key} FROM {table})"
+        )
+    return out
+
+
+def test_replay_survives_kill_9_of_questdb_and_a_second_replay_adds_nothing(
     tmp_path: Path,
 ) -> None:
-    """A writer replays a file (retrying each batch until it is stored, as redelivery does)
-    while QuestDB is killed with SIGKILL and started again."""
-    server = QuestDBServer(tmp_path / "qdb").start()
-    store = QuestDBStore.from_url(server.url + "&timeout=10&wal_timeout=20")
-    n_batches, size = 40, 250
-    batches = [
-        table_of("trade", [trade(i) for i in range(b * size, (b + 1) * size)])
-        for b in range(n_batches)
-    ]
-    done: list[int] = []
-    failures: list[str] = []
-
-    async def replay() -> None:
-        for i, batch in enumerate(batches):
-            while True:
-                try:
-                    await store.write("trade", batch)
-                    break
-                except StoreUnavailable as exc:
-                    failures.append(str(exc))
-                    await asyncio.sleep(0.2)  # retry backoff, as the writer does
-            done.append(i)
-
+    """``tickvault replay --store questdb://…`` while QuestDB is killed with SIGKILL and
+    started again; then the same file once more (redelivery of everything)."""
+    server = QuestDBServer(tmp_path / "questdb").start()
     try:
-        task = asyncio.create_task(replay())
-        await eventually(lambda: len(done) >= 5, timeout=120, what="some batches stored")
-        await asyncio.to_thread(server.kill)
-        await asyncio.to_thread(server.start)
-        await asyncio.wait_for(task, timeout=300)
-        assert failures, "the kill happened while the replay was still writing"
-        # The whole file once more (the redelivery after a writer crash) adds nothing.
-        for batch in batches:
-            await store.write("trade", batch)
-        total = n_batches * size
-        assert scalar(server, "SELECT count() FROM trades") == total
-        assert scalar(server, "SELECT count_distinct(trade_id) FROM trades") == total
+        rec = write_recording(
+            tmp_path / "in.jsonl", 30_000, malformed_every=997, duplicate_share=0.02, seed=15
+        )
+        args = ["replay", rec.path, "--store", server.url, "--data-dir", tmp_path / "data"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tickvault", *map(str, args), "--json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=cli_env(),
+        )
+        eventually_sync(
+            lambda: (
+                "trades" in str(rest(server, "SELECT table_name FROM tables()"))
+                and scalar(server, "SELECT count() FROM trades") > 0
+            ),
+            timeout=120,
+            what="rows stored before the kill",
+        )
+        server.kill()
+        assert proc.poll() is None, "the kill happened while the replay was still running"
+        server.start()
+        out, errors = proc.communicate(timeout=300)
+        assert proc.returncode == 0, errors.decode()[-2000:]
+        assert json.loads(out)["drained"] is True
+        expected = {
+            "trades": len(rec.trade_keys),
+            "quotes": len(rec.quote_keys),
+            "agg_trades": len(rec.agg_keys),
+        }
+        first = _counts(server)
+        assert first == expected | {f"distinct_{t}": n for t, n in expected.items()}
+        tv_json(*args)  # the whole file again: every record redelivered
+        assert _counts(server) == first
     finally:
-        await store.close()
         server.kill()
 
 
@@ -345,3 +361,27 @@ async def test_status_and_metrics_show_committed_not_applied(
         )
         text = (await PipelineMetrics(pipeline).render()).decode()
         assert f'{gauge}{{state="applied",table="trades"}} 0.0' in text
+
+
+async def test_a_resent_quote_with_a_later_arrival_time_is_not_stored_twice(
+    store: QuestDBStore, questdb_server: QuestDBServer
+) -> None:
+    """A quote's designated timestamp is its arrival time; QuestDB's upsert keys alone would
+    keep both copies of a venue's resend."""
+    quote = Quote(
+        exchange="binance",
+        symbol="BNBUSDT",
+        update_id=7,
+        bid_price=1.0,
+        bid_qty=2.0,
+        ask_price=1.1,
+        ask_qty=3.0,
+        ts_event=None,
+        ts_recv=T0,
+    )
+    assert await store.write("quote", table_of("quote", [quote])) == 1
+    resent = msgspec.structs.replace(quote, ts_recv=T0 + 3_600_000_000)  # an hour later
+    other = msgspec.structs.replace(quote, update_id=8, ts_recv=T0 + 3_600_000_000)
+    assert await store.write("quote", table_of("quote", [resent, other])) == 1
+    assert scalar(questdb_server, "SELECT count() FROM quotes") == 2
+    assert scalar(questdb_server, "SELECT count() FROM quotes WHERE update_id = 7") == 1

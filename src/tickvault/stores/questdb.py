@@ -24,8 +24,10 @@ protocol version 1 has no arrays; ``query`` turns them back into lists.
 A write of one batch:
 
 1. drops rows whose key repeats inside the batch (the first one wins);
-2. asks ``/exec`` which of the batch's keys are stored already (within the batch's
-   designated-timestamp range, so QuestDB scans only those partitions);
+2. asks ``/exec`` which of the batch's natural keys are stored already (within the batch's
+   designated-timestamp range — widened by a day for kinds whose designated timestamp is
+   not in the key, such as a quote's arrival time, so a venue's resend is found — and the
+   batch's id range, so QuestDB scans only those partitions and returns few rows);
 3. sends only the new rows in one transactional ILP/HTTP request;
 4. waits until ``wal_tables()`` shows the table's writer has applied the sequencer's
    transaction (bounded by ``wal_timeout``), so the rows are visible and counted when
@@ -71,6 +73,8 @@ from tickvault.stores.sql_guard import check_single_select
 
 MIN_VERSION = (7, 3, 0)  # DEDUP UPSERT KEYS
 VARCHAR_VERSION = (7, 4, 0)
+RESEND_WINDOW_US = 86_400_000_000
+"""How far apart (µs of designated time) a record and a venue's resend of it are looked for."""
 LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
@@ -268,21 +272,33 @@ class QuestDBStore(Store):
         return int(batch.num_rows)
 
     async def _stored_keys(self, spec: KindSpec, batch: pa.Table) -> set[tuple[Any, ...]]:
-        """Upsert keys (designated timestamp + natural key) of ``batch`` already stored."""
+        """Natural keys of ``batch`` already stored.
+
+        QuestDB's UPSERT KEYS include the designated timestamp, so it collapses a redelivery
+        (same bytes) but not a venue's resend of a record whose designated timestamp is its
+        arrival time (a quote: ``ts_recv``). So the lookup is by natural key, over the
+        batch's designated-timestamp range widened by :data:`RESEND_WINDOW_US` when that
+        timestamp is not part of the key, with each integer key column bounded by the
+        batch's own min and max (ids are dense, so few rows come back).
+        """
         ts = event_time(spec)
         micros = pc.cast(batch.column(ts), pa.int64())
         bounds = pc.min_max(micros).as_py()
+        widen = 0 if ts in spec.key else RESEND_WINDOW_US
         where = [
-            f"{ts} >= {_sql_str(_iso(bounds['min']))}",
-            f"{ts} <= {_sql_str(_iso(bounds['max']))}",
+            f"{ts} >= {_sql_str(_iso(max(0, bounds['min'] - widen)))}",
+            f"{ts} <= {_sql_str(_iso(bounds['max'] + widen))}",
         ]
         for name in spec.key:
-            if batch.schema.field(name).type == pa.string():
+            kind = batch.schema.field(name).type
+            if kind == pa.string():
                 values = pc.unique(batch.column(name)).to_pylist()
                 where.append(f"{name} IN ({', '.join(_sql_str(v) for v in values)})")
-        columns = _upsert_columns(spec)
+            elif kind == pa.int64():
+                ids = pc.min_max(batch.column(name)).as_py()
+                where.append(f"{name} BETWEEN {int(ids['min'])} AND {int(ids['max'])}")
         doc = await self._rest.exec(
-            f"SELECT {', '.join(columns)} FROM {spec.table} WHERE {' AND '.join(where)}"
+            f"SELECT {', '.join(spec.key)} FROM {spec.table} WHERE {' AND '.join(where)}"
         )
         _, rows = decode_dataset(doc)
         return set(rows)
@@ -374,13 +390,8 @@ class QuestDBStore(Store):
         await self._reader.close()
 
 
-def _upsert_columns(spec: KindSpec) -> list[str]:
-    ts = event_time(spec)
-    return [ts, *(k for k in spec.key if k != ts)]
-
-
 def _key_tuples(spec: KindSpec, batch: pa.Table) -> list[tuple[Any, ...]]:
-    columns = [batch.column(c).to_pylist() for c in _upsert_columns(spec)]
+    columns = [batch.column(c).to_pylist() for c in spec.key]
     return list(zip(*columns, strict=True))
 
 
