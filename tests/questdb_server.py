@@ -64,6 +64,7 @@ class QuestDBServer:
         """The store URL: REST/ILP on HTTP, user queries through the read-only PG user."""
         return (
             f"questdb://127.0.0.1:{self.http_port}?pg_port={self.pg_port}"
+            f"&health_port={self.min_http_port}"
             f"&reader_user={READER_USER}&reader_password={READER_PASSWORD}"
         )
 

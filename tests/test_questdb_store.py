@@ -385,3 +385,19 @@ async def test_a_resent_quote_with_a_later_arrival_time_is_not_stored_twice(
     assert await store.write("quote", table_of("quote", [resent, other])) == 1
     assert scalar(questdb_server, "SELECT count() FROM quotes") == 2
     assert scalar(questdb_server, "SELECT count() FROM quotes WHERE update_id = 7") == 1
+
+
+async def test_health_asks_the_servers_health_endpoint(questdb_server: QuestDBServer) -> None:
+    store = QuestDBStore.from_url(questdb_server.url)
+    wrong = QuestDBStore.from_url(
+        questdb_server.url.replace(f"health_port={questdb_server.min_http_port}", "health_port=9")
+    )
+    try:
+        health = await store.health()
+        assert health.ok and health.writable and "QuestDB 9.3.4" in health.detail
+        down = await wrong.health()
+        assert not down.ok and not down.writable
+        assert "health endpoint http://127.0.0.1:9/status unreachable" in down.detail
+    finally:
+        await store.close()
+        await wrong.close()

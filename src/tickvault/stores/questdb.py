@@ -2,9 +2,11 @@
 
 More URL options: ``pg_port`` (8812), ``reader_user`` and ``reader_password`` (QuestDB's
 read-only PG-wire user, default ``user``/``quest``), which :meth:`QuestDBStore.query` uses
-for user SQL (see :mod:`tickvault.stores.questdb_query`); ``root`` (the server's root
-directory, when it runs on this host) and ``backup_dir`` (where the guardian copies a damaged
-table's directory; never inside ``root``), both only read by the guardian.
+for user SQL (see :mod:`tickvault.stores.questdb_query`); ``health_port`` (QuestDB's
+minimal HTTP server, usually 9003, whose ``/status`` ``health()`` then consults); ``root``
+(the server's root directory, when it runs on this host) and ``backup_dir`` (where the
+guardian copies a damaged table's directory; never inside ``root``), both only used by the
+guardian.
 
 Writes go through the official ``questdb`` client over ILP/HTTP (protocol version 1, text),
 one table per request, so each request is one transaction and a refused request leaves
@@ -136,6 +138,7 @@ class QuestDBStore(Store):
         reader: tuple[str, str] = DEFAULT_READER,
         server_root: Path | None = None,
         backup_dir: Path | None = None,
+        health_port: int | None = None,
     ) -> None:
         self.host, self.port = host, port
         self.url = f"questdb://{host}:{port}"
@@ -144,6 +147,7 @@ class QuestDBStore(Store):
         # its log and copies a damaged table's directory to ``backup_dir``, nothing more.
         self.server_root = server_root
         self.backup_dir = backup_dir
+        self.health_port = health_port
         self.wal_timeout = wal_timeout
         self._secure = secure
         self._auth = (user, password or "") if user else None
@@ -171,6 +175,7 @@ class QuestDBStore(Store):
             timeout = float(options.get("timeout", "60"))
             wal_timeout = float(options.get("wal_timeout", "30"))
             pg_port = int(options.get("pg_port", "8812"))
+            health_port = int(options["health_port"]) if options.get("health_port") else None
         except ValueError as exc:
             raise ConfigError(f"bad QuestDB URL {url!r}: {exc}") from None
         return cls(
@@ -189,6 +194,7 @@ class QuestDBStore(Store):
             ),
             server_root=Path(options["root"]) if options.get("root") else None,
             backup_dir=Path(options["backup_dir"]) if options.get("backup_dir") else None,
+            health_port=health_port,
         )
 
     # -- schema -----------------------------------------------------------------------------
@@ -367,7 +373,12 @@ class QuestDBStore(Store):
         return {s.table: status[s.table] for s in KINDS.values() if s.table in status}
 
     async def health(self) -> StoreHealth:
+        """Not ok when the server's health endpoint (``health_port=``, QuestDB's minimal HTTP
+        server, ``/status``) does not answer 200 or ``/exec`` fails; not writable while a
+        table is suspended."""
         try:
+            if self.health_port is not None:
+                await self._rest.server_health(f"http://{self.host}:{self.health_port}/status")
             await self.ensure_schema()
             wal = await self.wal_status()
         except StoreError as exc:

@@ -160,6 +160,18 @@ class QuestDBREST:
             raise StoreUnavailable(f"QuestDB /exec answered HTTP {response.status_code}")
         return doc
 
+    async def server_health(self, url: str) -> None:
+        """Raise :class:`StoreUnavailable` unless QuestDB's health endpoint answers 200."""
+        try:
+            response = await self._session().get(url)
+        except httpx.TransportError as exc:
+            raise StoreUnavailable(f"QuestDB health endpoint {url} unreachable: {exc!r}") from exc
+        if response.status_code != 200:
+            raise StoreUnavailable(
+                f"QuestDB health endpoint {url} answered HTTP {response.status_code}:"
+                f" {response.text[:200]}"
+            )
+
     async def rows(self, sql: str, *, limit: int | None = None) -> list[dict[str, Any]]:
         names, rows = decode_dataset(await self.exec(sql, limit=limit))
         return [by_name(names, r) for r in rows]
