@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tickvault.config import Settings
@@ -191,10 +192,16 @@ async def test_depth_levels_round_trip_through_the_read_only_user(
 
 @pytest.fixture
 def canary(questdb_server: QuestDBServer) -> Iterator[Path]:
+    """A secret file beside the server's data, and the same secret as a parquet file in the
+    server's copy root (``<root>/import``), the one place ``read_parquet`` may read."""
     path = questdb_server.root / "canary-secret.txt"
     path.write_text("CANARY-7f3a\n")
+    parquet = questdb_server.root / "import" / "canary.parquet"
+    parquet.parent.mkdir(exist_ok=True)
+    pq.write_table(pa.table({"secret": ["CANARY-7f3a"]}), parquet)
     yield path
     path.unlink()
+    parquet.unlink()
 
 
 @pytest.mark.parametrize(
@@ -206,6 +213,8 @@ def canary(questdb_server: QuestDBServer) -> Iterator[Path]:
         "SELECT * FROM trades t JOIN (SELECT * FROM glob('{dir}/*')) g ON t.symbol = g.path",
         "SELECT * FROM read_parquet('{file}')",
         "SELECT * FROM parquet_scan('{file}')",
+        "SELECT * FROM read_parquet('canary.parquet')",
+        "SELECT secret FROM parquet_scan('canary.parquet') WHERE secret LIKE 'C%'",
     ],
 )
 async def test_queries_that_read_host_files_are_refused(
@@ -216,7 +225,7 @@ async def test_queries_that_read_host_files_are_refused(
     with pytest.raises(StoreError) as refused:
         await store.query(statement)
     assert "CANARY" not in str(refused.value)
-    if "files(" in sql or "glob(" in sql:
+    if "files(" in sql or "glob(" in sql or "canary.parquet" in sql:
         assert isinstance(refused.value, QueryRejected)
         assert "file system" in str(refused.value)
 
@@ -401,3 +410,13 @@ async def test_health_asks_the_servers_health_endpoint(questdb_server: QuestDBSe
     finally:
         await store.close()
         await wrong.close()
+
+
+async def test_ordinary_queries_mentioning_files_in_literals_still_run(
+    store: QuestDBStore,
+) -> None:
+    await store.write("trade", table_of("trade", [trade(1)]))
+    result = await store.query(
+        "SELECT 'parquet' AS a, 'glob' AS b, symbol FROM trades WHERE symbol != 'File Scan'"
+    )
+    assert result.rows == [("parquet", "glob", "BTCUSDT")]

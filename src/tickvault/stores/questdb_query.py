@@ -9,7 +9,8 @@ server's ``server.conf``): the server itself refuses every write, DDL, ``COPY`` 
 
 A read-only user can still read host files: on QuestDB 9.3 ``files('/etc')`` and
 ``glob('/etc/*')`` list any directory the server can see, and ``read_parquet``/
-``parquet_scan`` open any path — whatever ``cairo.sql.copy.root`` says. So before a statement
+``parquet_scan`` read any parquet file under ``cairo.sql.copy.root`` (any path at all when
+that setting is empty). So before a statement
 runs, :class:`QuestDBReader` asks QuestDB for its plan (``EXPLAIN``) and refuses one with a
 file-system node (``File Scan``, ``glob``, a parquet file scan, ``import_files()``,
 ``export_files()``). The plan is the engine's own parse, so spelling, nesting, CTEs and joins
@@ -29,9 +30,11 @@ from typing import Any
 
 from tickvault.errors import BackendNotAvailable, QueryRejected, StoreError, StoreUnavailable
 
-# Plan nodes through which QuestDB 9.x reads the host's file system.
+# Plan nodes through which QuestDB 9.x reads the host's file system; a node's name starts
+# its line (``File Scan: /etc``, ``glob/etc/*``, ``parquet page frame scan``), so a string
+# literal or a column name further along the line does not count.
 _FILE_NODES = re.compile(
-    r"^\s*(file scan\b|glob\b|import_files\(|export_files\(|.*\bparquet\b)", re.IGNORECASE
+    r"^\s*(file scan\b|glob\b|parquet\b|import_files\(|export_files\()", re.IGNORECASE
 )
 DEFAULT_READER = ("user", "quest")  # QuestDB's documented defaults for the read-only user
 
