@@ -27,10 +27,10 @@ import pytest
 from tickvault.config import Settings
 from tickvault.errors import BatchRejected, QueryRejected, StoreError, StoreUnavailable
 from tickvault.pipeline import Pipeline
-from tickvault.records import DepthUpdate, Quote
+from tickvault.records import KINDS, DepthUpdate, Quote
 from tickvault.sample import write_recording
 from tickvault.status import collect_status
-from tickvault.stores.questdb import QuestDBStore
+from tickvault.stores.questdb import QuestDBStore, create_table_sql
 from tickvault.web.metrics import PipelineMetrics
 
 from .cli_helpers import cli_env, tv_json
@@ -420,3 +420,31 @@ async def test_ordinary_queries_mentioning_files_in_literals_still_run(
         "SELECT 'parquet' AS a, 'glob' AS b, symbol FROM trades WHERE symbol != 'File Scan'"
     )
     assert result.rows == [("parquet", "glob", "BTCUSDT")]
+
+
+async def test_a_bars_table_from_before_the_adjusted_flag_is_migrated_in_place(
+    questdb_server: QuestDBServer,
+) -> None:
+    await asyncio.to_thread(questdb_fresh_tables, questdb_server)
+    old = create_table_sql(KINDS["bar"], "VARCHAR").replace(", adjusted BOOLEAN", "")
+    assert "adjusted" not in old
+    rest(questdb_server, old)
+    rest(
+        questdb_server,
+        "INSERT INTO bars VALUES ('polygon', 'AAPL', '1d', '2024-01-02T00:00:00.000000Z',"
+        " 1.0, 2.0, 0.5, 1.5, 100.0, 1.2, 7)",
+    )
+    store = QuestDBStore.from_url(questdb_server.url)
+    try:
+        await store.ensure_schema()
+        await eventually(
+            lambda: (
+                rest(questdb_server, "SELECT adjusted, trade_count FROM bars")["dataset"]
+                == [[True, 7]]
+            ),
+            timeout=60,
+            what="the old row marked adjusted",
+        )
+        assert (await store.query("SELECT * FROM bars LIMIT 0")).columns[-1] == "adjusted"
+    finally:
+        await store.close()
