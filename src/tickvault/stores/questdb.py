@@ -240,6 +240,9 @@ class QuestDBStore(Store):
         if "adjusted" not in names:
             await self._rest.exec("ALTER TABLE bars ADD COLUMN adjusted BOOLEAN")
             await self._rest.exec("UPDATE bars SET adjusted = true")
+            # On a WAL table both go through the WAL: wait until applied, or the schema
+            # check that follows can still see the old columns (seen on QuestDB 9.3).
+            await self._wait_applied("bars")
 
     async def _check_table(self, spec: KindSpec, info: TableInfo) -> None:
         ts = event_time(spec)
