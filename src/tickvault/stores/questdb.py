@@ -337,7 +337,7 @@ class QuestDBStore(Store):
                     f" (writer {status.writer_txn}, sequencer {status.sequencer_txn})"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.02)
 
     # -- reading ----------------------------------------------------------------------------
 
