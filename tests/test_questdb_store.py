@@ -11,6 +11,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -448,3 +449,18 @@ async def test_a_bars_table_from_before_the_adjusted_flag_is_migrated_in_place(
         assert (await store.query("SELECT * FROM bars LIMIT 0")).columns[-1] == "adjusted"
     finally:
         await store.close()
+
+
+async def test_a_query_running_too_long_is_stopped_and_the_next_one_runs(
+    store: QuestDBStore, questdb_server: QuestDBServer
+) -> None:
+    await store.write("trade", table_of("trade", [trade(1)]))
+    slow = QuestDBStore.from_url(questdb_server.url + "&query_timeout_s=1.5")
+    try:
+        started = time.monotonic()
+        with pytest.raises(QueryRejected, match=r"ran longer than 1.5 s"):
+            await slow.query("SELECT count() FROM long_sequence(1000000000000) WHERE x % 7 = 3")
+        assert time.monotonic() - started < 15
+        assert (await slow.query("SELECT count() FROM trades")).rows == [(1,)]
+    finally:
+        await slow.close()

@@ -1,6 +1,7 @@
 """The QuestDB store: ``questdb://[user:password@]host[:9000][?secure=1&wal_timeout=30]``.
 
-More URL options: ``pg_port`` (8812), ``reader_user`` and ``reader_password`` (QuestDB's
+More URL options: ``query_timeout_s`` (30: a user query running longer is stopped),
+``pg_port`` (8812), ``reader_user`` and ``reader_password`` (QuestDB's
 read-only PG-wire user, default ``user``/``quest``), which :meth:`QuestDBStore.query` uses
 for user SQL (see :mod:`tickvault.stores.questdb_query`); ``health_port`` (QuestDB's
 minimal HTTP server, usually 9003, whose ``/status`` ``health()`` then consults); ``root``
@@ -139,6 +140,7 @@ class QuestDBStore(Store):
         server_root: Path | None = None,
         backup_dir: Path | None = None,
         health_port: int | None = None,
+        query_timeout: float = 30.0,
     ) -> None:
         self.host, self.port = host, port
         self.url = f"questdb://{host}:{port}"
@@ -156,7 +158,12 @@ class QuestDBStore(Store):
             f"{'https' if secure else 'http'}://{host}:{port}", auth=self._auth, timeout=timeout
         )
         self._reader = QuestDBReader(
-            host, pg_port, user=reader[0], password=reader[1], timeout=timeout
+            host,
+            pg_port,
+            user=reader[0],
+            password=reader[1],
+            timeout=timeout,
+            query_timeout=query_timeout,
         )
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="questdb-ilp")
         self._ilp = ILPWriter(host, port, secure=secure, auth=self._auth, timeout=timeout)
@@ -176,6 +183,7 @@ class QuestDBStore(Store):
             wal_timeout = float(options.get("wal_timeout", "30"))
             pg_port = int(options.get("pg_port", "8812"))
             health_port = int(options["health_port"]) if options.get("health_port") else None
+            query_timeout = float(options.get("query_timeout_s", "30"))
         except ValueError as exc:
             raise ConfigError(f"bad QuestDB URL {url!r}: {exc}") from None
         return cls(
@@ -195,6 +203,7 @@ class QuestDBStore(Store):
             server_root=Path(options["root"]) if options.get("root") else None,
             backup_dir=Path(options["backup_dir"]) if options.get("backup_dir") else None,
             health_port=health_port,
+            query_timeout=query_timeout,
         )
 
     # -- schema -----------------------------------------------------------------------------

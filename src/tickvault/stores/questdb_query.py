@@ -24,6 +24,7 @@ read through a cursor, so at most ``limit + 1`` rows cross the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import re
 from typing import Any
@@ -56,11 +57,21 @@ def file_nodes(plan: list[str]) -> list[str]:
 class QuestDBReader:
     """Runs one read-only statement at a time as QuestDB's read-only PG-wire user."""
 
-    def __init__(self, host: str, port: int, *, user: str, password: str, timeout: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        user: str,
+        password: str,
+        timeout: float,
+        query_timeout: float = 30.0,
+    ) -> None:
         self.where = f"{host}:{port}"
         self._host, self._port = host, port
         self._user, self._password = user, password
         self._timeout = timeout
+        self.query_timeout = query_timeout
         self._conn: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock: asyncio.Lock | None = None
@@ -99,31 +110,47 @@ class QuestDBReader:
     async def query(
         self, statement: str, limit: int
     ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-        """Column names, PG type names and up to ``limit + 1`` rows of ``statement``."""
-        pg = _asyncpg()
+        """Column names, PG type names and up to ``limit + 1`` rows of ``statement``;
+        :class:`QueryRejected` when it runs longer than ``query_timeout`` seconds."""
         conn = await self._connection()
         assert self._lock is not None
         async with self._lock:
-            try:
-                plan = [str(r[0]) for r in await conn.fetch("EXPLAIN " + statement)]
-                reads = file_nodes(plan)
-                if reads:
-                    raise QueryRejected(
-                        "refused: the query reads the server's file system"
-                        f" ({'; '.join(reads)}); only tables can be queried"
-                    )
-                async with conn.transaction():
-                    prepared = await conn.prepare(statement)
-                    cursor = await prepared.cursor()
-                    records = await cursor.fetch(limit + 1)
-                    attributes = prepared.get_attributes()
-            except (QueryRejected, StoreError):
-                raise
-            except pg.PostgresError as exc:
-                raise StoreError(f"query failed: {exc}") from None
-            except (TimeoutError, OSError, pg.InterfaceError) as exc:
-                self._conn = None
-                raise StoreUnavailable(f"QuestDB PG wire at {self.where}: {exc!r}") from None
+            task = asyncio.ensure_future(self._run(conn, statement, limit))
+            done, _ = await asyncio.wait({task}, timeout=self.query_timeout)
+            if task in done:
+                return task.result()
+            # Closing the connection is what stops the statement (QuestDB's circuit breaker
+            # ends a query whose client has gone); asyncpg's own cancel would wait for a
+            # server that does not answer it.
+            conn.terminate()
+            self._conn = None
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise QueryRejected(f"query stopped: it ran longer than {self.query_timeout:g} s")
+
+    async def _run(
+        self, conn: Any, statement: str, limit: int
+    ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+        pg = _asyncpg()
+        try:
+            plan = [str(r[0]) for r in await conn.fetch("EXPLAIN " + statement)]
+            reads = file_nodes(plan)
+            if reads:
+                raise QueryRejected(
+                    "refused: the query reads the server's file system"
+                    f" ({'; '.join(reads)}); only tables can be queried"
+                )
+            async with conn.transaction():
+                prepared = await conn.prepare(statement)
+                cursor = await prepared.cursor()
+                records = await cursor.fetch(limit + 1)
+                attributes = prepared.get_attributes()
+        except pg.PostgresError as exc:
+            raise StoreError(f"query failed: {exc}") from None
+        except (OSError, pg.InterfaceError) as exc:
+            self._conn = None
+            raise StoreUnavailable(f"QuestDB PG wire at {self.where}: {exc!r}") from None
         names = [a.name for a in attributes]
         types = [a.type.name for a in attributes]
         return names, types, [tuple(r.values()) for r in records]
