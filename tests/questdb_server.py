@@ -12,8 +12,9 @@ the minimal HTTP server (its ``/status`` is the health endpoint), ILP/TCP and PG
 free loopback ports; one worker per pool (2-core machines); the PG-wire read-only user
 (``pg.readonly.user.enabled``) that the store's ``query`` uses; and ``dev.mode.enabled``,
 which QuestDB requires for ``ALTER TABLE … SUSPEND WAL`` (the tests' way to suspend a table
-on purpose); ``query.timeout=10s`` bounds a runaway query on the server itself (the client
-giving up does not stop it). The server's log goes to ``ROOT/log/server.log``.
+on purpose); ``query.timeout=5s`` bounds a runaway query on the server itself (the client
+giving up does not stop it), and ``cairo.sql.map.max.resizes=10`` bounds the memory one
+GROUP BY may take. The server's log goes to ``ROOT/log/server.log``.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class QuestDBServer:
                     "wal.apply.worker.count=1",
                     "telemetry.enabled=false",
                     "dev.mode.enabled=true",
-                    "query.timeout=10s",
+                    "query.timeout=5s",
+                    "cairo.sql.map.max.resizes=10",
                     "",
                 ]
             )

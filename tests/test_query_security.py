@@ -47,7 +47,9 @@ from tickvault.stores.clickhouse_http import ClickHouseServerError
 from tickvault.stores.duckdb_query import lock_down
 
 from .cli_helpers import cli_env
+from .conftest import questdb_fresh_tables
 from .polling import eventually_sync
+from .questdb_server import QuestDBServer
 from .servers import ClickHouseServer
 from .test_store_contract import table_of, trade
 
@@ -221,8 +223,41 @@ def clickhouse_target(
     stop_owner(target)
 
 
+@pytest.fixture(scope="module")
+def questdb_target(
+    canary: Canary, questdb_server: QuestDBServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Target]:
+    """The session's real QuestDB: user SQL goes through its read-only PG-wire user."""
+    root = tmp_path_factory.mktemp("questdb-target")
+    questdb_fresh_tables(questdb_server)
+    url = f"{questdb_server.url}&{QUERY_OPTIONS}"
+    seed_rows(url)
+    (root / "offline").mkdir()
+    proc, http_url = start_owner(root / "owner", url, root / "owner.log")
+    target = Target(
+        name="questdb",
+        owner_dir=root / "owner",
+        offline_dir=root / "offline",
+        store_url=url,
+        http_url=http_url,
+        log=root / "owner.log",
+        proc=proc,
+        state_sql=[
+            "SELECT count() AS n, sum(price) AS s, count_distinct(exchange) AS e FROM trades",
+            "SELECT table_name FROM tables() ORDER BY table_name",
+            "SELECT name, suspended, writerTxn FROM wal_tables() ORDER BY name",
+        ],
+    )
+    yield target
+    stop_owner(target)
+
+
 # The hook for more stores: store name -> the module fixture that returns its Target.
-STORE_TARGETS = {"duckdb": "duckdb_target", "clickhouse": "clickhouse_target"}
+STORE_TARGETS = {
+    "duckdb": "duckdb_target",
+    "clickhouse": "clickhouse_target",
+    "questdb": "questdb_target",
+}
 DOORS = ["offline", "owner", "http"]
 
 
@@ -324,6 +359,17 @@ HOSTILE: list[tuple[str, str]] = [
     ("glob-root", "SELECT * FROM glob('/root/*')"),
     ("ch-file", "SELECT * FROM file('{canary}', 'TSV', 'line String')"),
     ("ch-file-environ", "SELECT * FROM file('/proc/self/environ', 'TSV', 'line String')"),
+    ("qdb-files", "SELECT * FROM files('{dir}')"),
+    ("qdb-files-root", "SELECT path FROM files('/etc') WHERE path LIKE '%passwd%'"),
+    (
+        "qdb-glob-join",
+        "SELECT * FROM trades JOIN (SELECT * FROM glob('{dir}/*')) g ON symbol = path",
+    ),
+    ("qdb-parquet", "SELECT * FROM read_parquet('{canary}')"),
+    ("qdb-import-files", "SELECT * FROM import_files()"),
+    ("qdb-suspend", "ALTER TABLE trades SUSPEND WAL"),
+    ("qdb-resume-from", "ALTER TABLE trades RESUME WAL FROM TXN 1"),
+    ("qdb-copy-parquet", "COPY trades TO 'tv_export' WITH FORMAT PARQUET"),
     # network
     ("url-csv", "SELECT * FROM read_csv('http://127.0.0.1:9/x.csv')"),
     ("url-as-table", "SELECT * FROM 'https://example.invalid/x.parquet'"),
@@ -398,6 +444,7 @@ def test_the_write_cte_gets_a_one_line_refusal(target: Target, canary: Canary) -
             # the statement scanner refuses it first; the server's own refusal of every
             # write is shown by test_clickhouse_refuses_writes_and_table_functions_itself
             "clickhouse": ["queries may not use DELETE", "ClickHouse refused the query"],
+            "questdb": ["queries may not use DELETE"],
         }[target.name]
         line = " ".join(answer.error.split())
         assert any(e in line for e in expected), answer.error
@@ -410,6 +457,8 @@ def test_environ_gets_a_one_line_external_access_error(target: Target, canary: C
     assert "\n" not in answer.error
     if target.name == "duckdb":
         assert answer.error.startswith("query refused: external access is disabled")
+    elif target.name == "questdb":  # no such function; its file functions are refused
+        assert "unknown function name: read_text" in answer.error
     else:
         assert "refused" in answer.error or "Unknown table function" in answer.error
 
@@ -422,6 +471,9 @@ def test_bombs_are_stopped_with_the_reason_and_others_keep_going(
                    "SELECT count(*) FROM range(1000000000000)"),
         "clickhouse": ("SELECT count() FROM (SELECT groupArray(number) FROM system.numbers)",
                        "SELECT count() FROM system.numbers"),
+        "questdb": ("SELECT count() FROM (SELECT x, count() FROM long_sequence(100000000)"
+                    " GROUP BY x)",
+                    "SELECT count() FROM long_sequence(1000000000000) WHERE x % 7 = 3"),
     }[target.name]  # fmt: skip
     assert target.client is not None
     r = target.client.get(f"{target.http_url}/query", params={"sql": memory})
@@ -555,6 +607,11 @@ ORDINARY = {
         "SELECT symbol, count() AS n, round(avg(price), 3) AS p FROM trades GROUP BY symbol"
         " ORDER BY symbol",
         "SELECT name FROM system.tables WHERE database = currentDatabase() ORDER BY name",
+    ],
+    "questdb": [
+        "SELECT symbol, count() AS n, round(avg(price), 3) AS p FROM trades GROUP BY symbol"
+        " ORDER BY symbol",
+        "SELECT table_name FROM tables() ORDER BY table_name",
     ],
 }
 

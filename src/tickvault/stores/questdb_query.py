@@ -29,7 +29,14 @@ import importlib
 import re
 from typing import Any
 
-from tickvault.errors import BackendNotAvailable, QueryRejected, StoreError, StoreUnavailable
+from tickvault.errors import (
+    BackendNotAvailable,
+    QueryLimitExceeded,
+    QueryRejected,
+    QueryTimeout,
+    StoreError,
+    StoreUnavailable,
+)
 
 # Plan nodes through which QuestDB 9.x reads the host's file system; a node's name starts
 # its line (``File Scan: /etc``, ``glob/etc/*``, ``parquet page frame scan``), so a string
@@ -37,6 +44,10 @@ from tickvault.errors import BackendNotAvailable, QueryRejected, StoreError, Sto
 _FILE_NODES = re.compile(
     r"^\s*(file scan\b|glob\b|parquet\b|import_files\(|export_files\()", re.IGNORECASE
 )
+# QuestDB's answers when a query breaches a per-query memory limit (cairo.sql.map.max.resizes,
+# cairo.sql.*.max.pages, the global RSS limit) or its own query.timeout.
+_LIMITS = re.compile(r"resizes exceeded|max(imum)? (number of )?pages|breached|memory limit", re.I)
+_SERVER_TIMEOUT = re.compile(r"timeout, query aborted", re.I)
 DEFAULT_READER = ("user", "quest")  # QuestDB's documented defaults for the read-only user
 
 
@@ -127,7 +138,9 @@ class QuestDBReader:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            raise QueryRejected(f"query stopped: it ran longer than {self.query_timeout:g} s")
+            raise QueryTimeout(
+                f"query stopped: it ran past the time limit of {self.query_timeout:g} s"
+            )
 
     async def _run(
         self, conn: Any, statement: str, limit: int
@@ -147,7 +160,14 @@ class QuestDBReader:
                 records = await cursor.fetch(limit + 1)
                 attributes = prepared.get_attributes()
         except pg.PostgresError as exc:
-            raise StoreError(f"query failed: {exc}") from None
+            text = " ".join(str(exc).split())
+            if _LIMITS.search(text):
+                raise QueryLimitExceeded(
+                    f"query stopped: it needs more memory than the server allows one query ({text})"
+                ) from None
+            if _SERVER_TIMEOUT.search(text):
+                raise QueryTimeout(f"query stopped at the server's time limit ({text})") from None
+            raise StoreError(f"query failed: {text}") from None
         except (OSError, pg.InterfaceError) as exc:
             self._conn = None
             raise StoreUnavailable(f"QuestDB PG wire at {self.where}: {exc!r}") from None
