@@ -1,8 +1,10 @@
 """The QuestDB store against a real QuestDB server (tests/questdb_server.py).
 
-Tables, exactly-once writes, suspended tables ("committed, not applied"), refusals, the
-read-only query surface, and a ``kill -9`` of the server in the middle of a replay. The
-few faults a real 9.x server cannot be made to show are in ``test_questdb_double.py``.
+Tables, exactly-once writes (a venue's resend too), suspended tables ("committed, not
+applied") in status and metrics, refusals, health, the bars migration, and a ``kill -9`` of
+the server in the middle of ``tickvault replay``. The query surface is in
+``test_questdb_query.py``; the few faults a real 9.x server cannot be made to show are in
+``test_questdb_double.py``.
 """
 
 from __future__ import annotations
@@ -11,26 +13,20 @@ import asyncio
 import json
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import msgspec
 import orjson
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from tickvault.config import Settings
 from tickvault.errors import (
     BatchRejected,
-    QueryRejected,
-    QueryTimeout,
-    StoreError,
     StoreUnavailable,
 )
 from tickvault.pipeline import Pipeline
@@ -43,7 +39,7 @@ from tickvault.web.metrics import PipelineMetrics
 from .cli_helpers import cli_env, tv_json
 from .conftest import questdb_fresh_tables
 from .polling import eventually, eventually_sync
-from .questdb_server import READER_PASSWORD, READER_USER, QuestDBServer
+from .questdb_server import QuestDBServer
 from .test_clickhouse_store import raw_trades
 from .test_store_contract import T0, table_of, trade
 
@@ -197,96 +193,6 @@ async def test_depth_levels_round_trip_through_the_read_only_user(
     assert status.writer_txn == status.sequencer_txn == 1 and status.buffered_txns == 0
 
 
-@pytest.fixture
-def canary(questdb_server: QuestDBServer) -> Iterator[Path]:
-    """A secret file beside the server's data, and the same secret as a parquet file in the
-    server's copy root (``<root>/import``), the one place ``read_parquet`` may read."""
-    path = questdb_server.root / "canary-secret.txt"
-    path.write_text("CANARY-7f3a\n")
-    parquet = questdb_server.root / "import" / "canary.parquet"
-    parquet.parent.mkdir(exist_ok=True)
-    pq.write_table(pa.table({"secret": ["CANARY-7f3a"]}), parquet)
-    yield path
-    path.unlink()
-    parquet.unlink()
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "SELECT * FROM files('{dir}')",
-        "SELECT path FROM glob('{dir}/*') WHERE path LIKE '%canary%'",
-        "WITH f AS (SELECT * FROM files('{dir}')) SELECT * FROM f",
-        "SELECT * FROM trades t JOIN (SELECT * FROM glob('{dir}/*')) g ON t.symbol = g.path",
-        "SELECT * FROM read_parquet('{file}')",
-        "SELECT * FROM parquet_scan('{file}')",
-        "SELECT * FROM read_parquet('canary.parquet')",
-        "SELECT secret FROM parquet_scan('canary.parquet') WHERE secret LIKE 'C%'",
-    ],
-)
-async def test_queries_that_read_host_files_are_refused(
-    store: QuestDBStore, canary: Path, sql: str
-) -> None:
-    await store.ensure_schema()
-    statement = sql.format(dir=canary.parent, file=canary)
-    with pytest.raises(StoreError) as refused:
-        await store.query(statement)
-    assert "CANARY" not in str(refused.value)
-    if "files(" in sql or "glob(" in sql or "canary.parquet" in sql:
-        assert isinstance(refused.value, QueryRejected)
-        assert "file system" in str(refused.value)
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        "INSERT INTO trades VALUES ('x', 'y', 1, 1.0, 1.0, true, now(), now())",
-        "ALTER TABLE trades RESUME WAL",
-        "ALTER TABLE trades ADD COLUMN x INT",
-        "DROP TABLE trades",
-    ],
-)
-async def test_the_query_user_cannot_write_even_past_the_statement_check(
-    store: QuestDBStore, questdb_server: QuestDBServer, sql: str
-) -> None:
-    """The server itself refuses the read-only user: sent as-is over PG wire."""
-    await store.ensure_schema()
-    conn = await asyncpg.connect(
-        host="127.0.0.1",
-        port=questdb_server.pg_port,
-        user=READER_USER,
-        password=READER_PASSWORD,
-        database="qdb",
-    )
-    try:
-        with pytest.raises(asyncpg.PostgresError, match="Write permission denied"):
-            await conn.execute(sql)
-    finally:
-        await conn.close()
-    assert "trades" in await store.tables()
-    assert not (await store.wal_status())["trades"].suspended
-
-
-@pytest.mark.parametrize(
-    "sql",
-    [
-        # QuestDB 9.3's read-only user may export (COPY … TO) and, in dev mode, SUSPEND WAL:
-        # the store refuses both before the server sees them.
-        "COPY trades TO 'tv_export' WITH FORMAT PARQUET",
-        "ALTER TABLE trades SUSPEND WAL",
-        "EXPLAIN SELECT * FROM files('/')",
-    ],
-)
-async def test_what_the_read_only_user_could_still_do_is_refused_by_the_store(
-    store: QuestDBStore, questdb_server: QuestDBServer, sql: str
-) -> None:
-    await store.ensure_schema()
-    with pytest.raises(StoreError):
-        await store.query(sql)
-    assert not list(questdb_server.root.rglob("tv_export*"))
-    assert not (await store.wal_status())["trades"].suspended
-
-
 def _counts(server: QuestDBServer) -> dict[str, int]:
     out = {}
     for table, key in (("trades", "trade_id"), ("quotes", "update_id"), ("agg_trades", "agg_id")):
@@ -419,16 +325,6 @@ async def test_health_asks_the_servers_health_endpoint(questdb_server: QuestDBSe
         await wrong.close()
 
 
-async def test_ordinary_queries_mentioning_files_in_literals_still_run(
-    store: QuestDBStore,
-) -> None:
-    await store.write("trade", table_of("trade", [trade(1)]))
-    result = await store.query(
-        "SELECT 'parquet' AS a, 'glob' AS b, symbol FROM trades WHERE symbol != 'File Scan'"
-    )
-    assert result.rows == [("parquet", "glob", "BTCUSDT")]
-
-
 async def test_a_bars_table_from_before_the_adjusted_flag_is_migrated_in_place(
     questdb_server: QuestDBServer,
 ) -> None:
@@ -455,18 +351,3 @@ async def test_a_bars_table_from_before_the_adjusted_flag_is_migrated_in_place(
         assert (await store.query("SELECT * FROM bars LIMIT 0")).columns[-1] == "adjusted"
     finally:
         await store.close()
-
-
-async def test_a_query_running_too_long_is_stopped_and_the_next_one_runs(
-    store: QuestDBStore, questdb_server: QuestDBServer
-) -> None:
-    await store.write("trade", table_of("trade", [trade(1)]))
-    slow = QuestDBStore.from_url(questdb_server.url + "&query_timeout_s=1.5")
-    try:
-        started = time.monotonic()
-        with pytest.raises(QueryTimeout, match=r"time limit of 1.5 s"):
-            await slow.query("SELECT count() FROM long_sequence(1000000000000) WHERE x % 7 = 3")
-        assert time.monotonic() - started < 15
-        assert (await slow.query("SELECT count() FROM trades")).rows == [(1,)]
-    finally:
-        await slow.close()
