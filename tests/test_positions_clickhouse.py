@@ -374,7 +374,7 @@ def test_a_table_of_odd_shapes_and_names_is_judged_never_fatal(ch: Server) -> No
         assert after.quarantined == [] and after.restored == []
 
 
-READER = ("tv_reader", "reader-pw")
+READER = ("tv_position_reader", "reader-pw")  # not the query suite's tv_reader
 
 
 @pytest.fixture(scope="module")
