@@ -28,6 +28,8 @@ from tickvault.errors import DecodeError, RecordError
 from tickvault.records import KINDS, Bar, Quote, Trade, natural_key, validate
 from tickvault.sources.binance_wire import ParseError, parse_message, parse_values
 
+T0 = 1_700_000_000_000_000  # 2023-11-14, microseconds
+
 TRADE = {
     "e": "trade",
     "E": 1700000000123,
@@ -50,8 +52,8 @@ def test_frame_round_trip_keeps_every_value() -> None:
             price=1.5 + i,
             qty=0.25,
             buyer_is_maker=bool(i % 2),
-            ts_event=10 + i,
-            ts_recv=20 + i,
+            ts_event=T0 + 10 + i,
+            ts_recv=T0 + 20 + i,
         )
         for i in range(3)
     ]
@@ -89,18 +91,18 @@ def test_frame_with_mismatched_column_lengths_is_refused() -> None:
 
 def test_builder_packs_columns_and_keeps_odd_ones_as_lists() -> None:
     b = FrameBuilder("quote")
-    b.add_values(["binance", "A", 1, 1.0, 2.0, 1.5, 3.0, None, 10])
-    b.add_values(["binance", "B", 2, 1.0, 2.0, 1.5, 3.0, 5, 11])
+    b.add_values(["binance", "A", 1, 1.0, 2.0, 1.5, 3.0, None, T0 + 10])
+    b.add_values(["binance", "B", 2, 1.0, 2.0, 1.5, 3.0, T0 + 5, T0 + 11])
     frame = decode_frame(b.take())
     assert isinstance(frame.cols["exchange"], Const)
     assert isinstance(frame.cols["symbol"], Dict)
     assert isinstance(frame.cols["bid_price"], F64)
     assert isinstance(frame.cols["update_id"], I64)
-    assert frame.cols["ts_event"] == [None, 5]  # a null keeps the plain form
+    assert frame.cols["ts_event"] == [None, T0 + 5]  # a null keeps the plain form
     table, rejects = split_valid(frame)
     assert rejects == []
     assert table.column("symbol").to_pylist() == ["A", "B"]
-    assert table.column("ts_event").cast(pa.int64()).to_pylist() == [None, 5]
+    assert table.column("ts_event").cast(pa.int64()).to_pylist() == [None, T0 + 5]
 
 
 def test_corrupt_packed_columns_are_decode_errors() -> None:
@@ -134,8 +136,8 @@ def test_corrupt_packed_columns_are_decode_errors() -> None:
                 price=math.inf,
                 qty=1,
                 buyer_is_maker=True,
-                ts_event=1,
-                ts_recv=1,
+                ts_event=T0,
+                ts_recv=T0,
             ),
             "non-finite price",
         ),
@@ -147,8 +149,8 @@ def test_corrupt_packed_columns_are_decode_errors() -> None:
                 price=0.0,
                 qty=1,
                 buyer_is_maker=True,
-                ts_event=1,
-                ts_recv=1,
+                ts_event=T0,
+                ts_recv=T0,
             ),
             "non-positive price",
         ),
@@ -162,7 +164,7 @@ def test_corrupt_packed_columns_are_decode_errors() -> None:
                 ask_price=2,
                 ask_qty=1,
                 ts_event=None,
-                ts_recv=1,
+                ts_recv=T0,
             ),
             "negative bid_qty",
         ),
@@ -171,7 +173,7 @@ def test_corrupt_packed_columns_are_decode_errors() -> None:
                 source="p",
                 symbol="X",
                 timeframe="1m",
-                ts_open=1,
+                ts_open=T0,
                 open=1,
                 high=1,
                 low=2,
@@ -196,8 +198,8 @@ def test_natural_keys() -> None:
         price=1,
         qty=1,
         buyer_is_maker=True,
-        ts_event=1,
-        ts_recv=1,
+        ts_event=T0,
+        ts_recv=T0,
     )
     assert natural_key(t) == ("binance", "X", 7)
 
@@ -285,7 +287,7 @@ def test_split_valid_many_checks_once_and_isolates_bad_rows() -> None:
         b = FrameBuilder("trade")
         for i in range(start, start + 50):
             price = float("nan") if i == bad else 10.0
-            b.add_values(["binance", "X", i, price, 1.0, True, 1, 2])
+            b.add_values(["binance", "X", i, price, 1.0, True, T0, T0 + 1])
         return decode_frame(b.take())
 
     clean = split_valid_many([frame(0), frame(50)])

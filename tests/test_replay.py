@@ -91,7 +91,16 @@ def test_replay_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_dead_letters_can_be_shown_and_requeued(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    good = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    good = {
+        "e": "trade",
+        "E": 1_700_000_000_005,
+        "s": "BTCUSDT",
+        "t": 1,
+        "p": "10",
+        "q": "1",
+        "T": 1_700_000_000_005,
+        "m": True,
+    }
     bad = dict(good, t=2, p="NaN")
     path.write_bytes(orjson.dumps(good) + b"\n" + orjson.dumps(bad) + b"\n")
     data = tmp_path / "data"

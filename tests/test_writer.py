@@ -20,6 +20,7 @@ from tickvault.writer import Writer, WriterConfig
 from .polling import eventually
 
 S, G = "ticks", "writers"
+T0 = 1_700_000_000_000_000  # 2023-11-14, microseconds
 
 
 def trades(start: int, n: int, symbol: str = "BTCUSDT") -> bytes:
@@ -73,18 +74,18 @@ async def test_writes_acks_and_counts_duplicates(parts) -> None:  # type: ignore
 async def test_invalid_records_are_dead_lettered_without_blocking_the_batch(parts) -> None:  # type: ignore[no-untyped-def]
     bus, store = parts
     cols = FrameBuilder("trade")
-    cols.add_values(["binance", "X", 1, 10.0, 1.0, True, 1, 2])
-    cols.add_values(["binance", "X", 2, float("nan"), 1.0, True, 1, 2])
-    cols.add_values(["binance", "X", 3, 10.0, -1.0, True, 1, 2])
-    cols.add_values(["binance", "", 4, 10.0, 1.0, True, 1, 2])
-    cols.add_values(["binance", "X", 5, "abc", 1.0, True, 1, 2])
+    cols.add_values(["binance", "X", 1, 10.0, 1.0, True, T0, T0 + 1])
+    cols.add_values(["binance", "X", 2, float("nan"), 1.0, True, T0, T0 + 1])
+    cols.add_values(["binance", "X", 3, 10.0, -1.0, True, T0, T0 + 1])
+    cols.add_values(["binance", "", 4, 10.0, 1.0, True, T0, T0 + 1])
+    cols.add_values(["binance", "X", 5, "abc", 1.0, True, T0, T0 + 1])
     await bus.append(S, [cols.take()])
     writer = Writer(bus, store, WriterConfig(consumer="w1", linger_ms=10))
     await drain(writer)
     assert await count(store) == 1
     assert await bus.dead_letter_counts(S) == {
         "non-finite price": 1,
-        "negative qty": 1,
+        "non-positive qty": 1,
         "empty symbol": 1,
         "non-numeric price": 1,
     }

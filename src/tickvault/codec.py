@@ -13,15 +13,22 @@ timestamps, ``{"t": "b1", "data": <one byte per value>}`` for booleans, ``{"t": 
 strings. Packed columns become Arrow arrays zero-copy; a column with nulls or odd values
 stays a plain list. Timestamps are integer microseconds.
 
-Contract of :func:`frame_to_table` / :func:`split_valid`: every row of a decodable frame ends
-up either in the returned valid table or in the returned rejects with a reason; nothing is
-dropped. A frame that cannot be decoded at all raises :class:`DecodeError` and the caller
+Contract of :func:`split_valid`: every row of a decodable frame ends up either in the
+returned valid table or in the returned rejects with a reason; nothing is dropped, and one
+bad value never takes a neighbour with it (a value that fits no Arrow column is found row
+by row). A frame that cannot be decoded at all raises :class:`DecodeError` and the caller
 dead-letters the whole entry.
+
+Producers check too: :meth:`FrameBuilder.take_checked` runs the same rules (vectorised when
+every row passes) before a frame is encoded, so a record that could never be stored, or
+could not even be encoded (an integer beyond 64 bits), is refused on its own with its rule
+instead of spoiling the frame it would have travelled in.
 """
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -31,10 +38,10 @@ from typing import Any
 import msgspec
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tickvault.errors import DecodeError, RecordError
-from tickvault.records import KINDS, KindSpec, Record, _check_value, kind_of, spec_for, validate
+from tickvault.records import KINDS, KindSpec, Record, kind_of, spec_for, validate
+from tickvault.rules import HISTORY, Bounds, check_value, columns_valid
 
 FRAME_VERSION = 1
 
@@ -187,6 +194,9 @@ def decode_frame(payload: bytes) -> Frame:
     return frame
 
 
+_ENCODE_ERRORS = (TypeError, ValueError, OverflowError, UnicodeError)
+
+
 class FrameBuilder:
     """Accumulates records of one kind as row tuples; ``take()`` transposes, encodes, resets.
 
@@ -211,19 +221,73 @@ class FrameBuilder:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _columns(self, rows: list[tuple[Any, ...]]) -> dict[str, Column]:
+        if not rows:
+            return {name: [] for name in self.spec.columns}
+        transposed = zip(*rows, strict=True)
+        return {
+            f.name: pack_column(list(values), f.type)
+            for f, values in zip(self.spec.schema, transposed, strict=True)
+        }
+
     def take(self) -> bytes:
-        fields = self.spec.schema
-        cols: dict[str, Column]
-        if self.rows:
-            transposed = zip(*self.rows, strict=True)
-            cols = {
-                f.name: pack_column(list(values), f.type)
-                for f, values in zip(fields, transposed, strict=True)
-            }
-        else:
-            cols = {name: [] for name in self.spec.columns}
-        self.rows = []
-        return encode_frame(self.kind, cols)
+        """The buffered rows as one frame, unchecked (the caller validated them)."""
+        rows, self.rows = self.rows, []
+        return encode_frame(self.kind, self._columns(rows))
+
+    def take_checked(self, bounds: Bounds | None = None) -> tuple[bytes | None, list[Reject]]:
+        """The buffered rows that pass the kind's rules as one frame (None when no row
+        does), and the others as rejects with their reasons; resets the builder.
+
+        Every row passing costs one vectorised check over the packed columns; otherwise
+        each row is checked on its own, so only the bad ones are refused.
+        """
+        rows, self.rows = self.rows, []
+        if not rows:
+            return None, []
+        spec = self.spec
+        bounds = bounds or HISTORY.bounds()
+        try:
+            cols = self._columns(rows)
+        except (ValueError, TypeError):  # a row of the wrong width
+            cols = None
+        if cols is not None:
+            table = fast_table(Frame(self.kind, cols))
+            if table is not None and _all_valid(spec, table, bounds):
+                try:
+                    return encode_frame(self.kind, cols), []
+                except _ENCODE_ERRORS:
+                    pass
+        good: list[tuple[Any, ...]] = []
+        rejects: list[Reject] = []
+        names = spec.columns
+        for values in rows:
+            if len(values) != len(names):
+                rejects.append(_reject(spec, {"values": list(values)}, "wrong number of fields"))
+                continue
+            row = dict(zip(names, values, strict=True))
+            reason = _row_reason(spec, row, bounds)
+            if reason is None:
+                good.append(values)
+            else:
+                rejects.append(_reject(spec, row, reason))
+        if not good:
+            return None, rejects
+        try:
+            return encode_frame(self.kind, self._columns(good)), rejects
+        except _ENCODE_ERRORS:  # a value no rule foresaw: find it, refuse its row only
+            pass
+        encodable = []
+        for values in good:
+            try:
+                encode_frame(self.kind, self._columns([values]))
+            except _ENCODE_ERRORS:
+                row = dict(zip(names, values, strict=True))
+                rejects.append(_reject(spec, row, "value cannot be encoded"))
+                continue
+            encodable.append(values)
+        frame = encode_frame(self.kind, self._columns(encodable)) if encodable else None
+        return frame, rejects
 
 
 @dataclass(frozen=True)
@@ -254,17 +318,42 @@ def _to_arrow(col: Column, arrow_type: pa.DataType, n: int) -> pa.Array:
     return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(col.data)])
 
 
+MAX_LETTER_VALUE = 1024
+"""Characters of one string value kept in a dead letter's payload (the rest is cut)."""
+_KEY_PART = 64
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > MAX_LETTER_VALUE:
+        return f"{value[:MAX_LETTER_VALUE]}...[{len(value):,} characters]"
+    return value
+
+
+def letter_json(row: dict[str, Any]) -> bytes:
+    """``row`` as JSON for a dead letter, whatever it holds: integers beyond 64 bits and
+    odd objects become strings, very long strings are cut (their length is kept)."""
+    row = {k: _short(v) for k, v in row.items()}
+    try:
+        return orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+    except (orjson.JSONEncodeError, TypeError):
+        return json.dumps(row, default=str).encode()
+
+
 def _reject(spec: KindSpec, row: dict[str, Any], reason: str) -> Reject:
-    key_part = "|".join(str(row.get(k)) for k in spec.key)
-    payload = orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Reject(spec.kind, reason, payload, f"{spec.kind}:{key_part}:{reason}")
+    """A reject keyed by kind, (shortened) natural key, reason and a digest of the record,
+    so a redelivery records it once and two different bad records never collapse."""
+    payload = letter_json(row)
+    key_part = "|".join(str(_short(row.get(k)))[:_KEY_PART] for k in spec.key)
+    digest = hashlib.sha256(payload).hexdigest()[:16]
+    return Reject(spec.kind, reason, payload, f"{spec.kind}:{key_part}:{reason}:{digest}")
 
 
-def _row_reason(spec: KindSpec, row: dict[str, Any]) -> str | None:
+def _row_reason(spec: KindSpec, row: dict[str, Any], bounds: Bounds | None = None) -> str | None:
+    bounds = bounds or HISTORY.bounds()
     for name, rules in spec.rules.items():
         for rule in rules:
             try:
-                _check_value(name, row.get(name), rule)
+                check_value(name, row.get(name), rule, bounds)
             except RecordError as err:
                 return err.reason
     try:
@@ -272,38 +361,21 @@ def _row_reason(spec: KindSpec, row: dict[str, Any]) -> str | None:
     except msgspec.ValidationError as exc:
         return f"bad value: {exc}"
     try:
-        validate(record)  # type: ignore[arg-type]
+        validate(record, bounds)  # type: ignore[arg-type]
     except RecordError as exc:
         return exc.reason
+    except Exception as exc:  # a value no check foresaw refuses its own row only
+        return f"bad value: {type(exc).__name__}"
     return None
 
 
-def _all_valid(spec: KindSpec, table: pa.Table) -> bool:
-    """Vectorised rule check: True when every row passes (False also when unsure).
-
-    One "good" mask per column (a null compares to null and is filled as bad), and-ed
-    together; NaN fails ``> 0`` and infinity fails ``< inf``, so finiteness needs no call of
-    its own. Kinds with list columns or cross-column rules always take the per-row path.
-    """
+def _all_valid(spec: KindSpec, table: pa.Table, bounds: Bounds | None = None) -> bool:
+    """Vectorised rule check (:func:`tickvault.rules.columns_valid`): True when every row
+    passes, False also when unsure. Kinds with list columns or cross-column rules always
+    take the per-row path."""
     if spec.list_rules or spec.kind == "bar":
         return False
-    good = None
-    for name, rules in spec.rules.items():
-        col = table.column(name)
-        if "positive" in rules:
-            ok = pc.and_(pc.greater(col, 0), pc.less(col, math.inf))
-        elif "non_negative" in rules:
-            ok = pc.and_(pc.greater_equal(col, 0), pc.less(col, math.inf))
-        elif "text" in rules:
-            ok = pc.greater(pc.utf8_length(col), 0)
-        elif "required" in rules:
-            ok = pc.is_valid(col)
-        else:
-            continue
-        if "required" not in rules:
-            ok = pc.or_kleene(ok, pc.is_null(col))
-        good = ok if good is None else pc.and_kleene(good, ok)
-    return good is None or bool(pc.all(pc.fill_null(good, False)).as_py())
+    return columns_valid(spec.rules, table, bounds or HISTORY.bounds())
 
 
 def fast_table(frame: Frame) -> pa.Table | None:
@@ -318,7 +390,9 @@ def fast_table(frame: Frame) -> pa.Table | None:
         return None
 
 
-def split_valid_many(frames: Sequence[Frame]) -> list[tuple[pa.Table, list[Reject]]]:
+def split_valid_many(
+    frames: Sequence[Frame], bounds: Bounds | None = None
+) -> list[tuple[pa.Table, list[Reject]]]:
     """:func:`split_valid` for many frames of one kind, checking the rules once for all.
 
     The common case (nothing wrong anywhere) costs one vectorised check per writer batch
@@ -326,20 +400,42 @@ def split_valid_many(frames: Sequence[Frame]) -> list[tuple[pa.Table, list[Rejec
     """
     if not frames:
         return []
+    bounds = bounds or HISTORY.bounds()
     tables = [fast_table(f) for f in frames]
     ready = [t for t in tables if t is not None]
     if len(ready) == len(frames) and _all_valid(
-        KINDS[frames[0].kind], pa.concat_tables(ready) if len(ready) > 1 else ready[0]
+        KINDS[frames[0].kind], pa.concat_tables(ready) if len(ready) > 1 else ready[0], bounds
     ):
         return [(t, []) for t in ready]
-    return [split_valid(f) for f in frames]
+    return [split_valid(f, bounds) for f in frames]
 
 
-def _table_from_rows(spec: KindSpec, rows: list[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(rows, schema=spec.schema) if rows else spec.schema.empty_table()
+_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
 
 
-def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
+def _table_from_rows(spec: KindSpec, rows: list[dict[str, Any]], rejects: list[Reject]) -> pa.Table:
+    """The rows as a table; a row Arrow cannot take (no rule foresaw it) is moved to
+    ``rejects`` on its own instead of failing the whole frame."""
+    if not rows:
+        return spec.schema.empty_table()
+    try:
+        return pa.Table.from_pylist(rows, schema=spec.schema)
+    except _ARROW_ERRORS:
+        pass
+    fitting: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            pa.Table.from_pylist([row], schema=spec.schema)
+        except _ARROW_ERRORS:
+            rejects.append(_reject(spec, row, f"value does not fit the {spec.kind} schema"))
+            continue
+        fitting.append(row)
+    return (
+        pa.Table.from_pylist(fitting, schema=spec.schema) if fitting else spec.schema.empty_table()
+    )
+
+
+def split_valid(frame: Frame, bounds: Bounds | None = None) -> tuple[pa.Table, list[Reject]]:
     """Turn a decoded frame into an Arrow table of valid rows plus the rejected rows.
 
     Fast path: one Arrow array per column and a vectorised rule check. Slow path (a column
@@ -348,8 +444,9 @@ def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
     """
     spec = KINDS[frame.kind]
     n = len(frame)
+    bounds = bounds or HISTORY.bounds()
     table = fast_table(frame)
-    if table is not None and _all_valid(spec, table):
+    if table is not None and _all_valid(spec, table, bounds):
         return table, []
     good: list[dict[str, Any]] = []
     rejects: list[Reject] = []
@@ -359,12 +456,9 @@ def split_valid(frame: Frame) -> tuple[pa.Table, list[Reject]]:
         raise DecodeError(f"corrupt packed column: {exc}") from None
     for i in range(n):
         row = {c: columns[c][i] for c in spec.columns}
-        reason = _row_reason(spec, row)
+        reason = _row_reason(spec, row, bounds)
         if reason is None:
             good.append(row)
         else:
             rejects.append(_reject(spec, row, reason))
-    try:
-        return _table_from_rows(spec, good), rejects
-    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
-        raise DecodeError(f"frame rows do not fit the {spec.kind} schema: {exc}") from None
+    return _table_from_rows(spec, good, rejects), rejects

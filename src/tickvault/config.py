@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ import msgspec
 
 from tickvault.errors import ConfigError
 from tickvault.redact import register_secret
+from tickvault.rules import TimeWindow, day_us
 
 DEFAULT_DATA_DIR = "./tickvault-data"
 ENV_DATA_DIR = "TICKVAULT_DATA_DIR"
@@ -100,6 +102,49 @@ class BreakerSettings(_Section):
     """Cap of the open timeout (a bus breaker is capped at ``[bus] health_check_s``)."""
     jitter: float = 0.2
     """The open timeout is scaled by a random factor in ``[1 - jitter, 1]``."""
+
+
+class ValidationSettings(_Section):
+    """Plausibility windows for timestamps (see ``tickvault.rules``)."""
+
+    earliest: str = "1990-01-01"
+    """No timestamp of any record may be older than this day (UTC)."""
+    replay_earliest: str = "2017-07-01"
+    """...nor, in replayed Binance recordings, older than the venue's first day."""
+    future_s: float = 3600.0
+    """How far ahead of the local clock a timestamp may be."""
+    live_max_age_s: float = 7 * 86_400.0
+    """How far behind the local clock a live source's timestamp may be (backfills included)."""
+
+    def __post_init__(self) -> None:
+        for name in ("earliest", "replay_earliest"):
+            try:
+                date.fromisoformat(getattr(self, name))
+            except ValueError:
+                raise ConfigError(
+                    f"[validation] {name} must be a day like 2017-07-01,"
+                    f" got {getattr(self, name)!r}"
+                ) from None
+        if self.future_s < 0 or self.live_max_age_s <= 0:
+            raise ConfigError("[validation] future_s must be >= 0 and live_max_age_s > 0")
+
+    def _window(self, earliest: str, max_age_s: float | None = None) -> TimeWindow:
+        return TimeWindow(day_us(date.fromisoformat(earliest)), self.future_s, max_age_s)
+
+    @property
+    def history(self) -> TimeWindow:
+        """Any record: from ``earliest`` to ``future_s`` ahead (the writer checks this)."""
+        return self._window(self.earliest)
+
+    @property
+    def replay(self) -> TimeWindow:
+        """Replayed Binance recordings: from ``replay_earliest``."""
+        return self._window(max(self.earliest, self.replay_earliest))
+
+    @property
+    def live(self) -> TimeWindow:
+        """Live sources: at most ``live_max_age_s`` old."""
+        return self._window(self.earliest, self.live_max_age_s)
 
 
 class PublisherSettings(_Section):
@@ -309,6 +354,7 @@ class Settings(_Section):
     store: StoreSettings = msgspec.field(default_factory=StoreSettings)
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
+    validation: ValidationSettings = msgspec.field(default_factory=ValidationSettings)
     upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     guardian: GuardianSettings = msgspec.field(default_factory=GuardianSettings)
@@ -419,6 +465,7 @@ def settings_reference() -> str:
         ("[store]", StoreSettings),
         ("[writer]", WriterSettings),
         ("[publisher]", PublisherSettings),
+        ("[validation]", ValidationSettings),
         ("[upkeep]", UpkeepSettings),
         ("[breaker]", BreakerSettings),
         ("[guardian]", GuardianSettings),

@@ -178,7 +178,11 @@ class Pipeline:
             probe_stream=s.bus.stream,
         )
         self.publisher = FramePublisher(
-            self.failover, s.bus.stream, max_records=s.publisher.frame_records
+            self.failover,
+            s.bus.stream,
+            max_records=s.publisher.frame_records,
+            window=s.validation.history,
+            live_window=s.validation.live,
         )
         self._pump = SourcePump(self.publisher, self.stop_sources, self.stop_writer)
         self.writers = [
@@ -193,6 +197,7 @@ class Pipeline:
                     linger_ms=s.writer.linger_ms,
                     max_deliveries=s.writer.max_deliveries,
                     claim_idle_ms=s.writer.claim_idle_ms,
+                    window=s.validation.history,
                 ),
                 store_breaker=self.store_breaker,
             )

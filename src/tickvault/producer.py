@@ -88,7 +88,10 @@ async def _produce(
     )
     bus = open_bus(settings.bus_url)
     publisher = FramePublisher(
-        bus, settings.bus.stream, max_records=settings.publisher.frame_records
+        bus,
+        settings.bus.stream,
+        max_records=settings.publisher.frame_records,
+        window=settings.validation.replay,
     )
     pump = SourcePump(publisher, stop, give_up)
 

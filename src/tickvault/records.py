@@ -10,17 +10,15 @@ timestamp columns with microsecond precision.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import pyarrow as pa
 
 from tickvault.errors import RecordError
-
-Rule = Literal["required", "positive", "non_negative", "text"]
+from tickvault.rules import HISTORY, Bounds, Rule, check_value
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
@@ -198,8 +196,12 @@ def _spec(
 
 
 _PRICE: tuple[Rule, ...] = ("required", "positive")
+_QTY: tuple[Rule, ...] = ("required", "positive")
 _SIZE: tuple[Rule, ...] = ("required", "non_negative")
-_NAME: tuple[Rule, ...] = ("required", "text")
+_NAME: tuple[Rule, ...] = ("required", "name")
+_TEXT: tuple[Rule, ...] = ("required", "text")
+_ID: tuple[Rule, ...] = ("required", "id")
+_TIME: tuple[Rule, ...] = ("required", "timestamp")
 
 KINDS: dict[str, KindSpec] = {
     s.kind: s
@@ -222,12 +224,12 @@ KINDS: dict[str, KindSpec] = {
             {
                 "exchange": _NAME,
                 "symbol": _NAME,
-                "trade_id": ("required",),
+                "trade_id": _ID,
                 "price": _PRICE,
-                "qty": _SIZE,
+                "qty": _QTY,
                 "buyer_is_maker": ("required",),
-                "ts_event": ("required",),
-                "ts_recv": ("required",),
+                "ts_event": _TIME,
+                "ts_recv": _TIME,
             },
         ),
         _spec(
@@ -250,14 +252,14 @@ KINDS: dict[str, KindSpec] = {
             {
                 "exchange": _NAME,
                 "symbol": _NAME,
-                "agg_id": ("required",),
+                "agg_id": _ID,
                 "price": _PRICE,
-                "qty": _SIZE,
-                "first_trade_id": ("required",),
-                "last_trade_id": ("required",),
+                "qty": _QTY,
+                "first_trade_id": _ID,
+                "last_trade_id": _ID,
                 "buyer_is_maker": ("required",),
-                "ts_event": ("required",),
-                "ts_recv": ("required",),
+                "ts_event": _TIME,
+                "ts_recv": _TIME,
             },
         ),
         _spec(
@@ -279,12 +281,13 @@ KINDS: dict[str, KindSpec] = {
             {
                 "exchange": _NAME,
                 "symbol": _NAME,
-                "update_id": ("required",),
+                "update_id": _ID,
                 "bid_price": _PRICE,
                 "bid_qty": _SIZE,
                 "ask_price": _PRICE,
                 "ask_qty": _SIZE,
-                "ts_recv": ("required",),
+                "ts_event": ("timestamp",),
+                "ts_recv": _TIME,
             },
         ),
         _spec(
@@ -310,7 +313,7 @@ KINDS: dict[str, KindSpec] = {
                 "source": _NAME,
                 "symbol": _NAME,
                 "timeframe": _NAME,
-                "ts_open": ("required",),
+                "ts_open": _TIME,
                 "open": _PRICE,
                 "high": _PRICE,
                 "low": _PRICE,
@@ -343,14 +346,14 @@ KINDS: dict[str, KindSpec] = {
             {
                 "exchange": _NAME,
                 "symbol": _NAME,
-                "first_update_id": ("required",),
-                "final_update_id": ("required",),
+                "first_update_id": _ID,
+                "final_update_id": _ID,
                 "bid_prices": ("required",),
                 "bid_qtys": ("required",),
                 "ask_prices": ("required",),
                 "ask_qtys": ("required",),
-                "ts_event": ("required",),
-                "ts_recv": ("required",),
+                "ts_event": _TIME,
+                "ts_recv": _TIME,
             },
             {
                 "bid_prices": "positive",
@@ -382,12 +385,12 @@ KINDS["gap"] = _spec(
         "exchange": _NAME,
         "symbol": _NAME,
         "channel": _NAME,
-        "from_id": ("required",),
-        "to_id": ("required",),
-        "detected_at": ("required",),
+        "from_id": _ID,
+        "to_id": _ID,
+        "detected_at": _TIME,
         "status": _NAME,
-        "reason": _NAME,
-        "status_at": ("required",),
+        "reason": _TEXT,
+        "status_at": _TIME,
     },
 )
 KINDS["book_snapshot"] = _spec(
@@ -409,13 +412,13 @@ KINDS["book_snapshot"] = _spec(
     {
         "exchange": _NAME,
         "symbol": _NAME,
-        "last_update_id": ("required",),
+        "last_update_id": _ID,
         "origin": _NAME,
         "bid_prices": ("required",),
         "bid_qtys": ("required",),
         "ask_prices": ("required",),
         "ask_qtys": ("required",),
-        "ts_recv": ("required",),
+        "ts_recv": _TIME,
     },
     {
         "bid_prices": "positive",
@@ -445,39 +448,24 @@ def natural_key(record: Record) -> tuple[Any, ...]:
     return tuple(getattr(record, k) for k in spec.key)
 
 
-def _check_value(name: str, value: Any, rule: Rule) -> None:
-    if value is None:
-        if rule == "required":
-            raise RecordError(f"missing {name}")
-        return
-    if rule == "text":
-        if not isinstance(value, str) or not value:
-            raise RecordError(f"empty {name}")
-    elif rule in ("positive", "non_negative"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecordError(f"non-numeric {name}")
-        if not math.isfinite(value):
-            raise RecordError(f"non-finite {name}")
-        if rule == "positive" and value <= 0:
-            raise RecordError(f"non-positive {name}")
-        if value < 0:
-            raise RecordError(f"negative {name}")
-
-
-def validate(record: Record) -> Record:
+def validate(record: Record, bounds: Bounds | None = None) -> Record:
     """Check ``record`` against its kind's rules; return it unchanged or raise RecordError.
 
     The reasons are the same short texts as the writer's vectorised validation produces
-    (``non-finite price``, ``negative qty``, ``missing symbol``...), so dead letters group well.
+    (``non-finite price``, ``negative qty``, ``missing symbol``...; see
+    :mod:`tickvault.rules`), so dead letters group well. ``bounds`` is the time window's
+    ``(lowest, highest)`` microseconds (default: :data:`tickvault.rules.HISTORY` now).
     """
     spec = KINDS[kind_of(record)]
+    if bounds is None:
+        bounds = HISTORY.bounds()
     for name, rules in spec.rules.items():
         value = getattr(record, name)
         for rule in rules:
-            _check_value(name, value, rule)
+            check_value(name, value, rule, bounds)
     for name, rule in spec.list_rules.items():
         for value in getattr(record, name):
-            _check_value(name, value, rule)
+            check_value(name, value, rule, bounds)
     if isinstance(record, DepthUpdate) and (
         len(record.bid_prices) != len(record.bid_qtys)
         or len(record.ask_prices) != len(record.ask_qtys)

@@ -46,6 +46,7 @@ from tickvault.latency import (
     tick_to_stored_histogram,
 )
 from tickvault.records import KINDS
+from tickvault.rules import HISTORY, Bounds, TimeWindow
 from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class WriterConfig:
     claim_every_s: float = 10.0
     backoff_initial_s: float = 0.05
     backoff_max_s: float = 5.0
+    window: TimeWindow = HISTORY
+    """Plausible timestamps (``[validation]``); a record outside is dead-lettered."""
 
 
 @dataclass
@@ -271,18 +274,18 @@ class Writer:
 
     @staticmethod
     def _validate(
-        items: list[tuple[Entry, Frame]],
+        items: list[tuple[Entry, Frame]], bounds: Bounds
     ) -> list[tuple[Entry, Frame, tuple[pa.Table, list[Reject]] | str]]:
         """Validate one kind's frames: once for all of them when they are clean, frame by
         frame otherwise; a frame that cannot be read at all yields its error text."""
         try:
-            results = split_valid_many([frame for _, frame in items])
+            results = split_valid_many([frame for _, frame in items], bounds)
             return [(e, f, r) for (e, f), r in zip(items, results, strict=True)]
         except DecodeError:
             out: list[tuple[Entry, Frame, tuple[pa.Table, list[Reject]] | str]] = []
             for entry, frame in items:
                 try:
-                    out.append((entry, frame, split_valid(frame)))
+                    out.append((entry, frame, split_valid(frame, bounds)))
                 except DecodeError as exc:
                     out.append((entry, frame, str(exc)))
             return out
@@ -308,8 +311,9 @@ class Writer:
                 whole.append((entry, str(exc)))
                 continue
             decoded.setdefault(frame.kind, []).append((entry, frame))
+        bounds = cfg.window.bounds()
         for kind, items in decoded.items():
-            for entry, frame, result in self._validate(items):
+            for entry, frame, result in self._validate(items, bounds):
                 if isinstance(result, str):
                     whole.append((entry, result))
                     continue

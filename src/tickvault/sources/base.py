@@ -53,6 +53,10 @@ class SourceHealth(msgspec.Struct):
 class Source(abc.ABC):
     name: str = "source"
     kind: str = "source"
+    live: bool = False
+    """True for sources of live data: their timestamps must lie in the live window (near
+    the local clock, see :class:`tickvault.rules.TimeWindow`), not just in the venue's
+    history."""
 
     @abc.abstractmethod
     def batches(self) -> AsyncIterator[SourceBatch]: ...

@@ -35,7 +35,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from tickvault.bus.base import NewDeadLetter
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance_book import (
     DUPLICATE,
@@ -54,7 +53,8 @@ from tickvault.sources.binance_conn import (
 )
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
 from tickvault.sources.binance_markets import check_market, market_from_url
-from tickvault.sources.binance_wire import ParseError, SkippedMessage, parse_values
+from tickvault.sources.binance_wire import SkippedMessage, parse_values
+from tickvault.sources.poison import raw_dead_letter
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.rest import RestClient, VenueError, backoff_delay
 
@@ -67,6 +67,7 @@ class BinanceSource(Source):
     """The live collector; see the module docstring for its contract."""
 
     kind = "binance"
+    live = True
 
     def __init__(
         self,
@@ -258,10 +259,8 @@ class BinanceSource(Source):
                 kind, row = parse_values(data, recv_us, exchange)
             except SkippedMessage:
                 continue
-            except ParseError as exc:
-                batch.rejects.append(
-                    NewDeadLetter("raw", exc.reason, data, f"binance:{tag}:{recv_us}:{seq}")
-                )
+            except Exception as exc:  # any message at all: see sources.poison
+                batch.rejects.append(raw_dead_letter(exc, data, f"binance:{tag}:{recv_us}:{seq}"))
                 continue
             if kind == "trade":
                 if not trades.observe(row[1], row[2], row[6]):

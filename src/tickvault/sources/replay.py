@@ -42,7 +42,8 @@ from tickvault.sources.binance_markets import (
     market_from_url,
 )
 from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, open_csv
-from tickvault.sources.binance_wire import ParseError, SkippedMessage, SymbolNeeded, parse_values
+from tickvault.sources.binance_wire import SkippedMessage, SymbolNeeded, parse_values
+from tickvault.sources.poison import raw_dead_letter
 
 
 def file_key(path: Path, exchange: str = SPOT) -> str:
@@ -215,12 +216,10 @@ class ReplaySource(Source):
                 if line.startswith((b"wss://", b"ws://")):
                     self._check_header(line)
                 continue
-            except ParseError as exc:
+            except Exception as exc:  # any line at all: see sources.poison
                 data = line.strip()
                 if data:  # blank lines are not input
-                    batch.rejects.append(
-                        NewDeadLetter("raw", exc.reason, data, *_origin(key, number))
-                    )
+                    batch.rejects.append(raw_dead_letter(exc, data, *_origin(key, number)))
                 continue
             if foreign_fields(exchange, kind, payload):
                 self.foreign += 1
