@@ -326,6 +326,8 @@ _KEY_PART = 64
 def _short(value: Any) -> Any:
     if isinstance(value, str) and len(value) > MAX_LETTER_VALUE:
         return f"{value[:MAX_LETTER_VALUE]}...[{len(value):,} characters]"
+    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
+        return str(value)  # exact, where JSON readers would round it to a float
     return value
 
 
@@ -340,12 +342,15 @@ def letter_json(row: dict[str, Any]) -> bytes:
 
 
 def _reject(spec: KindSpec, row: dict[str, Any], reason: str) -> Reject:
-    """A reject keyed by kind, (shortened) natural key, reason and a digest of the record,
-    so a redelivery records it once and two different bad records never collapse."""
+    """A reject keyed by kind, natural key and reason, so a redelivery or a rerun records
+    it once. Key values are cut to 64 characters; when one is cut, a digest of the whole
+    key is added, so two records whose keys differ only further on never collapse."""
     payload = letter_json(row)
-    key_part = "|".join(str(_short(row.get(k)))[:_KEY_PART] for k in spec.key)
-    digest = hashlib.sha256(payload).hexdigest()[:16]
-    return Reject(spec.kind, reason, payload, f"{spec.kind}:{key_part}:{reason}:{digest}")
+    values = [str(row.get(k)) for k in spec.key]
+    key_part = "|".join(v[:_KEY_PART] for v in values)
+    if any(len(v) > _KEY_PART for v in values):
+        key_part += "#" + hashlib.sha256("|".join(values).encode(errors="replace")).hexdigest()[:16]
+    return Reject(spec.kind, reason, payload, f"{spec.kind}:{key_part}:{reason}")
 
 
 def _row_reason(spec: KindSpec, row: dict[str, Any], bounds: Bounds | None = None) -> str | None:
