@@ -87,6 +87,7 @@ class RunSummary:
     published: int = 0
     stored: int = 0
     duplicates: int = 0
+    conflicts: int = 0
     dead_letters: dict[str, int] = field(default_factory=dict)
     drained: bool = False
     seconds: float = 0.0
@@ -264,6 +265,7 @@ class Pipeline:
                 "records": w.records,
                 "inserted": w.inserted,
                 "duplicates": w.duplicates,
+                "conflicts": sum(x.stats.conflicts for x in self.writers),
                 "batches": w.batches,
                 "retrying": w.retrying,
                 "store_errors": w.store_errors,
@@ -403,6 +405,7 @@ class Pipeline:
             published=published,
             stored=w.inserted,
             duplicates=w.duplicates,
+            conflicts=w.conflicts,
             dead_letters=dict(dead),
             drained=drained and backlog == 0 and spool_backlog == 0,
             seconds=time.perf_counter() - started,
@@ -432,6 +435,7 @@ def _total(writers: list[Writer]) -> WriterStats:
     for w in writers:
         total.inserted += w.stats.inserted
         total.duplicates += w.stats.duplicates
+        total.conflicts += w.stats.conflicts
         total.records += w.stats.records
         total.dead_letters.update(w.stats.dead_letters)
     return total

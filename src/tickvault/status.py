@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 
 from tickvault.bus.base import Bus
+from tickvault.conflicts import CONFLICT_REASON
 from tickvault.errors import BusError
 from tickvault.redact import redact_value
 from tickvault.stores.base import Store
@@ -81,6 +82,7 @@ async def collect_status(
                 "error": store_error,
             },
             "dead_letters": {"total": sum(by_reason.values()), "by_reason": by_reason},
+            "conflicts": by_reason.get(CONFLICT_REASON, 0),
             **(live or {}),
         }
     )

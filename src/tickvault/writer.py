@@ -7,6 +7,9 @@ Contract
   the entry pending; it is re-delivered and re-written harmlessly (natural keys).
 * An entry that cannot be decoded, or that was delivered more than ``max_deliveries``
   times, is dead-lettered whole with the reason.
+* Conflicting duplicates (same key, other content) are never dropped silently: the first
+  stored version stays, and each conflict becomes a dead letter showing both versions
+  (:mod:`tickvault.conflicts`), counted in ``stats.conflicts``.
 * When the store refuses a batch's data (:class:`BatchRejected`, e.g. a value the server
   will not take), the batch is bisected until the refused records are isolated; those are
   dead-lettered with the server's message and the rest is written.
@@ -38,6 +41,12 @@ import pyarrow as pa
 from tickvault.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
 from tickvault.codec import Frame, Reject, decode_frame, split_valid, split_valid_many
+from tickvault.conflicts import (
+    UNCHECKED_KINDS,
+    conflict_letter,
+    first_versions,
+    stored_conflicts,
+)
 from tickvault.errors import BatchRejected, BusError, DecodeError, StoreError
 from tickvault.latency import (
     LatencyHistogram,
@@ -84,6 +93,9 @@ class WriterStats:
     records: int = 0
     inserted: int = 0
     duplicates: int = 0
+    """Records whose key was stored already with the same content (redeliveries)."""
+    conflicts: int = 0
+    """Records whose key was stored already with other content (see tickvault.conflicts)."""
     batches: int = 0
     dead_letters: Counter[str] = field(default_factory=Counter)
     store_errors: int = 0
@@ -290,6 +302,19 @@ class Writer:
                     out.append((entry, frame, str(exc)))
             return out
 
+    async def _stored_conflicts(
+        self, kind: str, table: pa.Table, stop: asyncio.Event
+    ) -> list[NewDeadLetter]:
+        """Conflict letters for rows of ``table`` whose key the store already held with
+        other content (asked only when the store inserted fewer rows than offered)."""
+        stored = await self._retry(
+            lambda: self.store.stored_versions(kind, table), stop, self.store_breaker
+        )
+        if stored is None:
+            return []
+        spec = KINDS[kind]
+        return [conflict_letter(spec, p) for p in stored_conflicts(spec, table, stored)]
+
     async def process(self, entries: Sequence[Entry], stop: asyncio.Event) -> None:
         """Write one batch of entries and acknowledge it (see the module contract)."""
         cfg = self.config
@@ -330,6 +355,12 @@ class Writer:
                 ack_ids.append(entry.id)
 
         batch = {k: pa.concat_tables(p) if len(p) > 1 else p[0] for k, p in tables.items()}
+        offered = {k: t.num_rows for k, t in batch.items()}
+        conflicts: Counter[str] = Counter()
+        for kind in list(batch):  # one version per key: the first in bus order
+            batch[kind], pairs = first_versions(KINDS[kind], batch[kind])
+            conflicts[kind] += len(pairs)
+            letters.extend(conflict_letter(KINDS[kind], p) for p in pairs)
         refused_by_kind: dict[str, int] = {}
         try:
             counts = await self._retry(
@@ -343,8 +374,18 @@ class Writer:
                 letters.extend(refused)
         for kind, table in batch.items():
             inserted = counts.get(kind, 0)
+            if (
+                inserted + refused_by_kind.get(kind, 0) < table.num_rows
+                and kind not in UNCHECKED_KINDS
+            ):
+                found = await self._stored_conflicts(kind, table, stop)
+                conflicts[kind] += len(found)
+                letters.extend(found)
             self.stats.inserted += inserted
-            self.stats.duplicates += table.num_rows - inserted - refused_by_kind.get(kind, 0)
+            self.stats.duplicates += (
+                offered[kind] - inserted - refused_by_kind.get(kind, 0) - conflicts[kind]
+            )
+            self.stats.conflicts += conflicts[kind]
             self.stats.inserted_by_table[kind] += inserted
             if "ts_recv" in table.column_names:  # measured per table, in Arrow kernels
                 committed_us = time.time_ns() // 1000

@@ -60,6 +60,17 @@ class Store(abc.ABC):
         """
         return {kind: await self.write(kind, table) for kind, table in tables.items()}
 
+    async def stored_versions(self, kind: str, table: pa.Table) -> pa.Table | None:
+        """The stored rows whose natural key is one of ``table``'s (any column order), or
+        None when this store cannot tell.
+
+        The writer calls it after a write that inserted fewer rows than it was given, to
+        find conflicting duplicates (:mod:`tickvault.conflicts`); it must answer with the
+        versions that stay stored. A store that overwrites on a repeated key cannot answer
+        after the fact and returns None (the conflicts then go unrecorded).
+        """
+        return None
+
     @abc.abstractmethod
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult: ...
 

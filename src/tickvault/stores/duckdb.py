@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tickvault.errors import BatchRejected, ConfigError, StoreError, StoreUnavailable
 from tickvault.records import KINDS, KindSpec, spec_for
@@ -182,6 +183,39 @@ class DuckDBStore(Store):
             self._reset_after_error()
             raise _translate(exc, self.path) from exc
         return int(row[0]) if row else 0
+
+    def _stored_versions(self, kind: str, keys: pa.Table) -> pa.Table:
+        spec = spec_for(kind)
+        self._ensure_schema()
+        con = self._connect()
+        key_list = ", ".join(spec.key)
+        # The range on the last key column lets DuckDB skip row groups by their min/max,
+        # so the look-up does not scan the whole table.
+        last = spec.key[-1]
+        column = keys.column(last)
+        bounds = ""
+        if pa.types.is_integer(column.type) and keys.num_rows:
+            low, high = pc.min(column).as_py(), pc.max(column).as_py()
+            bounds = f" WHERE s.{last} BETWEEN {int(low)} AND {int(high)}"
+        try:
+            con.register("_tv_keys", keys.select(list(spec.key)))
+            try:
+                return con.sql(
+                    f"SELECT s.* FROM (SELECT * FROM {spec.table} s{bounds}) s"
+                    f" SEMI JOIN _tv_keys k USING ({key_list})"
+                ).to_arrow_table()
+            finally:
+                con.unregister("_tv_keys")
+        except (duckdb.Error, OSError) as exc:
+            self._reset_after_error()
+            raise _translate(exc, self.path) from exc
+
+    async def stored_versions(self, kind: str, table: pa.Table) -> pa.Table | None:
+        """Stored rows with the keys of ``table`` (the first stored versions: this store
+        never overwrites a key)."""
+        if table.num_rows == 0:
+            return spec_for(kind).schema.empty_table()
+        return await self._run(self._stored_versions, kind, table)
 
     def _reset_after_error(self) -> None:
         if self._con is not None:

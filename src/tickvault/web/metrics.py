@@ -227,6 +227,11 @@ class PipelineCollector(Collector):
             value=sum(w.stats.duplicates for w in writers),
         )
         yield CounterMetricFamily(
+            "tickvault_conflicting_duplicates",
+            "Records whose key was stored with other content (kept first, dead-lettered)",
+            value=sum(w.stats.conflicts for w in writers),
+        )
+        yield CounterMetricFamily(
             "tickvault_writer_records",
             "Records the writers read from the bus",
             value=sum(w.stats.records for w in writers),
