@@ -123,3 +123,23 @@ def test_replay_reports_conflicts_in_summary_status_and_dead_letters(tmp_path: P
     (letter,) = tv_json("dlq", "list", "--data-dir", data)
     payload = orjson.loads(letter["payload"])
     assert (payload["kept"]["price"], payload["refused"]["price"]) == (10.0, 11.0)
+
+
+@pytest.mark.parametrize("backend", ["duckdb", "clickhouse"])
+async def test_store_answers_with_the_first_stored_versions(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    from tickvault.codec import decode_frame, split_valid
+    from tickvault.conflicts import stored_conflicts
+    from tickvault.records import KINDS
+
+    store = await request.getfixturevalue(f"{backend}_store_factory")()
+    first, _ = split_valid(decode_frame(_frame([(1, 1.0), (2, 2.0)])))
+    later, _ = split_valid(decode_frame(_frame([(1, 1.5), (2, 2.0), (3, 3.0)])))
+    assert await store.write("trade", first) == 2
+    assert await store.write("trade", later) == 1
+    stored = await store.stored_versions("trade", later)
+    assert stored is not None
+    assert sorted(stored.column("price").to_pylist()) == [1.0, 2.0, 3.0]
+    pairs = stored_conflicts(KINDS["trade"], later, stored)
+    assert [(kept["price"], refused["price"]) for kept, refused in pairs] == [(1.0, 1.5)]

@@ -28,6 +28,7 @@ import math
 import urllib.parse
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -251,6 +252,40 @@ class ClickHouseStore(Store):
         rows = array.array("I")
         rows.frombytes(raw)
         return rows.tolist()
+
+    async def stored_versions(self, kind: str, table: pa.Table) -> pa.Table | None:
+        """Stored rows with the keys of ``table``: the first stored versions, since
+        :meth:`write` inserts only keys that are not stored yet (``FINAL`` folds the copies
+        a race of two writers may leave)."""
+        spec = spec_for(kind)
+        await self.ensure_schema()
+        types = self._types.get(spec.table)
+        if types is None or table.num_rows == 0:
+            return spec.schema.empty_table()
+        key_types = {k: types[k] for k in spec.key}
+        structure = ", ".join(f"{k} {t}" for k, t in key_types.items())
+        key_list = ", ".join(quote_ident(k) for k in spec.key)
+        columns = ", ".join(quote_ident(c) for c in spec.columns)
+        sql = (
+            f"SELECT {columns} FROM {self._table(spec)} FINAL WHERE ({key_list}) IN"
+            f" (SELECT {key_list} FROM _k) FORMAT JSONCompact"
+        )
+        try:
+            raw = await self._http.post(
+                sql,
+                params={
+                    "_k_structure": structure,
+                    "_k_format": "Native",
+                    "output_format_json_quote_64bit_integers": "0",
+                },
+                files={"_k": ("_k", encode_block(table.select(list(spec.key)), key_types))},
+            )
+        except ClickHouseServerError as exc:
+            raise StoreUnavailable(f"ClickHouse key lookup in {spec.table} failed: {exc}") from None
+        names, rows = decode_rows(orjson.loads(raw), legacy_timestamps=self.legacy_timestamps)
+        return pa.Table.from_pylist(
+            [dict(zip(names, row, strict=True)) for row in rows], schema=spec.schema
+        )
 
     # -- reading ----------------------------------------------------------------------------
 
