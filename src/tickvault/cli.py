@@ -3,6 +3,12 @@
 Every command takes ``--data-dir`` (env ``TICKVAULT_DATA_DIR``, default ``./tickvault-data``)
 and ``--config FILE``; ``--bus`` and ``--store`` override the file's URLs. Errors that are
 the user's to fix print one line and exit 2; nothing prints a traceback for them.
+
+Exit codes: 0 done (for ``run`` and ``replay`` also: stopped by SIGTERM/SIGINT within
+``[shutdown] grace_s``, everything unfinished left durable for the next start); 1
+``replay`` read everything but a backlog is not stored yet (rerun to finish); 2 a usage or
+configuration error (the line says which); 3 a local fault such as a full disk or an I/O
+error (the line says where and what to do; rerunning afterwards resumes).
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ from tickvault.config import (
     settings_reference,
 )
 from tickvault.dlq_cli import app as dlq_app
-from tickvault.errors import ConfigError, StoreUnavailable, TickvaultError
+from tickvault.errors import ConfigError, ResourceFault, StoreUnavailable, TickvaultError
+from tickvault.faults import resource_fault
 from tickvault.guardian.cli import app as guardian_app
 from tickvault.guardian.cli import rebuild_command
 from tickvault.positions.cli import app as positions_app
@@ -49,6 +56,8 @@ from tickvault.streams_cli import app as streams_app
 from tickvault.streams_cli import systemd_command
 
 T = TypeVar("T")
+EXIT_FAULT = 3
+"""Exit code for a local fault (disk full, I/O error): free the resource and rerun."""
 
 app = typer.Typer(
     name="tickvault",
@@ -167,9 +176,18 @@ def _settings(
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
+    except ResourceFault as exc:
+        err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
+        raise typer.Exit(EXIT_FAULT) from None
     except TickvaultError as exc:
         err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
+    except (OSError, RuntimeError, ValueError) as exc:  # sqlite3/duckdb errors included
+        fault = resource_fault(exc, "the data dir")
+        if fault is None:
+            raise
+        err.print(f"[red]error:[/red] {redact_text(str(fault))}", highlight=False)
+        raise typer.Exit(EXIT_FAULT) from None
 
 
 def _print_json(value: Any) -> None:
@@ -448,7 +466,7 @@ def replay(
                 out.print(f"  skipped:     {n:>8,}  {reason}", highlight=False)
             if not summary.drained:
                 out.print(f"[yellow]not drained: backlog {summary.backlog}[/yellow]")
-        return 0 if summary.drained else 1
+        return 0 if summary.drained or summary.stopped else 1
 
     code = _run(main())
     raise typer.Exit(code)
@@ -680,4 +698,4 @@ def main() -> None:
         app()
     except TickvaultError as exc:
         err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
-        sys.exit(2)
+        sys.exit(EXIT_FAULT if isinstance(exc, ResourceFault) else 2)

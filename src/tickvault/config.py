@@ -147,6 +147,13 @@ class ValidationSettings(_Section):
         return self._window(self.earliest, self.live_max_age_s)
 
 
+class ShutdownSettings(_Section):
+    grace_s: float = 20.0
+    """After SIGTERM/SIGINT: how long to publish what is buffered and write what is on the
+    bus before stopping anyway (exit 0). Whatever is left stays durable for the next start:
+    on the bus, in the spool, or unread in the input (its checkpoint was not advanced)."""
+
+
 class PublisherSettings(_Section):
     frame_records: int = 5_000
     """Records per frame (bus entry) at most."""
@@ -355,6 +362,7 @@ class Settings(_Section):
     writer: WriterSettings = msgspec.field(default_factory=WriterSettings)
     publisher: PublisherSettings = msgspec.field(default_factory=PublisherSettings)
     validation: ValidationSettings = msgspec.field(default_factory=ValidationSettings)
+    shutdown: ShutdownSettings = msgspec.field(default_factory=ShutdownSettings)
     upkeep: UpkeepSettings = msgspec.field(default_factory=UpkeepSettings)
     breaker: BreakerSettings = msgspec.field(default_factory=BreakerSettings)
     guardian: GuardianSettings = msgspec.field(default_factory=GuardianSettings)
@@ -466,6 +474,7 @@ def settings_reference() -> str:
         ("[writer]", WriterSettings),
         ("[publisher]", PublisherSettings),
         ("[validation]", ValidationSettings),
+        ("[shutdown]", ShutdownSettings),
         ("[upkeep]", UpkeepSettings),
         ("[breaker]", BreakerSettings),
         ("[guardian]", GuardianSettings),

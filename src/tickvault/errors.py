@@ -20,6 +20,13 @@ class BackendNotAvailable(ConfigError):
     """A URL names a backend that is not installed or not supported yet."""
 
 
+class ResourceFault(TickvaultError):
+    """A local resource failed under tickvault: a full disk, an I/O error, a read-only or
+    vanished file. The message says what, where, and what to do; nothing durable was lost,
+    and rerunning once the resource is fixed resumes where the work stopped. The command
+    line exits 3 for it."""
+
+
 class RecordError(TickvaultError):
     """A record failed validation; ``reason`` is the short, stable text stored in dead letters."""
 

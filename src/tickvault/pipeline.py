@@ -51,6 +51,10 @@ from tickvault.writer import Writer, WriterConfig, WriterStats, default_consumer
 
 log = logging.getLogger(__name__)
 
+_PRODUCER_KILL_S = 5.0
+"""A producer still alive this long after the grace is over is killed (safe: it only ever
+advances its checkpoints after the bus confirmed)."""
+
 
 class DataDirLock:
     """An exclusive ``flock`` on ``<data dir>/.owner.lock`` held by the owning process."""
@@ -93,6 +97,8 @@ class RunSummary:
     seconds: float = 0.0
     backlog: int = 0
     spool_backlog: int = 0
+    stopped: bool = False
+    """Stopped by SIGTERM/SIGINT (what is left stays durable for the next start)."""
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -138,6 +144,7 @@ class Pipeline:
         self.failover: FailoverPublisher
         self.store_breaker: CircuitBreaker
         self._stop_health = asyncio.Event()
+        self.stopped_by_signal = False
         self._control: control.ControlServer | None = None
         self.serve_http = serve_http
         self._http_token = http_token
@@ -310,23 +317,48 @@ class Pipeline:
 
     # -- running ----------------------------------------------------------------------------
 
+    def stop_now(self) -> None:
+        """The shutdown grace is over: stop writing and publishing (what is unwritten stays
+        on the bus or in the spool, what is unpublished is read again on the next start);
+        producers get a second SIGTERM, and SIGKILL a few seconds later if they hang."""
+        if self.stop_writer.is_set():
+            return
+        log.warning("shutdown grace over: stopping now; the rest stays durable for next start")
+        self.stop_sources.set()
+        self.stop_writer.set()
+        loop = asyncio.get_running_loop()
+        for producer in self.producers:
+            producer.stop()
+            loop.call_later(_PRODUCER_KILL_S, producer.kill)
+
     async def pump(self, source: Source) -> None:
         """Move ``source``'s batches onto the bus; commit each only once it is durable."""
-        await self._pump.run(source)
+        try:
+            await self._pump.run(source)
+        except BusError as exc:
+            if not self.stop_writer.is_set():
+                raise
+            log.warning("source %s stopped with records unpublished: %s", source.name, exc)
 
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: stop the sources and drain for ``[shutdown] grace_s`` at most;
+        then (or at a second signal) stop the writers and producers wherever they are.
+        Nothing durable is lost by stopping early (see the module docstring)."""
         loop = asyncio.get_running_loop()
 
         def on_signal() -> None:
             if self.stop_sources.is_set():
-                self.stop_writer.set()
+                self.stop_now()
+                return
             self.stop_sources.set()
+            self.stopped_by_signal = True
             for source in self.sources:
                 stop = getattr(source, "stop", None)
                 if callable(stop):
                     stop()
             for producer in self.producers:
                 producer.stop()
+            loop.call_later(self.settings.shutdown.grace_s, self.stop_now)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
@@ -411,6 +443,7 @@ class Pipeline:
             seconds=time.perf_counter() - started,
             backlog=backlog,
             spool_backlog=spool_backlog,
+            stopped=self.stopped_by_signal,
         )
 
     async def _wait_spool_drained(self) -> None:

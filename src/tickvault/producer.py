@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.config import Settings, settings_from_builtins, settings_to_builtins
-from tickvault.errors import TickvaultError
+from tickvault.errors import BusError, ResourceFault, TickvaultError
+from tickvault.faults import resource_fault
 
 _PR_SET_PDEATHSIG = 1
 
@@ -44,6 +45,8 @@ class ProducerResult:
     header_markets: list[str] = field(default_factory=list)
     untimed_quotes: int = 0
     error: str | None = None
+    fault: bool = False
+    """``error`` is a local fault (disk full, I/O error): see :mod:`tickvault.faults`."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,14 @@ async def _produce(
     stop = asyncio.Event()
     give_up = asyncio.Event()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_sigterm() -> None:  # the first stops reading; the grace, or a second, gives up
+        if stop.is_set():
+            give_up.set()
+        stop.set()
+        loop.call_later(settings.shutdown.grace_s, give_up.set)
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     checkpoints = CheckpointStore(settings.state_path)
     source = ReplaySource(
         spec.paths,
@@ -105,6 +115,11 @@ async def _produce(
     reporter = asyncio.create_task(report())
     try:
         await pump.run(source)
+    except BusError:
+        if not give_up.is_set():
+            raise
+        # Stopped while the bus refused: nothing unconfirmed was checkpointed, so the next
+        # run reads those lines again.
     finally:
         reporter.cancel()
         lines.value = pump.lines
@@ -136,7 +151,11 @@ def _child_main(
     try:
         result = asyncio.run(_produce(settings, spec, lines, parent))
     except TickvaultError as exc:
-        result = ProducerResult(error=str(exc))
+        result = ProducerResult(error=str(exc), fault=isinstance(exc, ResourceFault))
+    except Exception as exc:  # reported as one line by the parent, never a bare death
+        fault = resource_fault(exc, "the replay producer")
+        text = str(fault) if fault is not None else f"unexpected {type(exc).__name__}: {exc}"
+        result = ProducerResult(error=text, fault=fault is not None)
     conn.send(result)
     conn.close()
 
@@ -158,6 +177,7 @@ class ProducerProcess:
             daemon=True,
         )
         self._send = send
+        self._killed = False
 
     @property
     def lines(self) -> int:
@@ -167,6 +187,13 @@ class ProducerProcess:
         if self._proc.pid is not None and self._proc.is_alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self._proc.pid, signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL the child (a shutdown it did not finish in time; safe, see module)."""
+        if self._proc.pid is not None and self._proc.is_alive():
+            self._killed = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
 
     def start(self) -> None:
         """Start the child now (idempotent), e.g. while the parent still opens its store."""
@@ -181,6 +208,8 @@ class ProducerProcess:
         result = await loop.run_in_executor(None, self._wait)
         self.result = result
         if result.error:
+            if result.fault:
+                raise ResourceFault(f"producer: {result.error}")
             raise TickvaultError(f"producer: {result.error}")
         return result
 
@@ -188,6 +217,14 @@ class ProducerProcess:
         try:
             result: ProducerResult = self._recv.recv()
         except EOFError:
-            result = ProducerResult(error=f"producer process died (exit {self._proc.exitcode})")
+            self._proc.join()
+            if self._killed:  # stopped at the end of a shutdown grace: not an error
+                return ProducerResult()
+            code = self._proc.exitcode
+            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit {code}"
+            return ProducerResult(
+                error=f"replay producer process ended without a report ({how}); rerun to"
+                " resume from the last checkpoint"
+            )
         self._proc.join()
         return result

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from tickvault.bus.base import NewDeadLetter
 from tickvault.codec import FrameBuilder
 from tickvault.errors import BusError
+from tickvault.faults import resource_fault
 from tickvault.records import Record, kind_of
 from tickvault.rules import HISTORY, TimeWindow
 from tickvault.sources.base import Source, SourceBatch
@@ -200,7 +201,8 @@ class SourcePump:
                         exc,
                     )
                     raise
-                log.warning("publish failed: %s; retrying in %.2fs", exc, delay)
+                why = resource_fault(exc, "the bus") or exc
+                log.warning("publish failed: %s; retrying in %.2fs", why, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -32,8 +32,9 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import orjson
 import pyarrow as pa
@@ -48,6 +49,7 @@ from tickvault.conflicts import (
     stored_conflicts,
 )
 from tickvault.errors import BatchRejected, BusError, DecodeError, StoreError
+from tickvault.faults import resource_fault
 from tickvault.latency import (
     LatencyHistogram,
     batch_seconds_histogram,
@@ -59,6 +61,7 @@ from tickvault.rules import HISTORY, Bounds, TimeWindow
 from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _BYTES_PER_RECORD = 45  # a packed trade or quote frame, per record (an estimate for batching)
 _FIRST_READ = 4
@@ -114,6 +117,29 @@ class WriterStopped(Exception):
     """Raised inside the writer when it was asked to stop while a batch was unwritten."""
 
 
+async def _unless_stopped(call: Awaitable[T], stop: asyncio.Event) -> T:
+    """``await call``, unless ``stop`` is set first: then cancel it and raise
+    :class:`WriterStopped` (a bus or store that hangs must not hold a shutdown up; whatever
+    the call did not finish is redelivered later, harmlessly)."""
+    task = asyncio.ensure_future(call)
+    if stop.is_set():
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise WriterStopped
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise WriterStopped
+
+
 class Writer:
     """Consumes ``config.stream`` as ``config.group`` and writes into ``store``."""
 
@@ -140,8 +166,8 @@ class Writer:
         """Consume until ``stop`` is set; with ``until_drained``, also return once that event is
         set and the group has nothing left (no new entries, nothing pending)."""
         cfg = self.config
-        await self._retry(lambda: self.bus.ensure_group(cfg.stream, cfg.group), stop)
         try:
+            await self._retry(lambda: self.bus.ensure_group(cfg.stream, cfg.group), stop)
             await self._retry(self.store.ensure_schema, stop, self.store_breaker)
             while not stop.is_set():
                 own = await self._retry(
@@ -237,7 +263,7 @@ class Writer:
                     raise WriterStopped
                 continue
             try:
-                return await (op() if breaker is None else breaker.call(op))
+                return await _unless_stopped(op() if breaker is None else breaker.call(op), stop)
             except BreakerOpen:
                 continue  # another writer holds the half-open trial
             except BatchRejected:
@@ -252,7 +278,8 @@ class Writer:
                 if breaker is not None and not breaker.available:
                     log.warning("writer: %s; store breaker %s", exc, breaker.state.value)
                     continue  # the breaker times the next trial
-                log.warning("writer: %s; retrying in %.2fs", exc, delay)
+                why = resource_fault(exc, "the bus or store") or exc
+                log.warning("writer: %s; retrying in %.2fs", why, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 delay = min(delay * 2, self.config.backoff_max_s)

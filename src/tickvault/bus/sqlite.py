@@ -145,10 +145,14 @@ class SqliteBus(Bus):
             conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
             try:
                 result = fn(conn)
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (disk full): never let a failed
+                # ROLLBACK hide the error that matters.
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
             return result
         except sqlite3.OperationalError as exc:
             raise BusUnavailable(f"SQLite bus {self.path}: {exc}") from exc
