@@ -210,6 +210,9 @@ def _build_sources(settings: Settings) -> list[Source]:
                     seed=opts.seed,
                     exchange=opts.exchange,
                     name=opts.name,
+                    limit=opts.limit,
+                    first_id=opts.first_id,
+                    start_us=opts.start_us,
                 )
             )
         elif isinstance(opts, ReplaySettings):

@@ -7,10 +7,10 @@ error (a typo must not silently fall back to a default).
 Example::
 
     [bus]
-    url = "sqlite:///var/lib/tickvault/bus.sqlite3"
+    url = "sqlite:////var/lib/tickvault/bus.sqlite3"   # four slashes: an absolute path
 
     [store]
-    url = "duckdb:///var/lib/tickvault/ticks.duckdb"
+    url = "duckdb:////var/lib/tickvault/ticks.duckdb"  # (three slashes: relative)
 
     [writer]
     batch_records = 20000
@@ -167,6 +167,15 @@ class SyntheticSettings(_Section):
     symbols: list[str] = msgspec.field(default_factory=lambda: ["BTCUSDT", "ETHUSDT"])
     seed: int = 42
     exchange: str = "synthetic"
+    limit: int | None = None
+    """Stop after this many records (none: run until stopped)."""
+    first_id: int | None = None
+    """First trade/update id per symbol; none: derived from the start time, so a second
+    run adds new rows. Set it, with ``seed`` and ``start_us``, for a repeatable run."""
+    start_us: int | None = None
+    """Event time of the first record (µs since the epoch); none: the wall clock. When set,
+    times advance by ``1e6 / rate`` µs per record and the source counts as history (its
+    times are checked against the history window, not the live one)."""
 
 
 class ReplaySettings(_Section):

@@ -5,6 +5,11 @@ Prices follow a per-symbol random walk with a small spread; sizes are log-normal
 sizes. Ids start from the start time in milliseconds times 1000 (per symbol, consecutive),
 so a second demo on the same data dir adds new rows instead of colliding with old ones.
 ``rate`` is records per second (0 = as fast as possible).
+
+Deterministic mode, for repeatable runs (crash tests): give ``first_id`` and ``start_us``
+(and ``limit``). Then the n-th record is the same in every run with the same seed, ids and
+times included (times are ``start_us + n * 1e6 / rate``), so a rerun only repeats keys
+with identical content.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ class SyntheticSource(Source):
         limit: int | None = None,
         tick_s: float = 0.05,
         name: str = "synthetic",
+        first_id: int | None = None,
+        start_us: int | None = None,
     ) -> None:
         self.symbols = symbols or ["BTCUSDT", "ETHUSDT"]
         self.rate = rate
@@ -42,7 +49,10 @@ class SyntheticSource(Source):
         self.tick_s = tick_s
         self.name = name
         self._rng = random.Random(seed)
-        base = int(time.time() * 1000) * 1000
+        base = int(time.time() * 1000) * 1000 if first_id is None else first_id
+        self.start_us = start_us
+        self.live = start_us is None
+        self._step_us = 1_000_000 / rate if rate > 0 else 1.0
         self._prices = {s: _START_PRICES.get(s, 100.0) for s in self.symbols}
         self._next_trade = dict.fromkeys(self.symbols, base)
         self._next_quote = dict.fromkeys(self.symbols, base)
@@ -98,8 +108,15 @@ class SyntheticSource(Source):
                 due = 5000
             if self.limit is not None:
                 due = min(due, self.limit - self.generated)
-            now_us = time.time_ns() // 1000
-            batch = SourceBatch(records=[self._record(now_us) for _ in range(due)])
+            if self.start_us is None:
+                now_us = time.time_ns() // 1000
+                records = [self._record(now_us) for _ in range(due)]
+            else:
+                first, step = self.generated, self._step_us
+                records = [
+                    self._record(self.start_us + int((first + i) * step) + 5000) for i in range(due)
+                ]
+            batch = SourceBatch(records=records)
             self.generated += due
             self._last = time.monotonic()
             yield batch
