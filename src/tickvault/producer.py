@@ -71,8 +71,10 @@ def _die_with_parent(parent: int) -> None:
 async def _produce(
     settings: Settings, spec: ReplaySpec, lines: Synchronized[int], parent: int
 ) -> ProducerResult:
+    from tickvault.breaker import BreakerPolicy
     from tickvault.bus import open_bus
     from tickvault.checkpoints import CheckpointStore
+    from tickvault.failover import FailoverPublisher
     from tickvault.publisher import FramePublisher, SourcePump
     from tickvault.sources.replay import ReplaySource
 
@@ -96,9 +98,25 @@ async def _produce(
         line_format=spec.line_format,  # type: ignore[arg-type]
         symbol=spec.symbol,
     )
-    bus = open_bus(settings.bus_url)
+    # The configured fallback chain, as in `run` (the parent runs a writer on each bus).
+    # No spool here: the input file is itself durable, so while every bus is down the
+    # producer simply waits (its checkpoint does not move) instead of copying it to disk.
+    buses = [open_bus(settings.bus_url), *(open_bus(url) for url in settings.bus.fallback)]
+    b = settings.breaker
+    failover = FailoverPublisher(
+        buses,
+        None,
+        names=[f"bus{i}" for i in range(len(buses))],
+        policy=BreakerPolicy(
+            b.bus_failure_threshold, b.success_threshold, b.open_base_s, b.open_max_s, b.jitter
+        ),
+        check_every_s=settings.bus.health_check_s,
+        probe_stream=settings.bus.stream,
+    )
+    stop_health = asyncio.Event()
+    health = asyncio.create_task(failover.run(stop_health))
     publisher = FramePublisher(
-        bus,
+        failover,
         settings.bus.stream,
         max_records=settings.publisher.frame_records,
         window=settings.validation.replay,
@@ -123,7 +141,10 @@ async def _produce(
     finally:
         reporter.cancel()
         lines.value = pump.lines
-        await bus.close()
+        stop_health.set()
+        await health
+        for bus in buses:
+            await bus.close()
         checkpoints.close()
     return ProducerResult(
         lines=pump.lines,
