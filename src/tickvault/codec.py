@@ -27,21 +27,18 @@ instead of spoiling the frame it would have travelled in.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-import orjson
 import pyarrow as pa
 
 from tickvault.errors import DecodeError, RecordError
 from tickvault.records import KINDS, KindSpec, Record, kind_of, spec_for, validate
-from tickvault.rules import HISTORY, Bounds, check_value, columns_valid
+from tickvault.rejects import Reject, make_reject
+from tickvault.rules import FITS, HISTORY, Bounds, check_value, columns_valid, rows_valid
 
 FRAME_VERSION = 1
 
@@ -230,6 +227,31 @@ class FrameBuilder:
             for f, values in zip(self.spec.schema, transposed, strict=True)
         }
 
+    def _suspects(self, rows: list[tuple[Any, ...]], bounds: Bounds) -> list[bool] | None:
+        """Per row: may it break a rule? Found with a quick type pass (values Arrow cannot
+        hold) and the vectorised rules on the others, so that a frame with a few bad rows
+        does not send every row through the per-row checks. None: check every row."""
+        spec = self.spec
+        if spec.list_rules or spec.kind == "bar":
+            return None
+        checks = [FITS[f.type] for f in spec.schema]
+        nullable = [f.nullable for f in spec.schema]
+        width = len(checks)
+        fits = [
+            len(r) == width
+            and all(
+                (v is None and n) or check(v)
+                for check, n, v in zip(checks, nullable, r, strict=True)
+            )
+            for r in rows
+        ]
+        plain = [r for r, ok in zip(rows, fits, strict=True) if ok]
+        table = fast_table(Frame(self.kind, self._columns(plain))) if plain else None
+        if plain and table is None:
+            return None
+        passed = iter(rows_valid(spec.rules, table, bounds) if table is not None else [])
+        return [not ok or not next(passed) for ok in fits]
+
     def take(self) -> bytes:
         """The buffered rows as one frame, unchecked (the caller validated them)."""
         rows, self.rows = self.rows, []
@@ -261,16 +283,22 @@ class FrameBuilder:
         good: list[tuple[Any, ...]] = []
         rejects: list[Reject] = []
         names = spec.columns
-        for values in rows:
+        suspects = self._suspects(rows, bounds)
+        for i, values in enumerate(rows):
+            if suspects is not None and not suspects[i]:
+                good.append(values)
+                continue
             if len(values) != len(names):
-                rejects.append(_reject(spec, {"values": list(values)}, "wrong number of fields"))
+                rejects.append(
+                    make_reject(spec, {"values": list(values)}, "wrong number of fields")
+                )
                 continue
             row = dict(zip(names, values, strict=True))
             reason = _row_reason(spec, row, bounds)
             if reason is None:
                 good.append(values)
             else:
-                rejects.append(_reject(spec, row, reason))
+                rejects.append(make_reject(spec, row, reason))
         if not good:
             return None, rejects
         try:
@@ -283,21 +311,11 @@ class FrameBuilder:
                 encode_frame(self.kind, self._columns([values]))
             except _ENCODE_ERRORS:
                 row = dict(zip(names, values, strict=True))
-                rejects.append(_reject(spec, row, "value cannot be encoded"))
+                rejects.append(make_reject(spec, row, "value cannot be encoded"))
                 continue
             encodable.append(values)
         frame = encode_frame(self.kind, self._columns(encodable)) if encodable else None
         return frame, rejects
-
-
-@dataclass(frozen=True)
-class Reject:
-    """A record the writer refused, with the reason and the record as JSON."""
-
-    kind: str
-    reason: str
-    payload: bytes
-    key: str
 
 
 def _to_arrow(col: Column, arrow_type: pa.DataType, n: int) -> pa.Array:
@@ -316,41 +334,6 @@ def _to_arrow(col: Column, arrow_type: pa.DataType, n: int) -> pa.Array:
     if len(col.data) != 8 * n:
         raise ValueError("packed column has the wrong size")
     return pa.Array.from_buffers(arrow_type, n, [None, pa.py_buffer(col.data)])
-
-
-MAX_LETTER_VALUE = 1024
-"""Characters of one string value kept in a dead letter's payload (the rest is cut)."""
-_KEY_PART = 64
-
-
-def _short(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_LETTER_VALUE:
-        return f"{value[:MAX_LETTER_VALUE]}...[{len(value):,} characters]"
-    if isinstance(value, int) and not -(1 << 63) <= value < 1 << 64:
-        return str(value)  # exact, where JSON readers would round it to a float
-    return value
-
-
-def letter_json(row: dict[str, Any]) -> bytes:
-    """``row`` as JSON for a dead letter, whatever it holds: integers beyond 64 bits and
-    odd objects become strings, very long strings are cut (their length is kept)."""
-    row = {k: _short(v) for k, v in row.items()}
-    try:
-        return orjson.dumps(row, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
-    except (orjson.JSONEncodeError, TypeError):
-        return json.dumps(row, default=str).encode()
-
-
-def _reject(spec: KindSpec, row: dict[str, Any], reason: str) -> Reject:
-    """A reject keyed by kind, natural key and reason, so a redelivery or a rerun records
-    it once. Key values are cut to 64 characters; when one is cut, a digest of the whole
-    key is added, so two records whose keys differ only further on never collapse."""
-    payload = letter_json(row)
-    values = [str(row.get(k)) for k in spec.key]
-    key_part = "|".join(v[:_KEY_PART] for v in values)
-    if any(len(v) > _KEY_PART for v in values):
-        key_part += "#" + hashlib.sha256("|".join(values).encode(errors="replace")).hexdigest()[:16]
-    return Reject(spec.kind, reason, payload, f"{spec.kind}:{key_part}:{reason}")
 
 
 def _row_reason(spec: KindSpec, row: dict[str, Any], bounds: Bounds | None = None) -> str | None:
@@ -432,7 +415,7 @@ def _table_from_rows(spec: KindSpec, rows: list[dict[str, Any]], rejects: list[R
         try:
             pa.Table.from_pylist([row], schema=spec.schema)
         except _ARROW_ERRORS:
-            rejects.append(_reject(spec, row, f"value does not fit the {spec.kind} schema"))
+            rejects.append(make_reject(spec, row, f"value does not fit the {spec.kind} schema"))
             continue
         fitting.append(row)
     return (
@@ -465,5 +448,5 @@ def split_valid(frame: Frame, bounds: Bounds | None = None) -> tuple[pa.Table, l
         if reason is None:
             good.append(row)
         else:
-            rejects.append(_reject(spec, row, reason))
+            rejects.append(make_reject(spec, row, reason))
     return _table_from_rows(spec, good, rejects), rejects

@@ -30,8 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.codec import letter_json
 from tickvault.records import KindSpec
+from tickvault.rejects import letter_json
 
 CONFLICT_REASON = "conflicting duplicate"
 

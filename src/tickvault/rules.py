@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, Literal
@@ -78,6 +79,27 @@ class TimeWindow:
         if self.max_age_s is not None:
             low = max(low, now - int(self.max_age_s * 1_000_000))
         return low, now + int(self.future_s * 1_000_000)
+
+
+_INT64 = 1 << 63
+
+
+def _fits_int(v: Any) -> bool:
+    return type(v) is int and -_INT64 <= v < _INT64
+
+
+def _fits_float(v: Any) -> bool:
+    return type(v) is float or _fits_int(v)
+
+
+FITS: dict[pa.DataType, Callable[[Any], bool]] = {
+    pa.int64(): _fits_int,
+    pa.timestamp("us"): _fits_int,
+    pa.float64(): _fits_float,
+    pa.bool_(): lambda v: type(v) is bool,
+    pa.string(): lambda v: type(v) is str,
+}
+"""Per Arrow type: can a Python value become it (the frame builder's quick pass)?"""
 
 
 HISTORY = TimeWindow()
@@ -149,6 +171,22 @@ def _good(col: Any, rules: tuple[Rule, ...], bounds: Bounds) -> Any:
     if "required" in rules:
         return pc.is_valid(col)
     return None
+
+
+def rows_valid(rules: dict[str, tuple[Rule, ...]], table: pa.Table, bounds: Bounds) -> list[bool]:
+    """Per row: does it pass every column rule (vectorised; see :func:`columns_valid`)."""
+    good = None
+    for name, field_rules in rules.items():
+        col = table.column(name)
+        ok = _good(col, field_rules, bounds)
+        if ok is None:
+            continue
+        if "required" not in field_rules:
+            ok = pc.or_kleene(ok, pc.is_null(col))
+        good = ok if good is None else pc.and_kleene(good, ok)
+    if good is None:
+        return [True] * table.num_rows
+    return pc.fill_null(good, False).to_pylist()  # type: ignore[no-any-return]
 
 
 def columns_valid(rules: dict[str, tuple[Rule, ...]], table: pa.Table, bounds: Bounds) -> bool:

@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from tickvault.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
-from tickvault.codec import Frame, Reject, decode_frame, split_valid, split_valid_many
+from tickvault.codec import Frame, decode_frame, split_valid, split_valid_many
 from tickvault.conflicts import (
     UNCHECKED_KINDS,
     conflict_letter,
@@ -57,6 +57,7 @@ from tickvault.latency import (
     tick_to_stored_histogram,
 )
 from tickvault.records import KINDS
+from tickvault.rejects import Reject
 from tickvault.rules import HISTORY, Bounds, TimeWindow
 from tickvault.stores.base import Store
 
