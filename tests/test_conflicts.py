@@ -17,7 +17,7 @@ from tickvault.records import Trade
 from tickvault.stores.duckdb import DuckDBStore
 from tickvault.writer import Writer, WriterConfig
 
-from .cli_helpers import tv_json
+from .cli_helpers import tv, tv_json
 
 S = "ticks"
 T0 = TS_MS * 1000
@@ -123,6 +123,8 @@ def test_replay_reports_conflicts_in_summary_status_and_dead_letters(tmp_path: P
     (letter,) = tv_json("dlq", "list", "--data-dir", data)
     payload = orjson.loads(letter["payload"])
     assert (payload["kept"]["price"], payload["refused"]["price"]) == (10.0, 11.0)
+    proc = tv("dlq", "requeue", str(letter["id"]), "--data-dir", data, check=False)
+    assert proc.returncode == 1 and "conflicting duplicate" in proc.stderr
 
 
 @pytest.mark.parametrize("backend", ["duckdb", "clickhouse"])

@@ -142,9 +142,16 @@ def dlq_show(
 
 def requeue_payload(letter: DeadLetter) -> bytes:
     """The bus payload that re-submits ``letter``; raise TickvaultError if it cannot be."""
+    from tickvault.conflicts import CONFLICT_REASON
     from tickvault.sources.binance_capture import split_line
-    from tickvault.sources.binance_wire import ParseError, parse_message
+    from tickvault.sources.binance_wire import parse_message
+    from tickvault.sources.poison import poison_reason
 
+    if letter.reason == CONFLICT_REASON:
+        raise TickvaultError(
+            f"dead letter {letter.id} records a conflicting duplicate: the first version stays"
+            " stored (both are in its payload); it cannot be requeued"
+        )
     if letter.kind == "frame":
         return letter.payload
     if letter.kind in KINDS:
@@ -157,9 +164,9 @@ def requeue_payload(letter: DeadLetter) -> bytes:
             # A replayed line keeps its capture prefix (receive time) and its market.
             payload, recv_us, symbol = split_line(letter.payload)
             record = parse_message(payload, recv_us, letter_market(letter.entry_id), symbol)
-        except ParseError as exc:
+        except Exception as exc:  # any payload at all: see sources.poison
             raise TickvaultError(
-                f"dead letter {letter.id} is still invalid: {exc.reason}"
+                f"dead letter {letter.id} is still invalid: {poison_reason(exc, letter.payload)}"
             ) from None
         builder = FrameBuilder(
             next(k for k, s in KINDS.items() if isinstance(record, s.record_type))
