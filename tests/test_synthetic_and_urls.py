@@ -64,3 +64,13 @@ def test_file_urls_three_slashes_relative_four_absolute() -> None:
     )
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert 'url = "duckdb:////var/lib/tickvault/ticks.duckdb"' in readme
+
+
+def test_guardian_simulate_takes_data_dir_like_every_command(tmp_path: Path) -> None:
+    timeline = tmp_path / "timeline.jsonl"
+    timeline.write_text('{"t": 0, "resource": "trades", "code": "wal_suspended"}\n')
+    plain = tv("guardian", "simulate", timeline, "--interval", "1").stdout
+    data = tmp_path / "data"
+    with_dir = tv("guardian", "simulate", timeline, "--interval", "1", "--data-dir", data)
+    assert with_dir.stdout == plain and plain.strip()
+    assert not data.exists()  # a simulation reads and writes nothing there

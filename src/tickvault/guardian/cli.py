@@ -298,9 +298,12 @@ def simulate_command(
     ] = None,
     until: Annotated[float | None, typer.Option(help="Simulate until this t.")] = None,
     config: ConfigFile = None,
+    data_dir: DataDir = None,
 ) -> None:
-    """Replay a timeline through the real policy (simulated clock); a JSON line per decision."""
-    settings = _settings(config, None, None, None)
+    """Replay a timeline through the real policy (simulated clock); a JSON line per decision.
+
+    Nothing in the data dir is read or changed; ``--data-dir`` is accepted like everywhere."""
+    settings = _settings(config, data_dir, None, None)
     try:
         lines = parse_timeline(timeline.read_text().splitlines())
         policy = policy_settings(settings.guardian)
