@@ -116,7 +116,16 @@ def test_dead_letters_can_be_shown_and_requeued(tmp_path: Path) -> None:
 
 def test_dead_letters_say_which_file_and_line_they_came_from(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    good = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    good = {
+        "e": "trade",
+        "E": 1_700_000_000_005,
+        "s": "BTCUSDT",
+        "t": 1,
+        "p": "10",
+        "q": "1",
+        "T": 1_700_000_000_005,
+        "m": True,
+    }
     path.write_bytes(
         orjson.dumps(good) + b"\n" + b"garbage line\n" + orjson.dumps(dict(good, t=2)) + b"\n"
     )
@@ -132,7 +141,16 @@ def test_dead_letters_say_which_file_and_line_they_came_from(tmp_path: Path) -> 
 
 def test_data_dir_and_config_may_come_before_the_command(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
-    trade = {"e": "trade", "E": 5, "s": "BTCUSDT", "t": 1, "p": "10", "q": "1", "T": 5, "m": True}
+    trade = {
+        "e": "trade",
+        "E": 1_700_000_000_005,
+        "s": "BTCUSDT",
+        "t": 1,
+        "p": "10",
+        "q": "1",
+        "T": 1_700_000_000_005,
+        "m": True,
+    }
     path.write_bytes(orjson.dumps(trade) + b"\n")
     data = tmp_path / "data"
     summary = orjson.loads(tv("--data-dir", data, "replay", path, "--json").stdout)

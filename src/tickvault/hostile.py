@@ -20,6 +20,12 @@ from pathlib import Path
 
 import orjson
 
+UNRECOGNISED = (
+    "unrecognised line: expected a JSON object, `<seconds>: {json}` (cryptofeed)"
+    " or `<ns> {json}` (hftbacktest)"
+)
+"""The reason ``replay`` gives a line that is neither JSON nor a known capture format."""
+
 TS_MS = 1_700_000_000_000
 """2023-11-14: the event time of the valid lines (milliseconds, as the venue sends)."""
 
@@ -63,7 +69,7 @@ HOSTILE_KINDS: tuple[HostileKind, ...] = (
     HostileKind("nested_1000", "nested too deep", lambda i: _nested(i, 1000)),
     HostileKind(
         "nested_array_100k",
-        "malformed JSON",
+        UNRECOGNISED,
         lambda i: b"[" * 100_000 + str(i).encode() + b"]" * 100_000,
         limit=20,
     ),
@@ -111,13 +117,13 @@ HOSTILE_KINDS: tuple[HostileKind, ...] = (
         lambda i: _trade(i, s="BTC\x01").replace(b"\\u0001", b"\xff\xfe"),
     ),
     HostileKind("truncated", "malformed JSON", lambda i: _trade(i)[:-7]),
-    HostileKind("not_object", "not a JSON object", lambda i: orjson.dumps([i, 2, 3])),
-    HostileKind("bare_number", "not a JSON object", lambda i: str(10**40 + i).encode()),
-    HostileKind("nul_bytes", "malformed JSON", lambda i: b"\x00" * (i % 7 + 1) + str(i).encode()),
+    HostileKind("not_object", UNRECOGNISED, lambda i: orjson.dumps([i, 2, 3])),
+    HostileKind("bare_number", UNRECOGNISED, lambda i: str(10**40 + i).encode()),
+    HostileKind("nul_bytes", UNRECOGNISED, lambda i: b"\x00" * (i % 7 + 1) + str(i).encode()),
     HostileKind(
         "unknown_event",
-        "unknown event type 'kline'",
-        lambda i: orjson.dumps({"e": "kline", "E": TS_MS, "s": "BTCUSDT", "k": {"i": i}}),
+        "unknown event type 'mystery'",
+        lambda i: orjson.dumps({"e": "mystery", "E": TS_MS, "s": "BTCUSDT", "k": {"i": i}}),
     ),
     HostileKind(
         "id_float",
