@@ -77,9 +77,14 @@ async def test_flapping_finding_causes_no_recovery_and_at_most_one_alert_per_gro
         else:
             router.resolve("r", "c", now)
         sent.extend(router.due(now))
-    times = [m.at for m in sent]
-    assert sent and all(b - a >= 300 for a, b in itertools.pairwise(times))
+    # Announced (a resource that keeps coming back is not dropped), bounded, and paired:
+    # every FIRING is followed by exactly one RESOLVED before the next FIRING.
+    kinds = [m.kind for m in sent]
+    assert kinds and set(kinds) <= {"firing", "resolved"}
+    assert kinds == ["firing", "resolved"] * (len(kinds) // 2)
+    assert all(b.at - a.at >= 300 for a, b in itertools.pairwise(sent))
     assert len(sent) <= 2 * 3600 // 300 + 1
+    assert all(m.flaps > 0 for m in sent)  # the flapping is said, not hidden
 
 
 def test_grouping_dedupes_waits_and_resolves() -> None:
@@ -113,7 +118,7 @@ async def test_telegram_honours_429_retry_after_loses_nothing_and_paces_per_chat
         await eventually(lambda: dispatcher.delivered["telegram"] == 4, timeout=30)
         await dispatcher.stop()
     delivered = [b["text"].splitlines()[0] for _, b, _ in bot.accepted]
-    assert delivered == [f"[FIRING] r{i}" for i in range(4)]
+    assert delivered == [f"[FIRING] r{i}: c since 1970-01-01 00:00:00 UTC" for i in range(4)]
     assert all(p == "/bot123:ABC/sendMessage" for p, _, _ in bot.requests)
     assert all(b["chat_id"] == "42" for _, b, _ in bot.requests)
     stamps = [t for _, _, t in bot.requests]

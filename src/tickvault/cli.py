@@ -134,7 +134,8 @@ DataDir = Annotated[
     ),
 ]
 ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file ([bus], [store], [[sources]]).")
+    Path | None,
+    typer.Option("--config", help="TOML config file (tables bus, store, sources, ...)."),
 ]
 BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL, e.g. sqlite:///bus.db.")]
 StoreUrl = Annotated[
@@ -264,8 +265,8 @@ def run(
                 await pipeline.stop_sources.wait()
             summary = await pipeline.run()
         err.print(
-            f"stopped: {summary.published} published, {summary.stored} stored,"
-            f" backlog {summary.backlog}",
+            f"stopped: {summary.published:,} published, stored {summary.stored:,} new"
+            f" + {summary.duplicates:,} already stored, backlog {summary.backlog:,}",
             highlight=False,
         )
 
@@ -622,6 +623,8 @@ def status(
         age = time.time() - data["store"]["last_write_at"]
         out.print(f"  last write {age:,.1f} s ago")
     out.print(f"[bold]bus[/bold] {data['bus']['url']}")
+    if data["bus"].get("error"):
+        out.print(f"  unreachable: {data['bus']['error']}", highlight=False)
     for stream in data["bus"]["streams"]:
         out.print(f"  stream {stream['stream']}: {stream['length']:,} entries")
         if stream.get("retention"):
@@ -647,7 +650,8 @@ def status(
         if src.get("detail"):
             out.print(f"  {src['detail']}", highlight=False)
     dl = data["dead_letters"]
-    out.print(f"[bold]dead letters[/bold] {dl['total']:,}")
+    total = "unknown (bus unreachable)" if dl["total"] is None else f"{dl['total']:,}"
+    out.print(f"[bold]dead letters[/bold] {total}")
     for reason, n in dl["by_reason"].items():
         out.print(f"  {n:>8,}  {reason}", highlight=False)
     _print_outage_state(data)

@@ -362,6 +362,8 @@ class GuardianSettings(_Section):
     group_wait: str = "30s"
     group_interval: str = "5m"
     repeat_interval: str = "4h"
+    runbook_base_url: str | None = None
+    """Absolute URL of ``docs/guardian.md`` as published; alerts link runbooks under it."""
 
 
 class Settings(_Section):

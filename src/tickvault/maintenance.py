@@ -21,6 +21,10 @@ One pass of :meth:`StreamUpkeep.run_once`
      other consumers' entries are stale too: a claim counts as a delivery, and passes
      repeated while the service is stopped must not push its entries to the dead letters.
 
+   With ``claim_own=False`` (the guardian's passes, whose ``consumer`` is the live writer)
+   a pass claims only when another consumer's entries are stale: the live consumer's own
+   in-flight entries (held while the store is down) are never taken from it.
+
    Stale entries the stream no longer holds are acknowledged by the claim (never left in the
    pending list) and counted in ``acked_missing``.
 2. **Zombies.** A consumer other than ``consumer`` idle longer than ``zombie_idle`` is deleted
@@ -161,8 +165,10 @@ class StreamUpkeep:
         handler: EntriesHandler | None = None,
         trim: bool = False,
         retention: Retention | None = None,
+        claim_own: bool = True,
     ) -> None:
         self.bus = bus
+        self.claim_own = claim_own
         self.stream = stream
         self.group = group
         self.consumer = consumer
@@ -179,7 +185,7 @@ class StreamUpkeep:
     def _must_claim(self, stale: Sequence[PendingEntry]) -> bool:
         if not self.bus.capabilities.claim:
             return False
-        if self.handler is not None:
+        if self.handler is not None and self.claim_own:
             return bool(stale)
         return any(p.consumer != self.consumer for p in stale)
 

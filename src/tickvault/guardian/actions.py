@@ -19,13 +19,16 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tickvault.bus.base import Bus
 from tickvault.errors import TickvaultError, UnsafeActionRefused
 from tickvault.guardian import questdb_actions as qdb
 from tickvault.guardian.journal import Journal
 from tickvault.stores.base import Store
+
+if TYPE_CHECKING:
+    from tickvault.maintenance import EntriesHandler, StreamUpkeep
 
 # File and directory names that belong to a database's write-ahead log or sequencer
 # (QuestDB ``txn_seq``/``_txnlog``/``_wal_index.d``/``wal<N>``, SQLite ``-wal``/``-shm``/
@@ -65,12 +68,31 @@ class ActionContext:
     store: Store | None = None
     stream: str = "ticks"
     group: str = "writers"
-    consumer: str = "guardian"
+    consumer: str = ""
+    """The live consumer stream upkeep claims to ("" = none known: no stream upkeep, since
+    entries claimed to a name nobody reads from would be stranded)."""
     restarters: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
     drain_spool: Callable[[], Awaitable[int]] | None = None
     operator_flags: frozenset[str] = frozenset()
     """Actions an operator asked for explicitly (``questdb_actions.DISCARD_FLAG``)."""
     disk_free: Callable[[Path], int] = qdb.disk_free
+    upkeep_handler: EntriesHandler | None = None
+    """Processes the entries a stream upkeep claims (the writer's ``process`` inside a
+    service); without one they stay pending for ``consumer``, which re-reads them."""
+
+
+def _upkeep(ctx: ActionContext) -> StreamUpkeep:
+    """The guardian's upkeep pass: to the live writer's consumer, never taking its own
+    in-flight entries (``claim_own=False``); what it claims goes to ``upkeep_handler``."""
+    from tickvault.maintenance import StreamUpkeep
+
+    if ctx.bus is None:
+        raise TickvaultError("no bus")
+    if not ctx.consumer:
+        raise TickvaultError("no live consumer to claim to ([writer] consumer is not set)")
+    return StreamUpkeep(
+        ctx.bus, ctx.stream, ctx.group, ctx.consumer, handler=ctx.upkeep_handler, claim_own=False
+    )
 
 
 @dataclass(frozen=True)
@@ -111,12 +133,7 @@ async def _restart_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _upkeep_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
-    from tickvault.maintenance import StreamUpkeep
-
-    if ctx.bus is None:
-        raise TickvaultError("no bus")
-    upkeep = StreamUpkeep(ctx.bus, ctx.stream, ctx.group, ctx.consumer)
-    would = await upkeep.run_once(dry_run=True)
+    would = await _upkeep(ctx).run_once(dry_run=True)
     return {
         "will": "stream upkeep pass: " + would.summary(),
         "backup": "none needed: claimed entries stay on the bus; dead letters keep payloads",
@@ -124,11 +141,7 @@ async def _upkeep_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
 
 
 async def _upkeep_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
-    from tickvault.maintenance import StreamUpkeep
-
-    assert ctx.bus is not None
-    report = await StreamUpkeep(ctx.bus, ctx.stream, ctx.group, ctx.consumer).run_once()
-    return report.as_dict()
+    return (await _upkeep(ctx).run_once()).as_dict()
 
 
 async def _drain_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
@@ -290,6 +303,8 @@ class ActionRunner:
             return bool(getattr(store, "server_root", None) and getattr(store, "backup_dir", None))
         if name == "questdb_discard_unapplied_wal":
             return qdb.DISCARD_FLAG in self.ctx.operator_flags
+        if name == "stream_upkeep":
+            return self.ctx.bus is not None and bool(self.ctx.consumer)
         if name == "questdb_resume_wal":
             return self.ctx.store is not None and hasattr(self.ctx.store, "wal_status")
         return self.ctx.bus is not None

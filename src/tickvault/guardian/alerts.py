@@ -1,12 +1,7 @@
-"""Alerts: grouping like Alertmanager, and the ``log``, ``webhook`` and ``telegram`` channels.
+"""Alert channels: ``log``, ``webhook`` and ``telegram``, behind one :class:`Dispatcher`.
 
-:class:`AlertRouter` is pure (time is an argument). Alerts are grouped by resource and
-deduplicated by ``(resource, code)``: firing the same alert again changes nothing. A new
-group is announced ``group_wait`` after its first alert; later changes (new alerts,
-resolutions) go out at most once per ``group_interval``; an unchanged firing group is
-repeated every ``repeat_interval``. An alert resolved before it was ever announced is
-dropped quietly. Escalations bypass the timers: one message per resource until it is
-resumed.
+Grouping, timing and FIRING/RESOLVED pairing are :mod:`tickvault.guardian.routing`'s
+(:class:`AlertRouter`, re-exported here).
 
 :class:`Dispatcher` delivers messages on one task per channel behind a bounded queue, so a
 slow or failing channel never blocks or crashes the guardian: ``submit`` never waits, send
@@ -23,160 +18,23 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
+from tickvault.guardian.routing import Alert, AlertRouter, Message
+
+__all__ = [
+    "Alert",
+    "AlertChannel",
+    "AlertRouter",
+    "Dispatcher",
+    "LogChannel",
+    "Message",
+    "TelegramChannel",
+    "WebhookChannel",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Alert:
-    resource: str
-    code: str
-    severity: str
-    summary: str
-    evidence: dict[str, Any] = field(default_factory=dict)
-    runbook: str | None = None
-
-
-@dataclass(frozen=True)
-class Message:
-    kind: str
-    """``firing``, ``resolved`` (all of the group's alerts resolved) or ``escalation``."""
-    resource: str
-    firing: tuple[Alert, ...]
-    resolved: tuple[Alert, ...]
-    at: float
-
-    @property
-    def text(self) -> str:
-        head = {
-            "firing": f"[FIRING] {self.resource}",
-            "resolved": f"[RESOLVED] {self.resource}",
-            "escalation": f"[ESCALATED] {self.resource}: automatic actions stopped",
-        }[self.kind]
-        lines = [head]
-        for a in self.firing:
-            lines.append(f"- {a.severity} {a.code}: {a.summary}")
-            if a.evidence:
-                lines.append("  evidence: " + ", ".join(f"{k}={v}" for k, v in a.evidence.items()))
-            if a.runbook:
-                lines.append(f"  runbook: {a.runbook}")
-        lines.extend(f"- resolved {a.code}" for a in self.resolved)
-        return "\n".join(lines)
-
-    def as_dict(self) -> dict[str, Any]:
-        def one(a: Alert) -> dict[str, Any]:
-            return {
-                "code": a.code,
-                "severity": a.severity,
-                "summary": a.summary,
-                "evidence": a.evidence,
-                "runbook": a.runbook,
-            }
-
-        return {
-            "kind": self.kind,
-            "resource": self.resource,
-            "at": self.at,
-            "firing": [one(a) for a in self.firing],
-            "resolved": [one(a) for a in self.resolved],
-            "text": self.text,
-        }
-
-
-@dataclass
-class _Group:
-    created_at: float
-    firing: dict[str, Alert] = field(default_factory=dict)
-    announced: set[str] = field(default_factory=set)
-    resolved: dict[str, Alert] = field(default_factory=dict)
-    last_flush: float | None = None
-    dirty: bool = False
-
-
-class AlertRouter:
-    def __init__(
-        self,
-        group_wait: float = 30.0,
-        group_interval: float = 300.0,
-        repeat_interval: float = 14_400.0,
-    ) -> None:
-        self.group_wait = group_wait
-        self.group_interval = group_interval
-        self.repeat_interval = repeat_interval
-        self._groups: dict[str, _Group] = {}
-        self._escalated: set[str] = set()
-        self._outbox: list[Message] = []
-
-    def fire(self, alert: Alert, now: float) -> None:
-        group = self._groups.get(alert.resource)
-        if group is None:
-            group = self._groups[alert.resource] = _Group(created_at=now)
-        if alert.code in group.firing:
-            return
-        group.firing[alert.code] = alert
-        group.resolved.pop(alert.code, None)
-        group.dirty = True
-
-    def resolve(self, resource: str, code: str | None, now: float) -> None:
-        """Resolve one alert of ``resource`` (``code`` None: all of them)."""
-        group = self._groups.get(resource)
-        if group is None:
-            return
-        for c in [code] if code is not None else list(group.firing):
-            alert = group.firing.pop(c, None) if c is not None else None
-            if alert is None:
-                continue
-            if c in group.announced:
-                group.resolved[c] = alert
-                group.announced.discard(c)
-            group.dirty = True
-
-    def escalate(self, alert: Alert, now: float) -> bool:
-        """Queue one escalation message for the resource; False if already escalated."""
-        if alert.resource in self._escalated:
-            return False
-        self._escalated.add(alert.resource)
-        group = self._groups.pop(alert.resource, None)
-        if group is not None:
-            group.firing.clear()
-        self._outbox.append(Message("escalation", alert.resource, (alert,), (), now))
-        return True
-
-    def clear_escalation(self, resource: str) -> None:
-        self._escalated.discard(resource)
-
-    def due(self, now: float) -> list[Message]:
-        """Messages to send now (and forget); call once per cycle."""
-        out, self._outbox = self._outbox, []
-        for resource, g in list(self._groups.items()):
-            if g.last_flush is None:
-                send = g.dirty and now - g.created_at >= self.group_wait
-            elif g.dirty:
-                send = now - g.last_flush >= self.group_interval
-            else:
-                send = bool(g.firing) and now - g.last_flush >= self.repeat_interval
-            if send and (g.firing or g.resolved):
-                kind = "firing" if g.firing else "resolved"
-                out.append(
-                    Message(
-                        kind, resource, tuple(g.firing.values()), tuple(g.resolved.values()), now
-                    )
-                )
-                g.announced.update(g.firing)
-                g.resolved.clear()
-                g.last_flush = now
-                g.dirty = False
-            elif send:
-                g.dirty = False
-            since = g.last_flush if g.last_flush is not None else g.created_at
-            idle = now - since >= self.group_interval  # a flapping group keeps its timers
-            if not g.firing and not g.resolved and idle:
-                del self._groups[resource]
-        return out
 
 
 # -- channels ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tickvault.bus.base import Bus
+from tickvault.guardian.clickhouse_checks import clickhouse_findings
 from tickvault.guardian.findings import Clock, Finding, Observation
 from tickvault.records import KINDS
 from tickvault.stores.base import Store
@@ -128,16 +129,10 @@ class Checks:
                         {"backlog": backlog, "max": self.limits.backlog_max},
                     )
                 )
-            age_s = (g.oldest_pending_age_ms or 0) / 1000
-            if age_s > self.limits.pending_age_max_s:
+            stale = await self._stale_pending(g.pending, g.oldest_pending_age_ms)
+            if stale is not None:
                 found.append(
-                    self._f(
-                        resource,
-                        "bus.pending_stale",
-                        "warning",
-                        {"oldest_pending_age_s": age_s, "pending": g.pending},
-                        "stream_upkeep",
-                    )
+                    self._f(resource, "bus.pending_stale", "warning", stale, "stream_upkeep")
                 )
         previous, self._dead_letters = self._dead_letters, letters
         if previous is not None and letters > previous:
@@ -150,6 +145,41 @@ class Checks:
                 )
             )
         return [Observation(resource, tuple(found))]
+
+    def _live_consumers(self) -> set[str]:
+        """Consumers of this group that run in this process and are alive (heartbeating)."""
+        if self.live is None:
+            return set()
+        writer = self.live().get("writer") or {}
+        name = writer.get("consumer")
+        return {str(name)} if name else set()
+
+    async def _stale_pending(self, pending: int, oldest_ms: int | None) -> dict[str, Any] | None:
+        """Evidence of entries stuck with a consumer that is not alive, or None.
+
+        Entries held by a live consumer of this process (the writer holding its in-flight
+        batch while the store is down, as designed) are not stuck: they are left out, so no
+        recovery ever takes entries away from a live consumer.
+        """
+        limit_s = self.limits.pending_age_max_s
+        live = self._live_consumers()
+        assert self.bus is not None
+        if live and self.bus.capabilities.claim:
+            rows = await self.bus.pending(self.stream, self.group, count=10_000)
+            others = [p for p in rows if p.consumer not in live]
+            age_s = max((p.idle_ms for p in others), default=0) / 1000
+            if age_s <= limit_s:
+                return None
+            return {
+                "oldest_pending_age_s": round(age_s, 1),
+                "pending": len(others),
+                "consumers": sorted({p.consumer for p in others}),
+                "held_by_live_consumers": len(rows) - len(others),
+            }
+        age_s = (oldest_ms or 0) / 1000
+        if age_s <= limit_s:
+            return None
+        return {"oldest_pending_age_s": round(age_s, 1), "pending": pending}
 
     # -- store ----------------------------------------------------------------------------
 
@@ -176,40 +206,8 @@ class Checks:
                 self._f(resource, "store.not_writable", "critical", {"detail": health.detail})
             )
         if health is not None and health.ok and self.store.url.startswith("clickhouse"):
-            found.extend(await self._clickhouse(resource))
+            found.extend(await clickhouse_findings(self.store, resource, self._f))
         return [Observation(resource, tuple(found))]
-
-    async def _clickhouse(self, resource: str) -> list[Finding]:
-        found: list[Finding] = []
-        try:
-            parts = await self.store.query(  # type: ignore[union-attr]
-                "SELECT max(c) AS m FROM (SELECT count() AS c FROM system.parts WHERE active"
-                " GROUP BY database, table, partition)"
-            )
-            readonly = await self.store.query(  # type: ignore[union-attr]
-                "SELECT value FROM system.settings WHERE name = 'readonly'"
-            )
-        except Exception as exc:
-            return [
-                self._f(resource, "clickhouse.system_unreadable", "warning", {"error": str(exc)})
-            ]
-        most = int(parts.rows[0][0] or 0) if parts.rows else 0
-        if most > 300:
-            found.append(
-                self._f(
-                    resource,
-                    "clickhouse.too_many_parts",
-                    "warning",
-                    {"max_active_parts_per_partition": most},
-                )
-            )
-        if readonly.rows and str(readonly.rows[0][0]) not in ("0", ""):
-            found.append(
-                self._f(
-                    resource, "clickhouse.readonly", "critical", {"readonly": readonly.rows[0][0]}
-                )
-            )
-        return found
 
     async def questdb_check(self) -> list[Observation]:
         """QuestDB's own view of its tables (:mod:`tickvault.guardian.questdb_checks`)."""
@@ -280,7 +278,7 @@ class Checks:
         for b in live.get("breakers") or []:
             resource = f"breaker/{b.get('name')}"
             found = []
-            if b.get("state") == "open":
+            if b.get("state") in ("open", "half_open"):  # half-open: still not trusted
                 found.append(
                     self._f(
                         resource,
@@ -310,7 +308,8 @@ class Checks:
 
     async def writer_check(self) -> list[Observation]:
         """Freshness per active table and symbol, judged only while the bus has a backlog
-        (a quiet market is not a stuck writer)."""
+        (a quiet market is not a stuck writer). One resource, ``writer``: one cause (the
+        writer not writing) is one finding listing every stale ``table/symbol``."""
         if self.live is None or self.store is None or self.bus is None:
             return []
         live = self.live()
@@ -321,7 +320,8 @@ class Checks:
             return []  # the bus check reports it
         backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.group)
         now = self.clock.now()
-        out: list[Observation] = []
+        stale: list[str] = []
+        oldest = 0.0
         for spec in KINDS.values():
             if "symbol" not in spec.columns or "ts_recv" not in spec.columns:
                 continue
@@ -338,18 +338,24 @@ class Checks:
                 age = now - last_s
                 if age > 86_400:  # not active
                     continue
-                resource = f"writer/{spec.table}/{symbol}"
-                found: list[Finding] = []
                 if backlog and age > self.limits.writer_stale_s:
-                    found.append(
-                        self._f(
-                            resource,
-                            "writer.stale",
-                            "warning",
-                            {"last_row_age_s": round(age, 1), "backlog": backlog},
-                            "restart_component",
-                            component="writer",
-                        )
-                    )
-                out.append(Observation(resource, tuple(found), started))
-        return out
+                    stale.append(f"{spec.table}/{symbol}")
+                    oldest = max(oldest, age)
+        resource = "writer"
+        found: tuple[Finding, ...] = ()
+        if stale:
+            found = (
+                self._f(
+                    resource,
+                    "writer.stale",
+                    "warning",
+                    {
+                        "stale": sorted(stale),
+                        "oldest_row_age_s": round(oldest, 1),
+                        "backlog": backlog,
+                    },
+                    "restart_component",
+                    component="writer",
+                ),
+            )
+        return [Observation(resource, found, started)]

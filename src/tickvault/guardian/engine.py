@@ -17,36 +17,17 @@ from typing import Any
 from tickvault.guardian.actions import ActionRunner
 from tickvault.guardian.alerts import Alert, AlertRouter, Dispatcher
 from tickvault.guardian.findings import Clock, Finding, Observation
+from tickvault.guardian.inhibit import Inhibitor
 from tickvault.guardian.journal import Journal
 from tickvault.guardian.policy import Decision, Policy, ResourceState
+from tickvault.guardian.routing import utc
+from tickvault.guardian.texts import runbook_url, what
 
 log = logging.getLogger(__name__)
 
-RUNBOOK_BASE = "docs/guardian.md"
-RUNBOOKS: dict[str, str] = {
-    "questdb.wal_suspended": (
-        f"{RUNBOOK_BASE}#runbook-incident-001-a-suspended-or-damaged-wal: read errorTag and"
-        " errorMessage in `SELECT * FROM wal_tables()`, fix the cause (disk space, a bad row),"
-        " then `ALTER TABLE <t> RESUME WAL` (or `RESUME WAL FROM TXN <n>` to skip a bad"
-        " transaction). If the WAL is damaged: restore the table from a backup or re-create it"
-        " and replay it with `tickvault rebuild --since <time>`. Never delete txn_seq, _txnlog"
-        " or any WAL file."
-    ),
-    "questdb.wal_damaged": (
-        f"{RUNBOOK_BASE}#runbook-incident-001-a-suspended-or-damaged-wal: the sequencer log"
-        " is damaged; the table directory was copied to backup_dir. Never delete txn_seq,"
-        " _txnlog or any WAL file, never REBASE WAL by reflex: rename the table away and"
-        " `tickvault rebuild --since <time>` into a fresh one."
-    ),
-    "questdb.wal_not_initialised": (
-        f"{RUNBOOK_BASE}#runbook-incident-000-a-recovery-loop: a fresh WAL table appears in"
-        " wal_tables() after its first commit; if it does not, check that writes reach it."
-    ),
-}
 
-
-def runbook_for(code: str) -> str:
-    return RUNBOOKS.get(code, f"{RUNBOOK_BASE}#runbooks")
+def runbook_for(code: str, base: str | None = None) -> str:
+    return runbook_url(code, base)
 
 
 ObserveFn = Callable[[], Awaitable[list[Observation]]]
@@ -70,6 +51,8 @@ class Guardian:
         journal: Journal,
         clock: Clock,
         dispatcher: Dispatcher | None = None,
+        inhibitor: Inhibitor | None = None,
+        runbook_base: str | None = None,
     ) -> None:
         self.observe = observe
         self.policy = policy
@@ -78,6 +61,8 @@ class Guardian:
         self.journal = journal
         self.clock = clock
         self.dispatcher = dispatcher
+        self.inhibitor = inhibitor or Inhibitor(policy.settings.cooldown_s)
+        self.runbook_base = runbook_base
         self.last: CycleResult | None = None
         self.cycles = 0
         for resource, row in journal.states().items():  # escalations survive restarts
@@ -110,6 +95,16 @@ class Guardian:
                     ),
                 )
             ]
+        observations, inhibited = self.inhibitor.apply(observations, now)
+        for held in inhibited:
+            self.journal.record(
+                now,
+                held.finding.resource,
+                "inhibited",
+                f"{held.finding.code} held back: a symptom of {held.cause.code} on"
+                f" {held.cause.resource} ({held.rule})",
+                code=held.finding.code,
+            )
         decisions: list[Decision] = []
         for obs in observations:
             decision = await self._judge(obs, now)
@@ -155,37 +150,72 @@ class Guardian:
                 state=decision.state,
                 detail={"findings": [f.as_dict() for f in obs.findings]},
             )
-            await self._act(decision, finding, now)
+            await self._act(decision, obs, now)
+        elif st.alerted and obs.findings and st.state in ("unhealthy", "escalated"):
+            # Still firing: keep the announced set current (a new, more severe code is
+            # announced; a code that went away is no longer listed).
+            alerts = [
+                self._alert(
+                    f,
+                    ""
+                    if self.runner.available(f.action, f.params)
+                    else "nothing automatic (no safe action for it)",
+                    "",
+                )
+                for f in obs.findings
+            ]
+            self.router.set_firing(obs.resource, alerts, now)
         self.journal.save_state(
             obs.resource, st.as_dict(), [f.as_dict() for f in obs.findings], now
         )
         return decision
 
-    def _alert(self, finding: Finding, summary: str) -> Alert:
+    def _next(self, decision: str, resource: str) -> str:
+        resolve = "announce RESOLVED when healthy again"
+        if decision == "escalate" or self.policy.state(resource).state == "escalated":
+            return f"no automatic action until `tickvault guardian resume {resource}`; {resolve}"
+        if decision == "recover":
+            s = self.policy.settings
+            return (
+                f"judge it again after the {s.cooldown_s:g}s cooldown; escalate to a person"
+                f" after {s.max_recoveries} recoveries in {s.window_s:g}s; {resolve}"
+            )
+        return f"{resolve}; repeat every {self.router.repeat_interval:g}s while it lasts"
+
+    def _alert(self, finding: Finding, did: str, next_: str) -> Alert:
         return Alert(
             finding.resource,
             finding.code,
             finding.severity,
-            summary,
+            what(finding.code),
             dict(finding.evidence),
-            runbook_for(finding.code),
+            runbook_for(finding.code, self.runbook_base),
+            did,
+            next_ or self._next("alert", finding.resource),
         )
 
-    async def _act(self, decision: Decision, finding: Finding | None, now: float) -> None:
+    async def _act(self, decision: Decision, obs: Observation, now: float) -> None:
+        finding = obs.primary
         if decision.decision == "resolve":
             self.router.resolve(decision.resource, None, now)
             return
         if finding is None:
             return
+        nxt = self._next(decision.decision, decision.resource)
         if decision.decision == "escalate":
-            self.router.escalate(self._alert(finding, decision.reason), now)
+            self.router.escalate(self._alert(finding, f"stopped: {decision.reason}", nxt), now)
             return
-        self.router.fire(self._alert(finding, decision.reason), now)
+        did = f"nothing automatic ({decision.reason})"
         if decision.decision == "recover" and finding.action is not None:
+            did = f"ran {finding.action} at {utc(now)}"
             try:
-                await self.runner.run(finding.action, finding.resource, finding.params)
+                result = await self.runner.run(finding.action, finding.resource, finding.params)
+                did += ": " + ("done" if result.ok else "failed") + _brief(result.detail)
             except Exception as exc:  # refusals are journaled by the runner
                 log.warning("guardian action %s on %s: %s", finding.action, finding.resource, exc)
+                did += f": refused ({exc})"
+        alerts = [self._alert(f, did if f is finding else "", nxt) for f in obs.findings]
+        self.router.set_firing(decision.resource, alerts, now)
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         """Cycles until ``stop``; the dispatcher (if any) is started and stopped here."""
@@ -209,3 +239,9 @@ class Guardian:
             resource: {"state": st.state, "code": st.code, "reason": st.last_reason}
             for resource, st in sorted(self.policy.states.items())
         }
+
+
+def _brief(detail: dict[str, Any]) -> str:
+    keys = ("claimed", "processed", "dead_lettered", "restarted", "drained_frames", "error")
+    shown = {k: detail[k] for k in keys if k in detail}
+    return " (" + ", ".join(f"{k}={v}" for k, v in shown.items()) + ")" if shown else ""

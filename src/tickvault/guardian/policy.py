@@ -2,7 +2,9 @@
 
 One call of :meth:`Policy.observe` per resource per cycle. In order:
 
-1. **Escalated** resources get no decision but ``skip`` until :meth:`Policy.resume`.
+1. **Escalated** resources get no automatic action until :meth:`Policy.resume`: ``skip``,
+   except ``resolve`` when they become healthy (the escalation was announced, so its end is
+   too) and ``alert`` when they fail again after that.
 2. **Grace**: a resource younger than ``grace_s`` (by its ``created_at``) is not judged; its
    findings do not count (incident 000: a fresh table has no sequencer files yet).
 3. **Cooldown**: for ``cooldown_s`` after a recovery the resource's findings do not count.
@@ -124,7 +126,21 @@ class Policy:
 
         if st.state == "escalated":
             if finding is None:
-                return None
+                if not st.alerted:
+                    return None
+                st.alerted = False
+                return decide(
+                    "resolve",
+                    "healthy again; automatic actions stay stopped until"
+                    f" `tickvault guardian resume {obs.resource}`",
+                )
+            if not st.alerted:
+                st.alerted = True
+                return decide(
+                    "alert",
+                    f"{code} again while escalated: no automatic action until"
+                    f" `tickvault guardian resume {obs.resource}`",
+                )
             return decide(
                 "skip",
                 f"escalated: no automatic action until `tickvault guardian resume {obs.resource}`",
@@ -201,6 +217,7 @@ class Policy:
         """A human's ``resume``: forget the recoveries and the backoff, judge afresh."""
         st = self.state(resource)
         was = st.state
-        fresh = ResourceState(resource, changed_at=now, last_reason="resumed")
+        # ``alerted`` survives: an announced problem still gets its RESOLVED.
+        fresh = ResourceState(resource, changed_at=now, last_reason="resumed", alerted=st.alerted)
         self.states[resource] = fresh
         return Decision(now, resource, "resume", fresh.state, f"resumed by an operator (was {was})")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from tickvault.bus.base import Bus
+from tickvault.bus.base import Bus, Entry
 from tickvault.config import GuardianSettings, Settings
 from tickvault.errors import ConfigError
 from tickvault.guardian.actions import ActionContext, ActionRunner
@@ -106,7 +107,8 @@ def build_guardian(
     ctx = ctx or ActionContext()
     ctx.bus, ctx.store = bus, store
     ctx.stream, ctx.group = settings.bus.stream, settings.bus.group
-    ctx.consumer = settings.writer.consumer or ctx.consumer
+    if settings.writer.consumer:
+        ctx.consumer = settings.writer.consumer
     journal = Journal.in_data_dir(settings.data_dir)
     runner = ActionRunner(
         ctx, journal, clock=clock.now, dry_run=g.dry_run if dry_run is None else dry_run
@@ -121,6 +123,7 @@ def build_guardian(
         journal=journal,
         clock=clock,
         dispatcher=dispatcher,
+        runbook_base=g.runbook_base_url,
     )
 
 
@@ -133,7 +136,18 @@ def start_in_pipeline(pipeline: Pipeline, stop: asyncio.Event) -> asyncio.Task[N
     async def drain() -> int:
         return int(await pipeline.failover.drain_once())
 
-    ctx = ActionContext(drain_spool=drain if pipeline.spool is not None else None)
+    writer = pipeline.writer
+
+    async def process(entries: Sequence[Entry]) -> None:
+        await writer.process(entries, stop)
+
+    # Stream upkeep claims to the live writer's own consumer and hands what it claims to
+    # the writer: never to a consumer name that reads nothing.
+    ctx = ActionContext(
+        drain_spool=drain if pipeline.spool is not None else None,
+        consumer=writer.config.consumer,
+        upkeep_handler=process,
+    )
     guardian = build_guardian(
         s, bus=pipeline.bus, store=pipeline.store, live=pipeline.live, ctx=ctx
     )
