@@ -86,10 +86,14 @@ class Message:
     code_since: dict[str, float] = field(default_factory=dict)
     flaps: int = 0
     """Times the resource cleared and came back within this episode since the last message."""
+    cleared_at: float | None = None
+    """A FIRING held back by ``group_interval`` whose resource cleared before it went out."""
 
     @property
     def text(self) -> str:
         lines = [self._head()]
+        if self.cleared_at is not None:
+            lines.append(f"cleared again at {utc(self.cleared_at)}; RESOLVED follows")
         if self.flaps:
             lines.append(
                 f"cleared and came back {self.flaps} time(s) since the last message (flapping)"
@@ -145,6 +149,7 @@ class Message:
             "at": self.at,
             "since": self.since,
             "flaps": self.flaps,
+            "cleared_at": self.cleared_at,
             "firing": [one(a) for a in self.firing],
             "resolved": [one(a) for a in self.resolved],
             "text": self.text,
@@ -165,6 +170,10 @@ class _Group:
     clear_since: float | None = None
     escalation: Alert | None = None
     after_resolved: bool = False
+    seen: dict[str, Alert] = field(default_factory=dict)
+    """Every alert of this episode, for one held back by ``group_interval`` that cleared."""
+    owed: bool = False
+    """Fired past ``group_wait`` but held back by ``group_interval``: it will be announced."""
     """Only remembers when the last episode's RESOLVED went out."""
 
 
@@ -202,6 +211,7 @@ class AlertRouter:
         if known is not None and not alert.did:  # a refresh keeps what was done about it
             alert = replace(alert, did=known.did, next=alert.next or known.next)
         group.firing[alert.code] = alert
+        group.seen[alert.code] = alert
         group.code_since.setdefault(alert.code, now)
 
     def set_firing(self, resource: str, alerts: list[Alert], now: float) -> None:
@@ -250,12 +260,16 @@ class AlertRouter:
         return {r: sorted(g.firing) for r, g in self._groups.items() if g.firing}
 
     def _message(self, kind: str, resource: str, g: _Group, now: float) -> Message:
-        resolved = tuple(a for c, a in g.sent.items() if c not in g.firing)
-        firing = tuple(g.firing.values()) if kind != "resolved" else ()
-        msg = Message(kind, resource, firing, resolved, now, g.since, dict(g.code_since), g.flaps)
-        g.sent = dict(g.firing)
+        shown = g.firing or (g.seen if kind == "firing" else {})  # owed, cleared since
+        resolved = tuple(a for c, a in g.sent.items() if c not in shown)
+        firing = tuple(shown.values()) if kind != "resolved" else ()
+        code_since = {c: g.code_since.get(c, g.since) for c in shown} or dict(g.code_since)
+        cleared = g.clear_since if kind == "firing" and not g.firing else None
+        msg = Message(kind, resource, firing, resolved, now, g.since, code_since, g.flaps, cleared)
+        g.sent = dict(shown)
         g.top_sent = max([g.top_sent, *(a.rank for a in firing)])
         g.announced = True
+        g.owed = False
         g.last_sent = now
         g.flaps = 0
         return msg
@@ -269,9 +283,12 @@ class AlertRouter:
                 g.escalation = None
                 out.append(self._message("escalation", resource, g, now))
             elif not g.announced:
-                if g.firing:
-                    if now - g.since >= self.group_wait and since_last >= self.group_interval:
+                waited = now - g.since >= self.group_wait
+                if (g.firing and waited) or g.owed:
+                    if since_last >= self.group_interval:
                         out.append(self._message("firing", resource, g, now))
+                    else:
+                        g.owed = True  # held back only by the interval: never lost
                 elif g.clear_since is not None and now - g.clear_since >= self.group_interval:
                     del self._groups[resource]  # cleared before anything was sent: quiet
             elif not g.firing:
