@@ -81,17 +81,25 @@ class ActionContext:
     service); without one they stay pending for ``consumer``, which re-reads them."""
 
 
-def _upkeep(ctx: ActionContext) -> StreamUpkeep:
+def _upkeep(ctx: ActionContext, p: dict[str, Any]) -> StreamUpkeep:
     """The guardian's upkeep pass: to the live writer's consumer, never taking its own
-    in-flight entries (``claim_own=False``); what it claims goes to ``upkeep_handler``."""
-    from tickvault.maintenance import StreamUpkeep
+    in-flight entries (``claim_own=False``); what it claims goes to ``upkeep_handler``.
+    ``min_idle_ms`` (the finding's threshold) is how long an entry must have been idle."""
+    from tickvault.maintenance import StreamUpkeep, UpkeepPolicy
 
     if ctx.bus is None:
         raise TickvaultError("no bus")
     if not ctx.consumer:
         raise TickvaultError("no live consumer to claim to ([writer] consumer is not set)")
+    policy = UpkeepPolicy(min_idle_ms=int(p.get("min_idle_ms", UpkeepPolicy.min_idle_ms)))
     return StreamUpkeep(
-        ctx.bus, ctx.stream, ctx.group, ctx.consumer, handler=ctx.upkeep_handler, claim_own=False
+        ctx.bus,
+        ctx.stream,
+        ctx.group,
+        ctx.consumer,
+        policy,
+        handler=ctx.upkeep_handler,
+        claim_own=False,
     )
 
 
@@ -133,7 +141,7 @@ async def _restart_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _upkeep_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
-    would = await _upkeep(ctx).run_once(dry_run=True)
+    would = await _upkeep(ctx, p).run_once(dry_run=True)
     return {
         "will": "stream upkeep pass: " + would.summary(),
         "backup": "none needed: claimed entries stay on the bus; dead letters keep payloads",
@@ -141,7 +149,7 @@ async def _upkeep_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
 
 
 async def _upkeep_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
-    return (await _upkeep(ctx).run_once()).as_dict()
+    return (await _upkeep(ctx, p).run_once()).as_dict()
 
 
 async def _drain_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:

@@ -132,7 +132,14 @@ class Checks:
             stale = await self._stale_pending(g.pending, g.oldest_pending_age_ms)
             if stale is not None:
                 found.append(
-                    self._f(resource, "bus.pending_stale", "warning", stale, "stream_upkeep")
+                    self._f(
+                        resource,
+                        "bus.pending_stale",
+                        "warning",
+                        stale,
+                        "stream_upkeep",
+                        min_idle_ms=int(self.limits.pending_age_max_s * 1000),
+                    )
                 )
         previous, self._dead_letters = self._dead_letters, letters
         if previous is not None and letters > previous:

@@ -192,6 +192,7 @@ class Guardian:
             runbook_for(finding.code, self.runbook_base),
             did,
             next_ or self._next("alert", finding.resource),
+            self.policy.state(finding.resource).failing_since,
         )
 
     async def _act(self, decision: Decision, obs: Observation, now: float) -> None:

@@ -58,6 +58,8 @@ class ResourceState:
     healthy_since: float | None = None
     alerted: bool = False
     escalated_at: float | None = None
+    failing_since: float | None = None
+    """When the current unhealthy stretch was first observed (None while healthy)."""
     changed_at: float = 0.0
     last_reason: str = ""
 
@@ -161,6 +163,7 @@ class Policy:
         if finding is None:
             st.consecutive = 0
             st.code = None
+            st.failing_since = None
             if st.healthy_since is None:
                 st.healthy_since = now
             if now - st.healthy_since >= s.backoff_reset_s:
@@ -173,6 +176,8 @@ class Policy:
             return None
         st.healthy_since = None
         st.code = code
+        if st.failing_since is None:
+            st.failing_since = now
         st.consecutive += 1
         if st.consecutive < s.for_cycles:
             self._set(st, "pending", now, "pending")

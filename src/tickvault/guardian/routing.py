@@ -67,6 +67,8 @@ class Alert:
     runbook: str | None = None
     did: str = ""
     next: str = ""
+    observed_since: float | None = None
+    """When the finding was first observed (before ``for`` cycles confirmed it)."""
 
     @property
     def rank(self) -> int:
@@ -84,6 +86,8 @@ class Message:
     since: float = 0.0
     """When this message's episode opened (pairs a FIRING with its RESOLVED)."""
     code_since: dict[str, float] = field(default_factory=dict)
+    healthy_at: float | None = None
+    """RESOLVED: when the resource was first seen healthy again."""
     flaps: int = 0
     """Times the resource cleared and came back within this episode since the last message."""
     cleared_at: float | None = None
@@ -125,9 +129,10 @@ class Message:
         if self.kind == "escalation":
             return f"[ESCALATED] {r}: {codes}; automatic actions stopped"
         gone = ", ".join(a.code for a in self.resolved)
+        healthy = self.at if self.healthy_at is None else self.healthy_at
         return (
-            f"[RESOLVED] {r}: {gone} healthy again at {utc(self.at)}"
-            f" (firing since {utc(self.since)}, {_span(self.at - self.since)})"
+            f"[RESOLVED] {r}: {gone} healthy again at {utc(healthy)}"
+            f" (firing since {utc(self.since)}, {_span(healthy - self.since)})"
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -150,6 +155,7 @@ class Message:
             "since": self.since,
             "flaps": self.flaps,
             "cleared_at": self.cleared_at,
+            "healthy_at": self.healthy_at,
             "firing": [one(a) for a in self.firing],
             "resolved": [one(a) for a in self.resolved],
             "text": self.text,
@@ -159,6 +165,7 @@ class Message:
 @dataclass
 class _Group:
     since: float
+    created: float = 0.0
     firing: dict[str, Alert] = field(default_factory=dict)
     code_since: dict[str, float] = field(default_factory=dict)
     sent: dict[str, Alert] = field(default_factory=dict)
@@ -192,13 +199,15 @@ class AlertRouter:
         self._groups: dict[str, _Group] = {}
         self._escalated: set[str] = set()
 
-    def _group(self, resource: str, now: float) -> _Group:
+    def _group(self, resource: str, now: float, start: float | None = None) -> _Group:
+        began = now if start is None else min(now, start)
         group = self._groups.get(resource)
         if group is None:
-            group = self._groups[resource] = _Group(since=now)
+            group = self._groups[resource] = _Group(since=began, created=now)
         elif group.after_resolved:  # a new episode (its FIRING waits out group_interval)
             group.after_resolved = False
-            group.since, group.clear_since = now, None
+            group.since, group.clear_since = max(began, group.last_sent), None
+            group.created = now
         elif not group.firing and group.clear_since is not None:
             group.clear_since = None  # back before its RESOLVED went out: same episode
             group.flaps += 1
@@ -206,13 +215,13 @@ class AlertRouter:
 
     def fire(self, alert: Alert, now: float) -> None:
         """Add (or refresh the text of) one alert of ``alert.resource``."""
-        group = self._group(alert.resource, now)
+        group = self._group(alert.resource, now, alert.observed_since)
         known = group.firing.get(alert.code)
         if known is not None and not alert.did:  # a refresh keeps what was done about it
             alert = replace(alert, did=known.did, next=alert.next or known.next)
         group.firing[alert.code] = alert
         group.seen[alert.code] = alert
-        group.code_since.setdefault(alert.code, now)
+        group.code_since.setdefault(alert.code, max(group.since, alert.observed_since or now))
 
     def set_firing(self, resource: str, alerts: list[Alert], now: float) -> None:
         """Make ``alerts`` the resource's whole firing set (codes not in it stop firing)."""
@@ -265,7 +274,18 @@ class AlertRouter:
         firing = tuple(shown.values()) if kind != "resolved" else ()
         code_since = {c: g.code_since.get(c, g.since) for c in shown} or dict(g.code_since)
         cleared = g.clear_since if kind == "firing" and not g.firing else None
-        msg = Message(kind, resource, firing, resolved, now, g.since, code_since, g.flaps, cleared)
+        msg = Message(
+            kind,
+            resource,
+            firing,
+            resolved,
+            now,
+            since=g.since,
+            code_since=code_since,
+            healthy_at=g.clear_since if kind == "resolved" else None,
+            flaps=g.flaps,
+            cleared_at=cleared,
+        )
         g.sent = dict(shown)
         g.top_sent = max([g.top_sent, *(a.rank for a in firing)])
         g.announced = True
@@ -283,7 +303,7 @@ class AlertRouter:
                 g.escalation = None
                 out.append(self._message("escalation", resource, g, now))
             elif not g.announced:
-                waited = now - g.since >= self.group_wait
+                waited = now - g.created >= self.group_wait
                 if (g.firing and waited) or g.owed:
                     if since_last >= self.group_interval:
                         out.append(self._message("firing", resource, g, now))
