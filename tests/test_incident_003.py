@@ -9,12 +9,16 @@ pending) is :class:`~tickvault.maintenance.StreamUpkeep`; these are its regressi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 
 from tickvault.bus.base import Bus, Entry
 from tickvault.consumer import ReliableConsumer
+from tickvault.guardian.actions import ActionContext, ActionRunner
+from tickvault.guardian.journal import Journal
 from tickvault.maintenance import StreamUpkeep, UpkeepPolicy
 
 from .stream_helpers import consumer_idle_at_least, pending_idle_at_least, poll_until
@@ -198,3 +202,44 @@ async def test_poison_entry_ends_in_the_dead_letter_queue_after_max_deliveries(b
     assert consumer.stats.dead_lettered == 1 and consumer.stats.failed == 3
     # A clean shutdown with nothing pending removes the consumer's own name.
     assert LIVE not in {c.name for c in await bus.consumers(S, G)}
+
+
+async def test_guardian_upkeep_never_takes_the_live_consumers_own_entries(
+    bus: Bus, tmp_path: Path
+) -> None:
+    """The live incident: a store outage left the writer holding its in-flight batch; the
+    guardian's upkeep moved it to a consumer named ``guardian`` that reads nothing. Now the
+    guardian claims to the live writer, leaves that writer's own entries alone, and hands a
+    dead consumer's entries to the writer's handler."""
+    payloads = await _intents(bus, 6)
+    held = await bus.read(S, G, LIVE, 3, 100)  # the live writer's in-flight batch
+    await pending_idle_at_least(bus, S, G, 200)
+    handled: list[Entry] = []
+
+    async def writer_process(entries: Sequence[Entry]) -> None:
+        handled.extend(entries)
+        await bus.ack(S, G, [e.id for e in entries])
+
+    journal = Journal(tmp_path / "g.sqlite3")
+    ctx = ActionContext(bus=bus, stream=S, group=G, consumer=LIVE, upkeep_handler=writer_process)
+    runner = ActionRunner(ctx, journal, clock=time.time)
+    params = {"min_idle_ms": 200}
+    report = await runner.run("stream_upkeep", f"bus/{S}/{G}", params)
+    assert report.ok and report.detail["claimed"] == 0 and handled == []
+    pending = await bus.pending(S, G)
+    assert [(p.entry_id, p.consumer) for p in pending] == [(e.id, LIVE) for e in held]
+    assert {c.name for c in await bus.consumers(S, G)} == {LIVE}
+
+    # A crashed consumer's entries, on the other hand, go to the writer and are stored.
+    crashed = await bus.read(S, G, CRASHED, 3, 100)
+    await pending_idle_at_least(bus, S, G, 200)
+    report = await runner.run("stream_upkeep", f"bus/{S}/{G}", params)
+    assert report.ok and report.detail["processed"] == len(crashed) == 3
+    assert sorted(e.payload for e in handled) == sorted(payloads[3:])
+    assert {p.consumer for p in await bus.pending(S, G)} == {LIVE}
+
+    # Without a known live consumer the action is not even available.
+    assert not ActionRunner(ActionContext(bus=bus), journal, clock=time.time).available(
+        "stream_upkeep"
+    )
+    journal.close()

@@ -22,8 +22,11 @@ One pass of :meth:`StreamUpkeep.run_once`
      repeated while the service is stopped must not push its entries to the dead letters.
 
    With ``claim_own=False`` (the guardian's passes, whose ``consumer`` is the live writer)
-   a pass claims only when another consumer's entries are stale: the live consumer's own
-   in-flight entries (held while the store is down) are never taken from it.
+   a pass claims only when another consumer's entries are stale, and the live consumer's
+   own in-flight entries (held while the store is down) are never handed to the handler or
+   dead-lettered: they stay its own. (``XAUTOCLAIM`` cannot filter by owner, so on Redis
+   they are re-claimed to the same consumer: their idle time restarts and their delivery
+   count rises by one; the guardian's recovery budget bounds how often.)
 
    Stale entries the stream no longer holds are acknowledged by the claim (never left in the
    pending list) and counted in ``acked_missing``.
@@ -206,7 +209,12 @@ class StreamUpkeep:
                 p.delivery_count + 1 > self.policy.max_deliveries for p in would
             )
         elif claim:
-            await self._reclaim(report, {p.entry_id for p in stale})
+            own = (
+                set()
+                if self.claim_own
+                else {p.entry_id for p in stale if p.consumer == self.consumer}
+            )
+            await self._reclaim(report, {p.entry_id for p in stale}, own)
         consumers = await self.bus.consumers(self.stream, self.group)
         claimed_from: dict[str, int] = {}
         for p in stale if claim else ():
@@ -228,7 +236,12 @@ class StreamUpkeep:
         self.last_report = report
         return report
 
-    async def _reclaim(self, report: UpkeepReport, stale_ids: set[str]) -> None:
+    async def _reclaim(
+        self,
+        report: UpkeepReport,
+        stale_ids: set[str],
+        own: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         policy = self.policy
         seen: set[str] = set()
         while True:
@@ -239,6 +252,7 @@ class StreamUpkeep:
             if not batch:
                 break
             seen.update(e.id for e in batch)
+            batch = [e for e in batch if e.id not in own]  # still the live consumer's own
             report.claimed += len(batch)
             keep: list[Entry] = []
             for entry in batch:

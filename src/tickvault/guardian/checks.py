@@ -11,6 +11,7 @@ and never raises: a component that cannot answer is itself a finding.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,9 @@ class Thresholds:
     wal_lag_max: int = 1000
     zero_price_share_max: float = 0.05
     quality_rows: int = 10_000
+    probe_timeout_s: float = 2.0
+    """A bus that does not answer a check within this is unreachable (a client's own
+    reconnect loop must not stall the guardian's cycle)."""
 
 
 def _epoch(value: Any) -> float | None:
@@ -64,6 +68,7 @@ class Checks:
     limits: Thresholds = field(default_factory=Thresholds)
     _dead_letters: int | None = None
     _identities: dict[str, tuple[str, float]] = field(default_factory=dict)
+    _bus_down: bool = False
 
     def all(self) -> list[Check]:
         return [
@@ -105,9 +110,23 @@ class Checks:
         if self.bus is None:
             return []
         resource = f"bus/{self.stream}/{self.group}"
+        self._bus_down = True
         try:
-            info = await self.bus.info(self.stream)
-            letters = sum((await self.bus.dead_letter_counts(self.stream)).values())
+            info = await asyncio.wait_for(self.bus.info(self.stream), self.limits.probe_timeout_s)
+            letters = sum(
+                (
+                    await asyncio.wait_for(
+                        self.bus.dead_letter_counts(self.stream), self.limits.probe_timeout_s
+                    )
+                ).values()
+            )
+        except TimeoutError:
+            err = f"no answer within {self.limits.probe_timeout_s:g}s"
+            return [
+                Observation(
+                    resource, (self._f(resource, "bus.unreachable", "critical", {"error": err}),)
+                )
+            ]
         except Exception as exc:
             return [
                 Observation(
@@ -115,6 +134,7 @@ class Checks:
                     (self._f(resource, "bus.unreachable", "critical", {"error": str(exc)}),),
                 )
             ]
+        self._bus_down = False
         found: list[Finding] = []
         for g in info.groups:
             if g.name != self.group:
@@ -321,8 +341,10 @@ class Checks:
             return []
         live = self.live()
         started = self.clock.now() - float(live.get("uptime_s") or 0.0)
+        if self._bus_down:
+            return []  # the bus check reports it
         try:
-            info = await self.bus.info(self.stream)
+            info = await asyncio.wait_for(self.bus.info(self.stream), self.limits.probe_timeout_s)
         except Exception:
             return []  # the bus check reports it
         backlog = sum(g.lag + g.pending for g in info.groups if g.name == self.group)
