@@ -11,6 +11,7 @@ length beyond ``for`` x interval + ``group_wait`` (to announce) and ``group_inte
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import signal
@@ -240,8 +241,6 @@ def test_store_down_then_back_is_one_firing_and_one_resolved_and_no_recovery(
 
 
 def _consumers(r: Run) -> dict[str, int]:
-    import asyncio
-
     async def ask() -> dict[str, int]:
         bus = RedisBus.from_url(r.redis.url)
         try:
@@ -311,8 +310,6 @@ def test_flapping_store_gives_bounded_paired_messages(
 def test_a_crashed_consumers_stuck_entries_are_recovered_to_the_writer(run: Run) -> None:
     """A real stuck consumer: a writer that read entries and died (no ack). The guardian's
     upkeep claims them to the live writer, which stores them; one FIRING, one RESOLVED."""
-    import asyncio
-
     run.cycles_for(1)
 
     async def crash_read() -> int:
@@ -343,3 +340,48 @@ def test_a_crashed_consumers_stuck_entries_are_recovered_to_the_writer(run: Run)
     assert _consumers(run)["writer-crashed"] == 0
     assert run.events("escalation") == []
     _no_loss(run)
+
+
+async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs(
+    clickhouse: ClickHouseServer,
+) -> None:
+    """A healthy server has no finding although the query sandbox runs with ``readonly``;
+    when the server's profile makes the store's user read-only, the check says so."""
+    from tickvault.guardian.checks import Checks
+    from tickvault.guardian.findings import SystemClock
+    from tickvault.stores.clickhouse import ClickHouseStore
+
+    if clickhouse.proc is None:
+        clickhouse.start()
+    store = ClickHouseStore.from_url(clickhouse.url(f"ro_{uuid.uuid4().hex[:8]}"))
+    users = clickhouse.workdir / "users.xml"
+    original = users.read_text()
+    checks = Checks(SystemClock(), store=store)
+    try:
+        await store.ensure_schema()
+        sandbox = await store.query("SELECT value FROM system.settings WHERE name = 'readonly'")
+        assert str(sandbox.rows[0][0]) != "0"  # what the old check saw: its own setting
+        (healthy,) = await checks.store_check()
+        assert healthy.findings == ()
+
+        users.write_text(original.replace("<profile>default</profile><quota>", "<profile>ro"
+                         "</profile><quota>").replace("</default></profiles>",
+                         "</default><ro><readonly>1</readonly></ro></profiles>"))  # fmt: skip
+
+        async def codes() -> list[str]:
+            return [f.code for f in (await checks.store_check())[0].findings]
+
+        deadline = time.monotonic() + 60  # the server reloads users.xml by itself
+        while await codes() != ["clickhouse.readonly"]:
+            assert time.monotonic() < deadline, await codes()
+            await asyncio.sleep(0.2)
+        (obs,) = await checks.store_check()
+        assert obs.findings[0].severity == "critical"
+        assert obs.findings[0].evidence["readonly"] == "1"
+    finally:
+        users.write_text(original)
+        deadline = time.monotonic() + 60
+        while (await checks.store_check())[0].findings:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+        await store.close()

@@ -26,11 +26,12 @@ _PARTS_SQL = (
 _READONLY_SQL = "SELECT value FROM system.settings WHERE name = 'readonly'"
 
 
-async def _admin_rows(store: Any, sql: str) -> list[list[Any]]:
-    """Rows of ``sql`` over the store's admin connection (no sandbox settings)."""
-    doc = await store._http.json(sql)
-    rows = doc.get("data", [])
-    return [list(r) for r in rows] if isinstance(rows, list) else []
+async def _admin_rows(store: Any, sql: str) -> list[list[str]]:
+    """Rows of ``sql`` over the store's admin connection, with no settings at all in the
+    request (a user the server made ``readonly=1`` may not override any, not even an output
+    format's), read as tab-separated text."""
+    raw: bytes = await store._http.post(f"{sql} FORMAT TabSeparated")
+    return [line.split("\t") for line in raw.decode().splitlines() if line]
 
 
 async def clickhouse_findings(store: Any, resource: str, finding: MakeFinding) -> list[Finding]:
@@ -43,7 +44,7 @@ async def clickhouse_findings(store: Any, resource: str, finding: MakeFinding) -
     except Exception as exc:
         return [finding(resource, "clickhouse.system_unreadable", "warning", {"error": str(exc)})]
     found: list[Finding] = []
-    most = int(parts[0][0] or 0) if parts and parts[0] else 0
+    most = int(parts[0][0] or 0) if parts and parts[0] and parts[0][0].isdigit() else 0
     if most > MAX_PARTS_PER_PARTITION:
         found.append(
             finding(

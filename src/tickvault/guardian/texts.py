@@ -45,11 +45,28 @@ ANCHORS: dict[str, str] = {
 }
 
 
+HOWTO: dict[str, str] = {
+    "questdb.wal_suspended": (
+        "read errorTag and errorMessage in `SELECT * FROM wal_tables()`, fix the cause (disk"
+        " space, a bad row), then `ALTER TABLE <t> RESUME WAL` (or `RESUME WAL FROM TXN <n>` to"
+        " skip a bad transaction). If the WAL is damaged: restore the table from a backup or"
+        " re-create it and replay it with `tickvault rebuild --since <time>`. Never delete"
+        " txn_seq, _txnlog or any WAL file."
+    ),
+    "questdb.wal_not_initialised": (
+        "a fresh WAL table appears in wal_tables() after its first commit; if it does not,"
+        " check that writes reach it."
+    ),
+}
+
+
 def what(code: str) -> str:
     return WHAT.get(code, code)
 
 
 def runbook_url(code: str, base: str | None = None) -> str:
-    """The absolute runbook link of ``code`` (see the module docstring)."""
+    """The absolute runbook link of ``code`` (see the module docstring), followed by the
+    runbook's short form where the code has one."""
     root = (base or DEFAULT_RUNBOOK_BASE).rstrip("#")
-    return f"{root}#{ANCHORS.get(code, 'runbooks')}"
+    link = f"{root}#{ANCHORS.get(code, 'runbooks')}"
+    return f"{link}: {HOWTO[code]}" if code in HOWTO else link
