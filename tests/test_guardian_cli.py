@@ -52,3 +52,10 @@ def test_check_exits_1_on_an_unhealthy_store(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     codes = {f["code"] for f in json.loads(proc.stdout)["findings"]}
     assert "store.unavailable" in codes
+
+
+def test_run_help_shows_the_config_sections() -> None:
+    """Rich markup ate ``[bus]``: the help read "TOML config file (, , [])"."""
+    text = " ".join(tv("run", "--help").stdout.split())
+    assert "TOML config file (tables bus, store, sources, ...)" in text
+    assert "(, , [])" not in text
