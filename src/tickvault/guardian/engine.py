@@ -151,7 +151,7 @@ class Guardian:
                 detail={"findings": [f.as_dict() for f in obs.findings]},
             )
             await self._act(decision, obs, now)
-        elif st.alerted and obs.findings and st.state in ("unhealthy", "escalated"):
+        elif st.alerted and obs.findings and st.state in ("unhealthy", "cooldown", "escalated"):
             # Still firing: keep the announced set current (a new, more severe code is
             # announced; a code that went away is no longer listed).
             alerts = [
