@@ -233,3 +233,38 @@ async def test_an_escalated_resource_that_heals_gets_its_resolved(tmp_path: Path
     assert kinds == ["firing", "escalation", "resolved"]
     assert len(restarts) == 1 and g.policy.state("x").state == "escalated"
     journal.close()
+
+
+async def test_a_new_more_severe_cause_is_announced_and_stale_codes_are_not_repeated(
+    tmp_path: Path,
+) -> None:
+    """The live incident: a warning was firing on the store when the store went down; the
+    outage was never announced and the repeat still named the old code."""
+    clock = SimClock(0.0)
+    codes: dict[str, str | None] = {"code": "clickhouse.too_many_parts"}
+
+    async def observe() -> list[Observation]:
+        code = codes["code"]
+        severity = "critical" if code == "store.unavailable" else "warning"
+        found = (Finding(STORE, code, severity, {}, clock.now()),) if code else ()
+        return [Observation(STORE, found)]
+
+    g = _guardian(tmp_path, clock, observe, [])
+    for t in range(120):
+        codes["code"] = (
+            "clickhouse.too_many_parts" if t < 30 else "store.unavailable" if t < 90 else None
+        )
+        await g.cycle()
+        clock.advance(1)
+    alerts = g.journal.events(kind="alert")
+
+    def codes_of(detail: dict[str, list[dict[str, str]]]) -> list[str]:
+        return [a["code"] for a in detail["firing"] or detail["resolved"]]
+
+    got = [(e["ts"], e["detail"]["kind"], codes_of(e["detail"])) for e in alerts]
+    assert [k for _, k, _ in got] == ["firing", "update", "resolved"], got
+    assert got[0][2] == ["clickhouse.too_many_parts"]
+    assert got[1][2] == ["store.unavailable"] and got[1][0] <= 31  # at once, not after 60 s
+    assert "no longer firing: clickhouse.too_many_parts" in alerts[1]["detail"]["text"]
+    assert got[2][2] == ["store.unavailable"] and got[2][0] >= 90
+    g.journal.close()
