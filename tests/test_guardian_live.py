@@ -21,7 +21,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -343,11 +343,21 @@ def test_a_crashed_consumers_stuck_entries_are_recovered_to_the_writer(run: Run)
     _no_loss(run)
 
 
-def _touch(path: Path, ahead_s: float) -> None:
-    """A modification time the server's config reloader cannot miss (it compares times at
-    whole-second resolution; two writes within a second would look unchanged)."""
-    t = time.time() + ahead_s
-    os.utime(path, (t, t))
+async def _until_reloaded(users: Path, done: Callable[[], Awaitable[bool]]) -> None:
+    """Poll ``done`` while the server reloads ``users.xml`` by itself. Its reloader compares
+    modification times against the last it saw, so each round gives the file a new one (a
+    write just before the reloader's first look would otherwise pass unnoticed)."""
+    deadline = time.monotonic() + 60
+    ahead = 0
+    while not await done():
+        assert time.monotonic() < deadline, "users.xml not reloaded"
+        ahead += 1
+        t = time.time() + ahead
+        os.utime(users, (t, t))
+        for _ in range(10):
+            if await done():
+                return
+            await asyncio.sleep(0.2)
 
 
 async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs(
@@ -365,6 +375,10 @@ async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs
     users = clickhouse.workdir / "users.xml"
     original = users.read_text()
     checks = Checks(SystemClock(), store=store)
+
+    async def codes_are(expected: list[str]) -> bool:
+        return [f.code for f in (await checks.store_check())[0].findings] == expected
+
     try:
         await store.ensure_schema()
         sandbox = await store.query("SELECT value FROM system.settings WHERE name = 'readonly'")
@@ -376,21 +390,11 @@ async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs
                          "</profile><quota>").replace("</default></profiles>",
                          "</default><ro><readonly>1</readonly></ro></profiles>"))  # fmt: skip
 
-        async def codes() -> list[str]:
-            return [f.code for f in (await checks.store_check())[0].findings]
-
-        deadline = time.monotonic() + 60  # the server reloads users.xml by itself
-        while await codes() != ["clickhouse.readonly"]:
-            assert time.monotonic() < deadline, await codes()
-            await asyncio.sleep(0.2)
+        await _until_reloaded(users, lambda: codes_are(["clickhouse.readonly"]))
         (obs,) = await checks.store_check()
         assert obs.findings[0].severity == "critical"
         assert obs.findings[0].evidence["readonly"] == "1"
     finally:
         users.write_text(original)
-        _touch(users, 4)
-        deadline = time.monotonic() + 60
-        while (await checks.store_check())[0].findings:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.2)
+        await _until_reloaded(users, lambda: codes_are([]))
         await store.close()
