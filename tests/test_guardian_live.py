@@ -343,6 +343,18 @@ def test_a_crashed_consumers_stuck_entries_are_recovered_to_the_writer(run: Run)
     _no_loss(run)
 
 
+_READONLY_USERS = """<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default><ro><readonly>1</readonly></ro></profiles>
+  <users><default><password></password><networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+    <profile>ro</profile><quota>default</quota></default></users>
+  <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+    <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+  </interval></default></quotas>
+</yandex>
+"""
+
+
 async def _until_reloaded(users: Path, done: Callable[[], Awaitable[bool]]) -> None:
     """Poll ``done`` while the server reloads ``users.xml`` by itself. Its reloader compares
     modification times against the last it saw, so each round gives the file a new one (a
@@ -361,7 +373,7 @@ async def _until_reloaded(users: Path, done: Callable[[], Awaitable[bool]]) -> N
 
 
 async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs(
-    clickhouse: ClickHouseServer,
+    tmp_path: Path,
 ) -> None:
     """A healthy server has no finding although the query sandbox runs with ``readonly``;
     when the server's profile makes the store's user read-only, the check says so."""
@@ -369,9 +381,8 @@ async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs
     from tickvault.guardian.findings import SystemClock
     from tickvault.stores.clickhouse import ClickHouseStore
 
-    if clickhouse.proc is None:
-        clickhouse.start()
-    store = ClickHouseStore.from_url(clickhouse.url(f"ro_{uuid.uuid4().hex[:8]}"))
+    clickhouse = ClickHouseServer(tmp_path / "clickhouse").start()  # its own users.xml
+    store = ClickHouseStore.from_url(clickhouse.url("ro"))
     users = clickhouse.workdir / "users.xml"
     original = users.read_text()
     checks = Checks(SystemClock(), store=store)
@@ -386,15 +397,14 @@ async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs
         (healthy,) = await checks.store_check()
         assert healthy.findings == ()
 
-        users.write_text(original.replace("<profile>default</profile><quota>", "<profile>ro"
-                         "</profile><quota>").replace("</default></profiles>",
-                         "</default><ro><readonly>1</readonly></ro></profiles>"))  # fmt: skip
+        users.write_text(_READONLY_USERS)  # the store's user gets readonly = 1
 
         await _until_reloaded(users, lambda: codes_are(["clickhouse.readonly"]))
         (obs,) = await checks.store_check()
         assert obs.findings[0].severity == "critical"
         assert obs.findings[0].evidence["readonly"] == "1"
-    finally:
-        users.write_text(original)
+        users.write_text(original)  # the profile fixed: the finding goes away
         await _until_reloaded(users, lambda: codes_are([]))
+    finally:
         await store.close()
+        clickhouse.stop(signal.SIGKILL)
