@@ -28,6 +28,7 @@ WHAT: dict[str, str] = {
     "spool.large": "the disk spool is larger than the configured maximum",
     "quality.bad_prices": "too many zero or non-finite prices among the newest rows",
     "questdb.wal_suspended": "a QuestDB WAL table is suspended: writes are not applied",
+    "questdb.wal_damaged": "a QuestDB table's sequencer log is damaged: RESUME WAL cannot help",
     "questdb.wal_not_initialised": "a WAL table is not listed in wal_tables() yet",
     "questdb.wal_lag": "QuestDB applies committed transactions too slowly",
     "questdb.unreachable": "QuestDB does not answer",
@@ -36,6 +37,7 @@ WHAT: dict[str, str] = {
 
 ANCHORS: dict[str, str] = {
     "questdb.wal_suspended": "runbook-incident-001-a-suspended-or-damaged-wal",
+    "questdb.wal_damaged": "runbook-incident-001-a-suspended-or-damaged-wal",
     "questdb.wal_not_initialised": "runbook-incident-000-a-recovery-loop",
     "bus.pending_stale": "runbook-stuck-pending-entries",
     "store.unavailable": "runbook-store-unavailable",
@@ -52,6 +54,11 @@ HOWTO: dict[str, str] = {
         " skip a bad transaction). If the WAL is damaged: restore the table from a backup or"
         " re-create it and replay it with `tickvault rebuild --since <time>`. Never delete"
         " txn_seq, _txnlog or any WAL file."
+    ),
+    "questdb.wal_damaged": (
+        "the sequencer log is damaged; the table directory was copied to backup_dir. Never"
+        " delete txn_seq, _txnlog or any WAL file, never REBASE WAL by reflex: rename the table"
+        " away and `tickvault rebuild --since <time>` into a fresh one."
     ),
     "questdb.wal_not_initialised": (
         "a fresh WAL table appears in wal_tables() after its first commit; if it does not,"
