@@ -48,6 +48,7 @@ from tickvault.status import collect_status
 from tickvault.stores import open_store
 from tickvault.stores.base import Store
 from tickvault.writer import Writer, WriterConfig, WriterStats, default_consumer_name
+from tickvault.writer_restarts import RestartableWriters
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,8 @@ class Pipeline:
         self.writer: Writer
         self.buses: list[Bus] = []
         self.writers: list[Writer] = []
+        self.restartable: RestartableWriters | None = None
+        """The writers' run, restartable by the guardian (set when :meth:`run` starts)."""
         self.spool: Spool | None = None
         self.failover: FailoverPublisher
         self.store_breaker: CircuitBreaker
@@ -370,6 +373,7 @@ class Pipeline:
         upkeep_tasks: list[asyncio.Task[None] | None] = []
         health_task = asyncio.create_task(self.failover.run(self._stop_health))
         guardian_task = None
+        self.restartable = RestartableWriters(self.writers, self.stop_writer, self.sources_done)
         if self.with_guardian and self.with_writer:  # stops together with the health task
             from tickvault.guardian.service import start_in_pipeline
 
@@ -383,9 +387,7 @@ class Pipeline:
                         bus, writer, self.settings.upkeep, self.stop_writer, retention
                     )
                 )
-            writer_task = asyncio.gather(
-                *(w.run(self.stop_writer, until_drained=self.sources_done) for w in self.writers)
-            )
+            writer_task = asyncio.ensure_future(self.restartable.run())
         try:
             await asyncio.gather(
                 *(self.pump(s) for s in self.sources), *(p.run() for p in self.producers)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tickvault.bus.base import Bus, Entry
@@ -143,7 +143,14 @@ def start_in_pipeline(pipeline: Pipeline, stop: asyncio.Event) -> asyncio.Task[N
 
     # Stream upkeep claims to the live writer's own consumer and hands what it claims to
     # the writer: never to a consumer name that reads nothing.
+    restartable = pipeline.restartable
+    restarters: dict[str, Callable[[], Awaitable[None]]] = (
+        {"writer": restartable.restart}
+        if restartable is not None and restartable.restartable
+        else {}
+    )
     ctx = ActionContext(
+        restarters=restarters,
         drain_spool=drain if pipeline.spool is not None else None,
         consumer=writer.config.consumer,
         upkeep_handler=process,
