@@ -127,7 +127,7 @@ def test_replay_reports_conflicts_in_summary_status_and_dead_letters(tmp_path: P
     assert proc.returncode == 1 and "conflicting duplicate" in proc.stderr
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "clickhouse"])
+@pytest.mark.parametrize("backend", ["duckdb", "clickhouse", "questdb"])
 async def test_store_answers_with_the_first_stored_versions(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
