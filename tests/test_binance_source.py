@@ -436,3 +436,70 @@ def test_the_market_comes_from_the_endpoint() -> None:
     assert market("wss://stream.binance.us:9443") == "binance-us"
     assert market("wss://stream-cloud.trbinance.com") == "binance-tr"
     assert market("ws://127.0.0.1:9000") == "binance"  # not Binance's own host: spot
+
+
+async def test_a_gap_open_at_shutdown_is_backfilled_after_a_restart(
+    fakes: MakeFake, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+
+    from tickvault.records import KINDS
+    from tickvault.stores.duckdb import DuckDBStore
+
+    async def store_rows(store: DuckDBStore, got: Collected) -> None:
+        for kind in ("trade", "gap"):
+            rows = got.rows[kind]
+            columns = list(zip(*rows, strict=True))
+            table = pa.Table.from_arrays(
+                [pa.array(c, f.type) for c, f in zip(columns, KINDS[kind].schema, strict=True)],
+                schema=KINDS[kind].schema,
+            )
+            await store.write(kind, table)
+
+    fake = fakes()
+    store = DuckDBStore(tmp_path / "t.duckdb")
+    # The venue's REST asks for a minute's pause: the backfill is in flight at shutdown.
+    fake.faults.append(Fault("/api/v3/aggTrades", 429, headers={"Retry-After": "60"}))
+    first = BinanceSource(options(fake, stop_grace_s=0.2))
+    async with Collected(first) as got:
+        await subscribed(fake, "btcusdt@trade")
+        await fake.run(fake.emit_trades("BTCUSDT", 3))
+        missed = await fake.run(fake.emit_trades("BTCUSDT", 5, deliver=False))
+        await fake.run(fake.emit_trades("BTCUSDT", 3))
+        await eventually(lambda: any(g[6] == "open" for g in got.gaps()), 10, "gap open")
+        await eventually(lambda: len(fake.request_times) == 1, 10, "REST asked")
+        await got.stop()
+    await first.close()
+    assert got.gap_state() == {("BTCUSDT", "trade", missed[0], missed[-1]): "open"}
+    assert first.gaps_backfilled == 0 and len(got.rows["trade"]) == 6
+    await store_rows(store, got)
+
+    # Restart: the open gap is found in the store and backfilled once, nothing else.
+    fake.requests.clear()
+    second = BinanceSource(options(fake))
+    second.use_store(store)
+    async with Collected(second) as again:
+        await eventually(lambda: second.gaps_backfilled == 1, 15, "resumed backfill")
+    await second.close()
+    assert second.gaps_resumed == 1 and second.gaps_unrecoverable == 0
+    assert sorted(again.ids("trade", "BTCUSDT")) == missed
+    assert again.gap_state() == {("BTCUSDT", "trade", missed[0], missed[-1]): "backfilled"}
+    (final,) = again.gaps()
+    assert final[5] == got.gaps()[0][5]  # the original detection time
+    assert final[7] == "5 restored from aggTrades"
+    assert [p for p, _ in fake.requests] == ["/api/v3/aggTrades"]
+    await store_rows(store, again)
+    stored = await store.query("SELECT trade_id FROM trades ORDER BY 1")
+    assert [r[0] for r in stored.rows] == full_range(FIRST_TRADE, 11)
+
+    # A third start finds no open gap: nothing is fetched again.
+    fake.requests.clear()
+    third = BinanceSource(options(fake))
+    third.use_store(store)
+    async with Collected(third) as idle:
+        await subscribed(fake, "btcusdt@trade")
+        await eventually(lambda: third._tasks[-1].done(), 10, "resume looked")
+    await third.close()
+    await store.close()
+    assert third.gaps_resumed == 0 and idle.rows["gap"] == []
+    assert fake.requests == []

@@ -225,3 +225,69 @@ def test_run_with_a_polygon_source_downloads_its_range_and_stops(tmp_path: Path)
     # Forex: Friday 1st and Monday 4th; crypto: all four days. 24 hourly bars a day.
     assert rows == [{"symbol": "C:EURUSD", "n": 2 * 24}, {"symbol": "X:BTCUSD", "n": 4 * 24}]
     assert tv_json("query", "SELECT count(*) AS n FROM gaps", "--data-dir", data) == [{"n": 0}]
+
+
+def test_a_gap_left_open_by_a_stopped_run_is_backfilled_by_the_next(tmp_path: Path) -> None:
+    from .fakes.binance import Fault
+
+    venue = FakeBinance(["BTCUSDT"]).start()
+    config = tmp_path / "tv.toml"
+    config.write_text(
+        "[[sources]]\n"
+        'kind = "binance"\n'
+        'symbols = ["BTCUSDT"]\n'
+        'channels = ["trade"]\n'
+        f'ws_url = "{venue.ws_url}"\n'
+        f'rest_url = "{venue.rest_url}"\n'
+        "gap_settle_s = 0.2\n"
+    )
+    data = tmp_path / "data"
+
+    def start() -> subprocess.Popen[str]:
+        argv = [sys.executable, "-m", "tickvault", "run", "--config", str(config)]
+        return subprocess.Popen(
+            [*argv, "--data-dir", str(data)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
+
+    def stop(proc: subprocess.Popen[str]) -> None:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+
+    def gaps() -> list[tuple[str, int, int]]:
+        rows = _query(data, "SELECT status, from_id, to_id FROM gaps ORDER BY status_at")
+        return [(r["status"], r["from_id"], r["to_id"]) for r in rows]
+
+    try:
+        # The venue's REST asks for a minute's pause: the backfill is in flight at SIGTERM.
+        venue.faults.append(Fault("/api/v3/aggTrades", 429, headers={"Retry-After": "60"}))
+        proc = start()
+        try:
+            eventually_sync(lambda: venue.sync(venue.subscribed("btcusdt@trade")) == 1, 60)
+            venue.sync(venue.emit_trades("BTCUSDT", 3))
+            missed = venue.sync(venue.emit_trades("BTCUSDT", 5, deliver=False))
+            venue.sync(venue.emit_trades("BTCUSDT", 3))
+            eventually_sync(lambda: len(venue.request_times) == 1, 60, "backfill asked")
+        finally:
+            stop(proc)
+        assert gaps() == [("open", missed[0], missed[-1])]
+        ids = _query(data, "SELECT trade_id FROM trades ORDER BY 1")
+        assert len(ids) == 6
+
+        proc = start()
+        try:
+            eventually_sync(lambda: len(gaps()) == 2, 60, "the open gap closed")
+        finally:
+            stop(proc)
+        assert gaps() == [("open", missed[0], missed[-1]), ("backfilled", missed[0], missed[-1])]
+        first = venue.markets["BTCUSDT"].first_trade_id
+        rows = _query(data, "SELECT trade_id FROM trades ORDER BY 1")
+        assert [r["trade_id"] for r in rows] == list(range(first, first + 11))
+        assert [p for p, _ in venue.requests].count("/api/v3/aggTrades") == 2
+    finally:
+        venue.stop()

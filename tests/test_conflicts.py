@@ -4,9 +4,11 @@ conflict is recorded with both versions and counted (real bus, real store, real 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from tickvault.bus.sqlite import SqliteBus
@@ -127,7 +129,7 @@ def test_replay_reports_conflicts_in_summary_status_and_dead_letters(tmp_path: P
     assert proc.returncode == 1 and "conflicting duplicate" in proc.stderr
 
 
-@pytest.mark.parametrize("backend", ["duckdb", "clickhouse"])
+@pytest.mark.parametrize("backend", ["duckdb", "clickhouse", "questdb"])
 async def test_store_answers_with_the_first_stored_versions(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
@@ -145,3 +147,16 @@ async def test_store_answers_with_the_first_stored_versions(
     assert sorted(stored.column("price").to_pylist()) == [1.0, 2.0, 3.0]
     pairs = stored_conflicts(KINDS["trade"], later, stored)
     assert [(kept["price"], refused["price"]) for kept, refused in pairs] == [(1.0, 1.5)]
+    # Another version an hour later in event time (QuestDB's designated timestamp, part of its
+    # UPSERT KEYS): still the same key, still refused, the first version stays.
+    moved = later.slice(1, 1).set_column(
+        later.schema.get_field_index("price"), "price", pa.array([9.0])
+    )
+    ts = later.schema.get_field_index("ts_event")
+    hour = pa.array([later.column("ts_event")[1].as_py() + dt.timedelta(hours=1)])
+    moved = moved.set_column(ts, "ts_event", hour.cast(later.schema.field(ts).type))
+    assert await store.write("trade", moved) == 0
+    again = await store.stored_versions("trade", moved)
+    assert again is not None and again.column("price").to_pylist() == [2.0]
+    prices = await store.query("SELECT price FROM trades ORDER BY trade_id")
+    assert [r[0] for r in prices.rows] == [1.0, 2.0, 3.0]

@@ -178,6 +178,8 @@ class Pipeline:
             b.failure_threshold, b.success_threshold, b.open_base_s, b.open_max_s, b.jitter
         )
         self.store_breaker = CircuitBreaker("store", policy)
+        for source in self.sources:
+            source.use_store(self.store)
         self.failover = FailoverPublisher(
             self.buses,
             self.spool,

@@ -14,12 +14,15 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tickvault.bus.base import NewDeadLetter
 from tickvault.records import Record
+
+if TYPE_CHECKING:
+    from tickvault.stores.base import Store
 
 
 @dataclass
@@ -66,6 +69,10 @@ class Source(abc.ABC):
 
     @abc.abstractmethod
     def health(self) -> SourceHealth: ...
+
+    def use_store(self, store: Store) -> None:  # noqa: B027 - optional hook
+        """The pipeline's store, given before the first batch; a source that resumes work
+        recorded there (the Binance collector's open gaps) keeps it."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

@@ -35,6 +35,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tickvault.errors import TickvaultError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance_book import (
     DUPLICATE,
@@ -53,10 +54,12 @@ from tickvault.sources.binance_conn import (
 )
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
 from tickvault.sources.binance_markets import check_market, market_from_url
+from tickvault.sources.binance_resume import open_gaps
 from tickvault.sources.binance_wire import SkippedMessage, parse_values
 from tickvault.sources.poison import raw_dead_letter
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.rest import RestClient, VenueError, backoff_delay
+from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +137,15 @@ class BinanceSource(Source):
         self._next_book_snapshot = 0.0
         self._next_flush = 0.0
         self._started = False
+        self._store: Store | None = None
+        self.gaps_resumed = 0
 
     # -- public surface ---------------------------------------------------------------------
+
+    def use_store(self, store: Store) -> None:
+        """At start, backfill this collector's gaps an earlier run left ``open``
+        (:mod:`.binance_resume`)."""
+        self._store = store
 
     def stop(self) -> None:
         """Finish: close the connections, let in-flight backfills end (``stop_grace_s``),
@@ -482,6 +492,31 @@ class BinanceSource(Source):
         self._next_flush = self.clock() + 1.0
         self._tasks.extend(self.connections.start())
         self._tasks.append(asyncio.create_task(self._backfill_worker(), name="binance-backfill"))
+        if self._store is not None:
+            self._tasks.append(asyncio.create_task(self._resume_gaps(), name="binance-resume"))
+
+    async def _resume_gaps(self) -> None:
+        """Queue the gaps an earlier run left ``open`` (once per start, behind live gaps'
+        rate limits); a store that cannot answer is logged and the collector goes on."""
+        assert self._store is not None
+        o = self.options
+        try:
+            holes = await open_gaps(self._store, self.exchange, o.symbols, o.channels)
+        except TickvaultError as exc:
+            self._note_error(f"open gaps of an earlier run not resumed: {exc}")
+            log.warning("%s", self.last_error)
+            return
+        for hole in holes:
+            log.info(
+                "gap %s %s [%d, %d] left open by an earlier run: backfilling",
+                hole.symbol,
+                hole.channel,
+                hole.from_id,
+                hole.to_id,
+            )
+            self.gaps_open += 1
+            self.gaps_resumed += 1
+            self._backfills.put_nowait(hole)
 
     # -- shutdown -----------------------------------------------------------------------------
 

@@ -54,7 +54,6 @@ from typing import Any
 
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from tickvault.errors import (
     ConfigError,
@@ -65,6 +64,11 @@ from tickvault.records import KINDS, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 from tickvault.stores.keys import event_time, first_per_key, order_column
 from tickvault.stores.questdb_ilp import ILPWriter
+from tickvault.stores.questdb_keys import (
+    key_filter,
+    key_tuples,
+    sql_str,
+)
 from tickvault.stores.questdb_query import DEFAULT_READER, QuestDBReader
 from tickvault.stores.questdb_rest import (
     QuestDBREST,
@@ -76,8 +80,6 @@ from tickvault.stores.sql_guard import check_single_select
 
 MIN_VERSION = (7, 3, 0)  # DEDUP UPSERT KEYS
 VARCHAR_VERSION = (7, 4, 0)
-RESEND_WINDOW_US = 86_400_000_000
-"""How far apart (µs of designated time) a record and a venue's resend of it are looked for."""
 LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
@@ -110,15 +112,6 @@ def create_table_sql(spec: KindSpec, text_type: str) -> str:
         f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}) TIMESTAMP({ts})"
         f" PARTITION BY DAY WAL DEDUP UPSERT KEYS({', '.join(upsert)})"
     )
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
-def _iso(micros: int) -> str:
-    seconds, frac = divmod(micros, 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{frac:06d}Z"
 
 
 class QuestDBStore(Store):
@@ -280,7 +273,7 @@ class QuestDBStore(Store):
         batch = first_per_key(table.select(list(spec.columns)), spec)
         stored = await self._stored_keys(spec, batch)
         if stored:
-            keys = _key_tuples(spec, batch)
+            keys = key_tuples(spec, batch)
             batch = batch.filter(pa.array([k not in stored for k in keys], pa.bool_()))
         if batch.num_rows == 0:
             return 0
@@ -290,36 +283,35 @@ class QuestDBStore(Store):
         return int(batch.num_rows)
 
     async def _stored_keys(self, spec: KindSpec, batch: pa.Table) -> set[tuple[Any, ...]]:
-        """Natural keys of ``batch`` already stored.
-
-        QuestDB's UPSERT KEYS include the designated timestamp, so it collapses a redelivery
-        (same bytes) but not a venue's resend of a record whose designated timestamp is its
-        arrival time (a quote: ``ts_recv``). So the lookup is by natural key, over the
-        batch's designated-timestamp range widened by :data:`RESEND_WINDOW_US` when that
-        timestamp is not part of the key, with each integer key column bounded by the
-        batch's own min and max (ids are dense, so few rows come back).
-        """
-        ts = event_time(spec)
-        micros = pc.cast(batch.column(ts), pa.int64())
-        bounds = pc.min_max(micros).as_py()
-        widen = 0 if ts in spec.key else RESEND_WINDOW_US
-        where = [
-            f"{ts} >= {_sql_str(_iso(max(0, bounds['min'] - widen)))}",
-            f"{ts} <= {_sql_str(_iso(bounds['max'] + widen))}",
-        ]
-        for name in spec.key:
-            kind = batch.schema.field(name).type
-            if kind == pa.string():
-                values = pc.unique(batch.column(name)).to_pylist()
-                where.append(f"{name} IN ({', '.join(_sql_str(v) for v in values)})")
-            elif kind == pa.int64():
-                ids = pc.min_max(batch.column(name)).as_py()
-                where.append(f"{name} BETWEEN {int(ids['min'])} AND {int(ids['max'])}")
+        """Natural keys of ``batch`` already stored (one ``/exec`` query, see
+        :func:`_key_filter`)."""
         doc = await self._rest.exec(
-            f"SELECT {', '.join(spec.key)} FROM {spec.table} WHERE {' AND '.join(where)}"
+            f"SELECT {', '.join(spec.key)} FROM {spec.table} WHERE {key_filter(spec, batch)}"
         )
         _, rows = decode_dataset(doc)
         return set(rows)
+
+    async def stored_versions(self, kind: str, table: pa.Table) -> pa.Table | None:
+        """Stored rows with the keys of ``table``: the first stored versions, since
+        :meth:`write` sends only keys not stored yet (a later version of a key never reaches
+        QuestDB's UPSERT). One query over the same range as the write's lookup."""
+        spec = spec_for(kind)
+        await self.ensure_schema()
+        if spec.table not in self._present or table.num_rows == 0:
+            return spec.schema.empty_table()
+        batch = table.select(list(spec.columns))
+        doc = await self._rest.exec(
+            f"SELECT {', '.join(spec.columns)} FROM {spec.table} WHERE {key_filter(spec, batch)}"
+        )
+        columns, rows = _decode_public(doc)
+        wanted = set(key_tuples(spec, batch))
+        at = [columns.index(k) for k in spec.key]
+        found = [
+            dict(zip(columns, row, strict=True))
+            for row in rows
+            if tuple(row[i] for i in at) in wanted
+        ]
+        return pa.Table.from_pylist(found, schema=spec.schema)
 
     async def _wait_applied(self, table: str) -> None:
         """Wait until the table's WAL writer has applied what the sequencer committed."""
@@ -373,7 +365,7 @@ class QuestDBStore(Store):
         await self.ensure_schema()
         order = order_column(spec)
         doc = await self._rest.exec(
-            f"SELECT * FROM {spec.table} WHERE symbol = {_sql_str(symbol)}"
+            f"SELECT * FROM {spec.table} WHERE symbol = {sql_str(symbol)}"
             f" ORDER BY {order} DESC LIMIT 1"
         )
         columns, rows = _decode_public(doc)
@@ -411,11 +403,6 @@ class QuestDBStore(Store):
         self._executor.shutdown(wait=True)
         await self._rest.aclose()
         await self._reader.close()
-
-
-def _key_tuples(spec: KindSpec, batch: pa.Table) -> list[tuple[Any, ...]]:
-    columns = [batch.column(c).to_pylist() for c in spec.key]
-    return list(zip(*columns, strict=True))
 
 
 def _decode_public(doc: dict[str, Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
