@@ -226,6 +226,20 @@ class ClickHouseStore(Store):
             raise for_insert(exc, spec.table) from None
         return int(batch.num_rows)
 
+    async def replace(self, kind: str, table: pa.Table) -> int:
+        """See :mod:`tickvault.stores.clickhouse_replace` (delete mutation, then insert)."""
+        from tickvault.stores.clickhouse_replace import replace_rows
+
+        spec = spec_for(kind)
+        if table.num_rows == 0:
+            return 0
+        await self.ensure_schema()
+        types = self._types.get(spec.table)
+        if types is None:
+            raise StoreUnavailable(f"ClickHouse table {self.database}.{spec.table} is missing")
+        batch = first_per_key(table.select(list(spec.columns)), spec)
+        return await replace_rows(self, spec, self._table(spec), types, batch)
+
     async def _existing_rows(
         self, spec: KindSpec, batch: pa.Table, types: dict[str, str]
     ) -> list[int]:
