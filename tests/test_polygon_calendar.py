@@ -232,14 +232,14 @@ def test_backfill_refresh_redownloads_and_the_other_basis_is_refused(
     assert split_result["refresh_differs"] == stale and split_result["refresh_replaced"] == 28
     assert split_result["refresh_differs_after"] == {} and split_result["dead_letters"] == {}
     after = tv_json("query", closes, "--data-dir", data)
-    assert after[0]["lo"] == pytest.approx(before[0]["lo"] * 0.25)
-    assert after[0]["hi"] == pytest.approx(before[0]["hi"] * 0.25)
+    assert after[0]["lo"] == pytest.approx(before[0]["lo"] * 0.25, abs=1e-6)
+    assert after[0]["hi"] == pytest.approx(before[0]["hi"] * 0.25, abs=1e-6)
     db = sqlite3.connect(data / "state.sqlite3")
     kept = db.execute("SELECT previous, replacement FROM polygon_replaced").fetchall()
     db.close()
     assert len(kept) == 28
     assert all(
-        json.loads(new)["close"] == pytest.approx(json.loads(old)["close"] * 0.25)
+        json.loads(new)["close"] == pytest.approx(json.loads(old)["close"] * 0.25, abs=1e-6)
         for old, new in kept
     )
     second = json.loads(backfill(data, polygon, "--refresh").stdout)

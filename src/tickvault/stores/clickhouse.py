@@ -192,7 +192,9 @@ class ClickHouseStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def write(self, kind: str, table: pa.Table) -> int:
+    async def write(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int:
+        """Insert the rows whose keys are not stored yet (``token_salt``: see
+        :mod:`tickvault.stores.clickhouse_replace`)."""
         spec = spec_for(kind)
         if table.num_rows == 0:
             return 0
@@ -212,7 +214,7 @@ class ClickHouseStore(Store):
         features = await self.features()
         params: dict[str, str] = {}
         if features.dedup_token:
-            params["insert_deduplication_token"] = hashlib.sha256(body).hexdigest()
+            params["insert_deduplication_token"] = hashlib.sha256(body + token_salt).hexdigest()
         if features.async_insert:
             params["async_insert"] = "0"
         columns = ", ".join(quote_ident(c) for c in batch.column_names)

@@ -9,7 +9,8 @@ the old one would leave which copy survives a merge to chance, so a replacement 
    in slices of :data:`KEYS_PER_MUTATION` literal keys;
 2. wait until the server reports no unfinished mutation on the table
    (``system.mutations.is_done``; 18.16 has no ``mutations_sync``);
-3. the usual insert of the new rows, which are then new keys.
+3. the usual insert of the new rows, which are then new keys (with a deduplication token
+   of its own: see :func:`replace_rows`).
 
 Idempotent: a rerun deletes the rows it inserted and inserts them again. The caller keeps
 the previous versions before calling (see :mod:`tickvault.sources.polygon_refresh`).
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -75,7 +77,11 @@ async def replace_rows(
         await _wait_for_mutations(store, spec.table)
     except ClickHouseServerError as exc:
         raise StoreUnavailable(f"ClickHouse replace in {spec.table} failed: {exc}") from None
-    return await store.write(spec.kind, table)
+    # The tables keep a deduplication window (``non_replicated_deduplication_window``): a
+    # block equal to one inserted before (the same refresh run twice) would be dropped as
+    # a retry after its rows were deleted. A token salted once per replacement still
+    # collapses the HTTP client's own retries of this insert.
+    return await store.write(spec.kind, table, token_salt=uuid.uuid4().bytes)
 
 
 async def _wait_for_mutations(store: ClickHouseStore, table: str) -> None:
