@@ -290,9 +290,8 @@ class QuestDBStore(Store):
         return int(batch.num_rows)
 
     async def replace(self, kind: str, table: pa.Table) -> int:
-        """Send ``table`` without the stored-key filter of :meth:`write`: the table's
-        ``DEDUP UPSERT KEYS`` (the natural key, designated timestamp included for bars)
-        make each row replace the stored row with its key; a rerun upserts the same rows."""
+        """:meth:`write` without its stored-key filter: ``DEDUP UPSERT KEYS`` (the key,
+        with the designated timestamp) replace each stored row; reruns upsert the same."""
         spec = spec_for(kind)
         if table.num_rows == 0:
             return 0
