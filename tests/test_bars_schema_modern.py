@@ -11,6 +11,7 @@ import datetime as dt
 import uuid
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from tests.test_bars_schema import T0, bar, bars_table, old_bar_spec
@@ -50,3 +51,21 @@ async def test_bars_with_a_check_guard_are_migrated_in_place(http: ChdbHTTP) -> 
                 8, "volume", pa.array([-1.0])
             ),
         )
+
+
+async def test_a_refresh_replaces_bars_on_a_current_engine(http: ChdbHTTP) -> None:  # noqa: F811
+    """The delete mutation with DateTime64 key literals, then the insert, on a current
+    engine (the 18.16 server keeps Int64 timestamps: tests/test_polygon_refresh.py)."""
+    store = ClickHouseStore("chdb", 0, f"tv_{uuid.uuid4().hex[:10]}")
+    store._http = http  # type: ignore[assignment]
+    await store.ensure_schema()
+    days = [T0 + d * 86_400_000_000 for d in range(3)]
+    assert await store.write("bar", bars_table([bar(t, 5.0, True) for t in days])) == 3
+    split = bars_table([bar(t, 5.0, True) for t in days[1:]])
+    for i, name in enumerate(("open", "high", "low", "close"), start=4):
+        split = split.set_column(i, name, pc.divide(split.column(name), 4.0))
+    for _ in range(2):  # idempotent
+        assert await store.replace("bar", split) == 2
+        assert any("ALTER TABLE" in s and "DELETE WHERE" in s for s in http.statements)
+        result = await store.query("SELECT close, count() FROM bars GROUP BY close ORDER BY close")
+        assert result.rows == [(2998.975, 2), (11995.9, 1)]

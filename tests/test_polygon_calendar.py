@@ -181,6 +181,14 @@ def backfill(data: Path, fake: FakePolygon, *args: str) -> Any:
     )  # fmt: skip
 
 
+def state_tables(data: Path) -> set[str]:
+    db = sqlite3.connect(data / "state.sqlite3")
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+
+
 def test_backfill_refresh_redownloads_and_the_other_basis_is_refused(
     polygon: FakePolygon, tmp_path: Path
 ) -> None:
@@ -205,14 +213,40 @@ def test_backfill_refresh_redownloads_and_the_other_basis_is_refused(
         "/v2/aggs/ticker/AAPL/range/1/hour/2024-07-01/2024-07-05"
     ]
 
-    # A 4:1 split re-adjusts the venue's history: the refresh says which stored days are
-    # stale instead of passing over them (stored bars are kept: stores only insert).
+    # A 4:1 split re-adjusts the venue's history. A dry run names the stale days and
+    # replaces nothing; the refresh replaces them, keeping both versions in state.sqlite3,
+    # and is not taken for conflicting duplicates; a second refresh changes nothing.
     polygon.scale = 0.25
+    stale = {"AAPL": ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]}
+    dry = backfill(data, polygon, "--refresh", "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    dry_result = json.loads(dry.stdout)
+    assert dry_result["refresh_differs"] == stale and dry_result["refresh_would_replace"] == 28
+    assert dry_result["refresh_replaced"] == 0
+    closes = "SELECT min(close) AS lo, max(close) AS hi FROM bars"
+    before = tv_json("query", closes, "--data-dir", data)
+    assert "polygon_replaced" not in state_tables(data)
     split = backfill(data, polygon, "--refresh")
     assert split.returncode == 0, split.stderr
-    assert json.loads(split.stdout)["refresh_differs"] == {
-        "AAPL": ["2024-07-01", "2024-07-02", "2024-07-03", "2024-07-05"]
-    }
+    split_result = json.loads(split.stdout)
+    assert split_result["refresh_differs"] == stale and split_result["refresh_replaced"] == 28
+    assert split_result["refresh_differs_after"] == {} and split_result["dead_letters"] == {}
+    after = tv_json("query", closes, "--data-dir", data)
+    assert after[0]["lo"] == pytest.approx(before[0]["lo"] * 0.25, abs=1e-6)
+    assert after[0]["hi"] == pytest.approx(before[0]["hi"] * 0.25, abs=1e-6)
+    db = sqlite3.connect(data / "state.sqlite3")
+    kept = db.execute("SELECT previous, replacement FROM polygon_replaced").fetchall()
+    db.close()
+    assert len(kept) == 28
+    assert all(
+        json.loads(new)["close"] == pytest.approx(json.loads(old)["close"] * 0.25, abs=1e-6)
+        for old, new in kept
+    )
+    second = json.loads(backfill(data, polygon, "--refresh").stdout)
+    assert second["refresh_differs"] == {} and second["refresh_replaced"] == 0
+    assert second["stored"] == 0 and second["dead_letters"] == {}
+    assert tv_json("query", closes, "--data-dir", data) == after
+    assert backfill(data, polygon, "--dry-run").returncode == 2
 
     other = backfill(data, polygon, "--unadjusted")
     assert other.returncode == 2

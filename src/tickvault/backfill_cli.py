@@ -167,7 +167,19 @@ def polygon(
     ] = True,
     refresh: Annotated[
         bool,
-        typer.Option("--refresh", help="Download the range again, already covered days too."),
+        typer.Option(
+            "--refresh",
+            help="Download the range again, covered days too, and replace stored bars that"
+            " differ from the venue's (previous versions kept in state.sqlite3).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="With --refresh: report the bars that differ, replace none (new bars are"
+            " still stored).",
+        ),
     ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     data_dir: Annotated[
@@ -185,6 +197,9 @@ def polygon(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if dry_run and not refresh:
+        err.print("[red]error:[/red] --dry-run goes with --refresh", highlight=False)
+        raise typer.Exit(2)
     try:
         code = asyncio.run(
             _polygon(
@@ -201,6 +216,7 @@ def polygon(
                 load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store),
                 json_out,
                 refresh,
+                dry_run,
             )
         )
     except TickvaultError as exc:
@@ -209,15 +225,20 @@ def polygon(
     raise typer.Exit(code)
 
 
-async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, refresh: bool) -> int:
+async def _polygon(
+    opts: PolygonSettings, settings: Settings, json_out: bool, refresh: bool, dry_run: bool = False
+) -> int:
     from tickvault.pipeline import Pipeline
     from tickvault.sources.polygon import PolygonSource
+    from tickvault.sources.polygon_refresh import HeldBack, differing_days, replace_held
 
     source = build_collector(opts, settings, os.environ, refresh=refresh)
     assert isinstance(source, PolygonSource)
     planned = len(source.chunks)
     async with Pipeline(settings, [source], drain_timeout=None) as pipeline:
         await _refuse_other_basis(pipeline.store, source)
+        if refresh:
+            source.held_back = HeldBack(pipeline.store)
         pipeline.install_signal_handlers()
         progress = Progress(
             TextColumn(f"[bold]polygon {', '.join(opts.tickers)} {opts.timeframe}[/bold]"),
@@ -242,12 +263,18 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
             summary = run_task.result()
             progress.update(task, completed=source.days_done, stored=summary.stored)
         differs: dict[str, list[str]] = {}
-        if source.refresh_digest is not None and summary.drained and source.error is None:
-            from tickvault.sources.polygon_refresh import differing_days
-
-            differs = await differing_days(
-                pipeline.store, source.refresh_digest, "polygon", opts.timeframe
+        replaced = 0
+        differs_after: dict[str, list[str]] = {}
+        digest, held = source.refresh_digest, source.held_back
+        if digest is not None and held is not None and summary.drained and source.error is None:
+            differs = await differing_days(pipeline.store, digest, "polygon", opts.timeframe)
+            replaced = await replace_held(
+                pipeline.store, held, settings.state_path, dry_run=dry_run
             )
+            if replaced and not dry_run:
+                differs_after = await differing_days(
+                    pipeline.store, digest, "polygon", opts.timeframe
+                )
     stats = source.rest.stats
     result = {
         "tickers": opts.tickers,
@@ -270,6 +297,9 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
         "quiet_sessions": source.quiet_sessions,
         "calendar_notes": sorted(source.calendar_notes),
         "refresh_differs": differs,
+        "refresh_replaced": 0 if dry_run else replaced,
+        "refresh_would_replace": replaced if dry_run else 0,
+        "refresh_differs_after": differs_after,
         "dead_letters": summary.dead_letters,
         "drained": summary.drained,
         "error": source.error,
@@ -296,8 +326,21 @@ async def _polygon(opts: PolygonSettings, settings: Settings, json_out: bool, re
         for name, days in differs.items():
             out.print(
                 f"[yellow]{name}: stored bars differ from the venue's on {len(days)} day(s)"
-                f" ({', '.join(days[:5])}{' …' if len(days) > 5 else ''}); stored bars are kept:"
-                " download into a new store to replace them[/yellow]",
+                f" ({', '.join(days[:5])}{' …' if len(days) > 5 else ''})[/yellow]",
+                highlight=False,
+            )
+        if replaced:
+            out.print(
+                f"dry run: {replaced:,} stored bar(s) would be replaced"
+                if dry_run
+                else f"replaced {replaced:,} stored bar(s) with the venue's; previous versions"
+                " kept in polygon_replaced of state.sqlite3",
+                highlight=False,
+            )
+        for name, days in differs_after.items():
+            out.print(
+                f"[yellow]{name}: still differ after the replacement on {len(days)} day(s)"
+                f" ({', '.join(days[:5])})[/yellow]",
                 highlight=False,
             )
         for note in sorted(source.calendar_notes):

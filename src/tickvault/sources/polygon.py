@@ -12,8 +12,9 @@ Contract:
   :meth:`PolygonSource.commit` (called once the bus has every row of the chunk) records the
   chunk's days as *covered* for ``(ticker, timeframe)`` in ``state.sqlite3``.
 - Only uncovered days are requested (all of them with ``refresh``, which also keeps a
-  digest per day for :mod:`.polygon_refresh`), so a restart resumes at the first chunk
-  that was not committed and rerunning a finished range requests nothing. Days from today
+  digest per day and holds back bars to replace for :mod:`.polygon_refresh`), so a
+  restart resumes at the first chunk that was not committed and rerunning a finished
+  range requests nothing. Days from today
   (UTC) on are never marked covered: they are still changing.
 - ``next_url`` is a cursor, not a destination: only its path and query are taken, the
   path must be the same ticker's aggregates, and the request goes to the configured
@@ -50,7 +51,7 @@ from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.polygon_calendar import DayRule, day_number, day_of, trades_every_day
 from tickvault.sources.polygon_coverage import CoverageStore, uncovered
-from tickvault.sources.polygon_refresh import RefreshDigest
+from tickvault.sources.polygon_refresh import HeldBack, RefreshDigest
 from tickvault.sources.polygon_wire import SOURCE, accepted_results, bar_rows, cursor_request
 from tickvault.sources.rest import RestClient, Sleep, VenueError
 
@@ -195,6 +196,8 @@ class PolygonSource(Source):
         self.error: str | None = None
         self._rules: dict[str, DayRule] = {}
         self.refresh_digest = RefreshDigest() if o.refresh else None
+        self.held_back: HeldBack | None = None
+        """Set (with a store) for ``--refresh``: bars to replace are held back from the bus."""
         self._stopped = False
         self._last: float | None = None
 
@@ -321,12 +324,14 @@ class PolygonSource(Source):
                     rows = bar_rows(
                         chunk.ticker, o.timeframe, o.adjusted, results, batch.rejects, stamps
                     )
+                    self.bars += len(rows)
+                    if rows and self.refresh_digest is not None:
+                        for row in rows:
+                            self.refresh_digest.add(chunk.ticker, row[3], row[4:11])
+                        if self.held_back is not None:
+                            rows = await self.held_back.filter(rows)
                     if rows:
                         batch.rows["bar"] = rows
-                        self.bars += len(rows)
-                        if self.refresh_digest is not None:
-                            for row in rows:
-                                self.refresh_digest.add(chunk.ticker, row[3], row[4:11])
                     batch.lines = len(results)
                     next_url = page.get("next_url")  # page is a dict: accepted_results
                     if not next_url:

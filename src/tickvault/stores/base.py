@@ -24,6 +24,8 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
+from tickvault.errors import StoreError
+
 
 class QueryResult(msgspec.Struct, frozen=True):
     columns: list[str]
@@ -70,6 +72,17 @@ class Store(abc.ABC):
         after the fact and returns None (the conflicts then go unrecorded).
         """
         return None
+
+    async def replace(self, kind: str, table: pa.Table) -> int:
+        """Store ``table``'s rows *replacing* the stored rows with the same natural keys,
+        and answer how many rows were written.
+
+        Only an explicit re-download that the user asked for (``backfill polygon
+        --refresh``) calls it, after keeping the previous versions elsewhere; every other
+        write inserts only new keys (:meth:`write`). Idempotent: replacing with the same rows
+        again leaves the store as it is.
+        """
+        raise StoreError(f"{type(self).__name__} cannot replace stored rows")
 
     @abc.abstractmethod
     async def query(self, sql: str, limit: int = 10_000) -> QueryResult: ...

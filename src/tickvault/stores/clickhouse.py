@@ -192,7 +192,9 @@ class ClickHouseStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def write(self, kind: str, table: pa.Table) -> int:
+    async def write(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int:
+        """Insert the rows whose keys are not stored yet (``token_salt``: see
+        :mod:`tickvault.stores.clickhouse_replace`)."""
         spec = spec_for(kind)
         if table.num_rows == 0:
             return 0
@@ -212,7 +214,7 @@ class ClickHouseStore(Store):
         features = await self.features()
         params: dict[str, str] = {}
         if features.dedup_token:
-            params["insert_deduplication_token"] = hashlib.sha256(body).hexdigest()
+            params["insert_deduplication_token"] = hashlib.sha256(body + token_salt).hexdigest()
         if features.async_insert:
             params["async_insert"] = "0"
         columns = ", ".join(quote_ident(c) for c in batch.column_names)
@@ -225,6 +227,20 @@ class ClickHouseStore(Store):
         except ClickHouseServerError as exc:
             raise for_insert(exc, spec.table) from None
         return int(batch.num_rows)
+
+    async def replace(self, kind: str, table: pa.Table) -> int:
+        """See :mod:`tickvault.stores.clickhouse_replace` (delete mutation, then insert)."""
+        from tickvault.stores.clickhouse_replace import replace_rows
+
+        spec = spec_for(kind)
+        if table.num_rows == 0:
+            return 0
+        await self.ensure_schema()
+        types = self._types.get(spec.table)
+        if types is None:
+            raise StoreUnavailable(f"ClickHouse table {self.database}.{spec.table} is missing")
+        batch = first_per_key(table.select(list(spec.columns)), spec)
+        return await replace_rows(self, spec, self._table(spec), types, batch)
 
     async def _existing_rows(
         self, spec: KindSpec, batch: pa.Table, types: dict[str, str]

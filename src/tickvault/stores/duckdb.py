@@ -217,6 +217,40 @@ class DuckDBStore(Store):
             return spec_for(kind).schema.empty_table()
         return await self._run(self._stored_versions, kind, table)
 
+    def _replace(self, kind: str, table: pa.Table) -> int:
+        spec = spec_for(kind)
+        self._ensure_schema()
+        con = self._connect()
+        keys = " AND ".join(f"s.{k} = b.{k}" for k in spec.key)
+        try:
+            con.register("_tv_batch", table.select(list(spec.columns)))
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(
+                    f"DELETE FROM {spec.table} s WHERE EXISTS"
+                    f" (SELECT 1 FROM _tv_batch b WHERE {keys})"
+                )
+                row = con.execute(
+                    f"INSERT OR IGNORE INTO {spec.table} SELECT * FROM _tv_batch"
+                ).fetchone()
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("_tv_batch")
+        except (duckdb.Error, OSError) as exc:
+            self._reset_after_error()
+            raise _translate(exc, self.path) from exc
+        return int(row[0]) if row else 0
+
+    async def replace(self, kind: str, table: pa.Table) -> int:
+        """Delete the stored rows with ``table``'s keys and insert ``table``, in one
+        transaction (all or nothing)."""
+        if table.num_rows == 0:
+            return 0
+        return await self._run(self._replace, kind, table)
+
     def _reset_after_error(self) -> None:
         if self._con is not None:
             with contextlib.suppress(duckdb.Error):

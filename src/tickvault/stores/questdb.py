@@ -282,6 +282,23 @@ class QuestDBStore(Store):
         await self._wait_applied(spec.table)
         return int(batch.num_rows)
 
+    async def replace(self, kind: str, table: pa.Table) -> int:
+        """:meth:`write` without its stored-key filter: ``DEDUP UPSERT KEYS`` (the key,
+        with the designated timestamp) replace each stored row; reruns upsert the same."""
+        spec = spec_for(kind)
+        if table.num_rows == 0:
+            return 0
+        await self.ensure_schema()
+        if spec.table not in self._present:
+            raise StoreUnavailable(f"QuestDB table {spec.table} is missing")
+        if event_time(spec) not in spec.key:
+            raise StoreError(f"QuestDB cannot replace {spec.table} rows by key")
+        batch = first_per_key(table.select(list(spec.columns)), spec)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._ilp.send, spec, batch)
+        await self._wait_applied(spec.table)
+        return int(batch.num_rows)
+
     async def _stored_keys(self, spec: KindSpec, batch: pa.Table) -> set[tuple[Any, ...]]:
         """Natural keys of ``batch`` already stored (one ``/exec`` query, see
         :func:`_key_filter`)."""
