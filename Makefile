@@ -29,6 +29,11 @@ unit: install
 test: lint typecheck unit
 
 bench: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/vs_script.py
+	$(BIN)/python bench/cryptofeed_redis.py
+	$(BIN)/python bench/latency.py --seconds 15 --warmup 5
 	$(BIN)/python bench/e2e.py
 
 clean:
