@@ -20,17 +20,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich.console import Console
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tickvault import control
-from tickvault.backfill_cli import app as backfill_app
 from tickvault.bus import open_bus
 from tickvault.config import (
     ENV_DATA_DIR,
@@ -43,17 +40,13 @@ from tickvault.config import (
     load_settings,
     settings_reference,
 )
-from tickvault.dlq_cli import app as dlq_app
 from tickvault.errors import ConfigError, ResourceFault, StoreUnavailable, TickvaultError
 from tickvault.faults import resource_fault
-from tickvault.guardian.cli import app as guardian_app
-from tickvault.guardian.cli import rebuild_command
-from tickvault.positions.cli import app as positions_app
+from tickvault.lazy_cli import LazyGroup
 from tickvault.redact import install_log_redaction, redact_text
-from tickvault.sources.base import Source
-from tickvault.status import collect_status
-from tickvault.streams_cli import app as streams_app
-from tickvault.streams_cli import systemd_command
+
+if TYPE_CHECKING:
+    from tickvault.sources.base import Source
 
 T = TypeVar("T")
 EXIT_FAULT = 3
@@ -65,6 +58,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    cls=LazyGroup,  # dlq, guardian, positions, streams, backfill...: imported when used
 )
 
 
@@ -116,13 +110,6 @@ def _global_options(
             dict(ctx.default_map or {}), _command_defaults(ctx.command, "config", str(config))
         )
 
-
-app.add_typer(dlq_app, name="dlq")
-app.add_typer(positions_app, name="positions")
-app.add_typer(streams_app, name="streams")
-app.add_typer(backfill_app, name="backfill")
-app.add_typer(guardian_app, name="guardian")
-app.command("rebuild")(rebuild_command)
 
 out = Console()
 err = Console(stderr=True)
@@ -287,6 +274,8 @@ def demo(
     """Synthetic ticks through the full pipeline with live progress and a summary (offline).
 
     The HTTP API and dashboard are served meanwhile (``--http-listen``)."""
+    from rich.live import Live
+
     from tickvault.pipeline import Pipeline
     from tickvault.sources.synthetic import SyntheticSource
 
@@ -395,6 +384,14 @@ def replay(
     verbose: Verbose = False,
 ) -> None:
     """Ingest recorded Binance messages through the full pipeline; exit 0 once all is stored."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
     from tickvault.replay_job import plan_replay, run_replay
 
     _setup_logging(verbose)
@@ -584,6 +581,8 @@ def status(
     store: StoreUrl = None,
 ) -> None:
     """Rows per table, bus backlog and pending per group, dead letters, last write time."""
+    from tickvault.status import collect_status
+
     settings = _settings(config, data_dir, bus, store)
 
     async def offline() -> dict[str, Any]:
@@ -694,9 +693,6 @@ def _print_outage_state(data: dict[str, Any]) -> None:
 def config_reference() -> None:
     """Print the Markdown reference of every configuration setting."""
     out.print(settings_reference(), markup=False, highlight=False)
-
-
-app.command("systemd")(systemd_command)
 
 
 def main() -> None:

@@ -19,10 +19,12 @@ Contract (checked by ``tests/test_store_contract.py``):
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from tickvault.errors import StoreError
 

@@ -1,0 +1,97 @@
+"""Sub-commands of the ``tickvault`` command line that are imported only when used.
+
+A command's module is imported only when that command runs (or its own ``--help`` is
+asked for), so ``tickvault --help`` or ``tickvault status`` does not pay for the guardian,
+the position book, the venue collectors or their HTTP clients. The top-level help lists
+them from the one-line help kept here (``tests/test_startup.py`` checks it matches the
+real command). Written by hand because click's documented answer to this is exactly such a
+group subclass ("lazily loading subcommands" in click's documentation), and typer has none.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+@dataclass(frozen=True)
+class LazyCommand:
+    """``module:attribute`` is a ``typer.Typer`` (a command group) or a command function."""
+
+    module: str
+    attribute: str
+    help: str
+
+
+LAZY_COMMANDS: dict[str, LazyCommand] = {
+    "dlq": LazyCommand("tickvault.dlq_cli", "app", "Inspect and requeue dead letters."),
+    "positions": LazyCommand(
+        "tickvault.positions.cli", "app", "Position state: import, show, restore, reconcile."
+    ),
+    "streams": LazyCommand(
+        "tickvault.streams_cli",
+        "app",
+        "Consumer groups: inspect them, reclaim stuck entries, remove dead consumers.",
+    ),
+    "backfill": LazyCommand(
+        "tickvault.backfill_cli", "app", "Download history through the pipeline."
+    ),
+    "guardian": LazyCommand(
+        "tickvault.guardian.cli", "app", "Watch the pipeline, recover safely, escalate."
+    ),
+    "rebuild": LazyCommand(
+        "tickvault.guardian.cli",
+        "rebuild_command",
+        "Re-write the records the bus still retains (its retention setting) into the store.",
+    ),
+    "systemd": LazyCommand(
+        "tickvault.streams_cli",
+        "systemd_command",
+        "Print systemd units: the service (upkeep as ExecStartPre) and a recovery timer.",
+    ),
+}
+
+
+def load_command(name: str, entry: LazyCommand) -> Any:
+    """Import ``entry`` and turn it into the click command typer would have built."""
+    target: Any = getattr(importlib.import_module(entry.module), entry.attribute)
+    command: Any
+    if isinstance(target, typer.Typer):
+        command = typer.main.get_group(target)  # a group even with one command, as add_typer
+    else:
+        single = typer.Typer(add_completion=False)
+        single.command(name)(target)
+        command = typer.main.get_command(single)
+    command.name = name
+    return command
+
+
+class LazyGroup(TyperGroup):
+    """A typer group whose :data:`LAZY_COMMANDS` are imported on first use."""
+
+    _listing = False
+
+    # typer vendors its own click; ``Any`` keeps these signatures those of its classes.
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        entry = LAZY_COMMANDS.get(cmd_name)
+        if cmd_name in self.commands or entry is None:
+            return super().get_command(ctx, cmd_name)
+        if self._listing:  # the group's own help needs only the one-line help
+            return TyperCommand(cmd_name, help=entry.help)
+        command = load_command(cmd_name, entry)
+        self.commands[cmd_name] = command
+        return command
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False

@@ -1,0 +1,89 @@
+"""Start-up stays light: what the command line imports, and the lazily loaded commands.
+
+Structural, not timed (timings are in ``bench/startup.py``): a fresh interpreter that imports
+``tickvault.cli`` must not have loaded Arrow, NumPy, DuckDB, the HTTP stack, the guardian or
+the position book; every lazily loaded command still runs and is listed with its real help.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tickvault.lazy_cli import LAZY_COMMANDS, load_command
+
+from .cli_helpers import tv
+
+HEAVY = (
+    "pyarrow",
+    "numpy",
+    "duckdb",
+    "fastapi",
+    "uvicorn",
+    "httpx",
+    "tickvault.guardian",
+    "tickvault.positions",
+    "tickvault.pipeline",
+)
+
+
+def loaded_after(statement: str) -> set[str]:
+    code = f"import sys\n{statement}\nprint('\\n'.join(sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("statement", ["import tickvault.cli", "import tickvault"])
+def test_import_loads_no_heavy_module(statement: str) -> None:
+    loaded = loaded_after(statement)
+    assert "tickvault.cli" in loaded or statement == "import tickvault"
+    assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
+
+
+def test_public_names_still_import_on_access() -> None:
+    import tickvault
+    from tickvault.records import Trade
+
+    assert tickvault.Trade is Trade
+    assert {"ReliableConsumer", "Entry", "Quote"} <= set(dir(tickvault)) | set(tickvault.__all__)
+    assert tickvault.ReliableConsumer.__name__ == "ReliableConsumer"
+    with pytest.raises(AttributeError):
+        _ = tickvault.no_such_name  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("name", sorted(LAZY_COMMANDS))
+def test_lazy_command_help_is_the_real_one(name: str) -> None:
+    command = load_command(name, LAZY_COMMANDS[name])
+    assert command.name == name
+    real = " ".join((command.help or "").split("\n\n")[0].split())
+    assert real == LAZY_COMMANDS[name].help
+
+
+def test_top_level_help_lists_lazy_commands_without_importing_them() -> None:
+    code = (
+        "import sys\nfrom tickvault.cli import app\nfrom typer.testing import CliRunner\n"
+        "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
+        "print(r.output)\nprint('MODULES', ' '.join(sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    help_text, modules = out.split("MODULES", 1)
+    for name, entry in LAZY_COMMANDS.items():
+        assert name in help_text and entry.help.split(":")[0] in help_text
+    assert "tickvault.guardian" not in modules.split()
+    assert "tickvault.positions" not in modules.split()
+
+
+def test_lazy_commands_run_through_the_real_command_line() -> None:
+    guardian = tv("guardian", "--help")
+    assert "check" in guardian.stdout and "--install-completion" not in guardian.stdout
+    rebuild = tv("rebuild", "--help")
+    assert "--since" in rebuild.stdout
+    wrong = tv("guardian", "no-such-command", check=False)
+    assert wrong.returncode == 2 and "no-such-command" in wrong.stderr
