@@ -96,9 +96,12 @@ async def measure(
     seconds: float,
     warmup: float,
     stock: bool = False,
+    linger_ms: int | None = None,
 ) -> dict[str, float]:
     settings = Settings(data_dir=data_dir)
     settings.bus.url = bus_url
+    if linger_ms is not None:
+        settings.writer.linger_ms = linger_ms
     source: PacedSource | SyntheticSource = (
         SyntheticSource(rate=rate, symbols=["BTCUSDT", "ETHUSDT", "SOLUSDT"], seed=7)
         if stock
@@ -139,15 +142,27 @@ def main() -> None:
     parser.add_argument(
         "--stock-source", action="store_true", help="Also measure with SyntheticSource."
     )
+    parser.add_argument(
+        "--linger-ms",
+        default="",
+        help="Comma-separated [writer] linger_ms values to compare in this run (default: the"
+        " configured default only).",
+    )
     args = parser.parse_args()
+    lingers: list[int | None] = [int(v) for v in args.linger_ms.split(",") if v] or [None]
     print(f"rate_records_per_s {args.rate:.0f}")
     with tempfile.TemporaryDirectory(prefix="tv-latency-") as tmp:
         work = Path(tmp)
         results: dict[str, float] = {}
         if args.only in (None, "embedded"):
-            results |= asyncio.run(
-                measure("embedded", work / "embedded", None, args.rate, args.seconds, args.warmup)
-            )
+            for linger in lingers:
+                name = "embedded" if linger is None else f"embedded_linger{linger}"
+                results |= asyncio.run(
+                    measure(
+                        name, work / name, None, args.rate, args.seconds, args.warmup,
+                        linger_ms=linger,
+                    )
+                )  # fmt: skip
         if args.stock_source:
             results |= asyncio.run(
                 measure(
@@ -163,16 +178,14 @@ def main() -> None:
         if args.only in (None, "redis"):
             redis = RedisServer(work / "redis").start()
             try:
-                results |= asyncio.run(
-                    measure(
-                        "redis",
-                        work / "over-redis",
-                        redis.url,
-                        args.rate,
-                        args.seconds,
-                        args.warmup,
-                    )
-                )
+                for linger in lingers:
+                    name = "redis" if linger is None else f"redis_linger{linger}"
+                    results |= asyncio.run(
+                        measure(
+                            name, work / name, f"{redis.url}?prefix={name}:", args.rate,
+                            args.seconds, args.warmup, linger_ms=linger,
+                        )
+                    )  # fmt: skip
             finally:
                 redis.stop()
         for key, value in results.items():

@@ -79,8 +79,9 @@ class StoreSettings(_Section):
 class WriterSettings(_Section):
     batch_records: int = 20_000
     """Records per store write at most."""
-    linger_ms: int = 50
-    """How long the writer waits to fill a batch."""
+    linger_ms: int = 10
+    """How long the writer waits for more records once some arrived. Past it, it still takes
+    whatever is already waiting, so batches grow with the load by themselves."""
     max_deliveries: int = 5
     """An entry delivered more often than this is dead-lettered."""
     claim_idle_ms: int = 60_000

@@ -80,7 +80,7 @@ class WriterConfig:
     consumer: str = field(default_factory=default_consumer_name)
     batch_records: int = 20_000
     batch_entries: int = 512
-    linger_ms: int = 50
+    linger_ms: int = 10
     block_ms: int = 200
     max_deliveries: int = 5
     claim_idle_ms: int = 60_000
@@ -232,9 +232,10 @@ class Writer:
         approx_records = sum(len(e.payload) for e in entries) // _BYTES_PER_RECORD
         first = True
         while len(entries) < cfg.batch_entries and approx_records < cfg.batch_records:
+            # Past the linger deadline, reads still take what is already there (block 0)
+            # and stop at the first empty one: what arrived while the previous batch was
+            # being written goes into this one, so batches grow with the load by themselves.
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            if not first and remaining_ms <= 0:
-                break
             want = cfg.batch_entries - len(entries)
             if entries:
                 per_entry = max(1, approx_records // len(entries))
