@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,42 @@ def test_lazy_commands_run_through_the_real_command_line() -> None:
     assert "--since" in rebuild.stdout
     wrong = tv("guardian", "no-such-command", check=False)
     assert wrong.returncode == 2 and "no-such-command" in wrong.stderr
+
+
+SCRIPT = """
+import multiprocessing as mp, pathlib, sys
+sys.path.insert(0, {root!r})
+if __name__ == "__mp_main__":
+    pathlib.Path({marker!r}).write_text("main module imported in the child")
+if __name__ == "__main__":
+    from tests.spawn_probe import report_modules
+    from tickvault.spawning import without_main_reimport
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=report_modules, args=(send,))
+    if sys.argv[1] == "lean":
+        with without_main_reimport():
+            proc.start()
+    else:
+        proc.start()
+    send.close()
+    print("\\n".join(recv.recv()))
+    proc.join()
+"""
+
+
+@pytest.mark.parametrize("mode", ["lean", "stock"])
+def test_producer_child_imports_only_what_parsing_needs(tmp_path: Path, mode: str) -> None:
+    marker = tmp_path / "marker"
+    script = tmp_path / "main_script.py"
+    root = str(Path(__file__).resolve().parents[1])
+    script.write_text(SCRIPT.format(root=root, marker=str(marker)))
+    out = subprocess.run(
+        [sys.executable, str(script), mode], check=True, capture_output=True, text=True,
+        timeout=120,
+    ).stdout.split()  # fmt: skip
+    assert "tickvault.sources.replay" in out and "tickvault.producer" in out
+    heavy = sorted(m for m in out if m.split(".")[0] in HEAVY or m in HEAVY)
+    assert not [m for m in heavy if not m.startswith(("pyarrow", "numpy"))], heavy
+    # Without the guard, spawn runs the parent's main module again in the child.
+    assert marker.exists() == (mode == "stock")

@@ -29,6 +29,7 @@ from typing import Any
 from tickvault.config import Settings, settings_from_builtins, settings_to_builtins
 from tickvault.errors import BusError, ResourceFault, TickvaultError
 from tickvault.faults import resource_fault
+from tickvault.spawning import without_main_reimport
 
 _PR_SET_PDEATHSIG = 1
 
@@ -219,7 +220,8 @@ class ProducerProcess:
     def start(self) -> None:
         """Start the child now (idempotent), e.g. while the parent still opens its store."""
         if self._proc.pid is None:
-            self._proc.start()
+            with without_main_reimport():  # the child needs nothing from the command line
+                self._proc.start()
             self._send.close()
 
     async def run(self) -> ProducerResult:
