@@ -9,6 +9,7 @@ only (it reads ``/proc``); written by hand because only this one figure is neede
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import threading
 import time
@@ -25,6 +26,8 @@ class TreeRun:
     """Largest sum of the RSS of the process and its descendants seen at one sample."""
     peak_process_rss_mb: float
     """Largest RSS of any single process of the tree seen at one sample."""
+    cpu_seconds: float
+    """User + system CPU time of the process and every descendant it waited for."""
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -67,6 +70,7 @@ def tree_rss(root: int) -> tuple[int, int]:
 def run_sampled(args: list[str], interval: float = 0.05, **kw: object) -> TreeRun:
     """Run ``args`` to completion (check=True), timing it and sampling its tree's RSS."""
     peak = [0, 0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, **kw)  # type: ignore[call-overload]
     done = threading.Event()
@@ -81,8 +85,10 @@ def run_sampled(args: list[str], interval: float = 0.05, **kw: object) -> TreeRu
     sampler.start()
     out, _ = proc.communicate()
     seconds = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     done.set()
     sampler.join()
     if proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, args, out)
-    return TreeRun(seconds, out, peak[0] / 2**20, peak[1] / 2**20)
+    return TreeRun(seconds, out, peak[0] / 2**20, peak[1] / 2**20, cpu)

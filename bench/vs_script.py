@@ -112,6 +112,8 @@ def one_round(path: Path, n: int, work: Path, batch: int) -> dict[str, float]:
         "peak_tree_rss_mb": tv.peak_tree_rss_mb,
         "peak_process_rss_mb": tv.peak_process_rss_mb,
         "script_peak_rss_mb": script.peak_tree_rss_mb,
+        "tickvault_cpu_s": tv.cpu_seconds,
+        "script_cpu_s": script.cpu_seconds,
     }
 
 
@@ -142,7 +144,8 @@ def main() -> None:
                     f" ({n / r['script_s']:,.0f} rec/s), ratio {r['ratio']:.2f},"
                     f" peak RSS tree {r['peak_tree_rss_mb']:.0f} MB"
                     f" (largest process {r['peak_process_rss_mb']:.0f} MB;"
-                    f" script {r['script_peak_rss_mb']:.0f} MB),"
+                    f" script {r['script_peak_rss_mb']:.0f} MB), CPU tickvault"
+                    f" {r['tickvault_cpu_s']:.1f} s / script {r['script_cpu_s']:.1f} s,"
                     f" load {os.getloadavg()[0]:.1f}"
                 )
             tv_s = statistics.median(r["tickvault_s"] for r in rounds)
