@@ -47,7 +47,9 @@ def feed_cryptofeed(url: str, path: str) -> None:
 
     async def main() -> None:
         backend = TradeStream(host=host, port=int(port))
+        before = asyncio.all_tasks()
         backend.start(asyncio.get_running_loop())
+        (writer,) = asyncio.all_tasks() - before  # the backend's writer task
         std: dict[str, str] = {}
         with open(path, "rb") as fh:  # noqa: ASYNC230 - a recorded file stands in for a socket
             for i, line in enumerate(fh):
@@ -66,14 +68,20 @@ def feed_cryptofeed(url: str, path: str) -> None:
                 )
                 if i % 100 == 99:
                     await asyncio.sleep(0)
-        await backend.queue.join()
+        drained = asyncio.create_task(backend.queue.join())
+        await asyncio.wait({drained, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if writer.done():  # it only ends by failing; without this the join would hang
+            writer.result()
+            raise RuntimeError("cryptofeed's writer task stopped")
 
     asyncio.run(main())
 
 
 def timed(args: list[str]) -> tuple[float, str]:
     started = time.perf_counter()
-    proc = subprocess.run(args, check=True, capture_output=True, text=True)
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{args[1:3]} exited {proc.returncode}: {proc.stderr[-2000:]}")
     return time.perf_counter() - started, proc.stdout
 
 
