@@ -28,13 +28,15 @@ import os
 import tomllib
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tickvault.errors import ConfigError
 from tickvault.redact import register_secret
-from tickvault.rules import TimeWindow, day_us
+
+if TYPE_CHECKING:  # the rules module loads Arrow; reading settings must not
+    from tickvault.rules import TimeWindow
 
 DEFAULT_DATA_DIR = "./tickvault-data"
 ENV_DATA_DIR = "TICKVAULT_DATA_DIR"
@@ -130,6 +132,8 @@ class ValidationSettings(_Section):
             raise ConfigError("[validation] future_s must be >= 0 and live_max_age_s > 0")
 
     def _window(self, earliest: str, max_age_s: float | None = None) -> TimeWindow:
+        from tickvault.rules import TimeWindow, day_us
+
         return TimeWindow(day_us(date.fromisoformat(earliest)), self.future_s, max_age_s)
 
     @property
