@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install deps demo test lint typecheck unit bench clean
 
 $(BIN)/tickvault: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
+# The servers the tests start themselves (Debian packages, QuestDB and Kafka jars); idempotent.
+deps:
+	bash scripts/ci-deps.sh
+
+unit: install deps
 	$(BIN)/pytest -q
 
 test: lint typecheck unit
