@@ -71,6 +71,7 @@ def build_collector(
             channels=list(opts.channels),
             ws_url=opts.ws_url,
             rest_url=opts.rest_url,
+            market=opts.market,
             api_key=_secret(env, opts.api_key_env, "binance", required=False),
             max_streams_per_connection=opts.max_streams_per_connection,
             stall_timeout_s=opts.stall_timeout_s,

@@ -211,7 +211,12 @@ class BinanceSettings(_Section):
     ws_url: str = "wss://stream.binance.com:9443"
     """Websocket base URL (testnets, mirrors and test servers override it)."""
     rest_url: str = "https://api.binance.com"
-    """REST base URL for backfills and depth snapshots."""
+    """REST base URL for backfills and depth snapshots; left at this default, a collector of
+    another market uses that market's own (``https://fapi.binance.com`` for USD-M...)."""
+    market: str | None = None
+    """The Binance market (``binance``, ``binance-usdm``, ``binance-coinm``, ``binance-us``,
+    ``binance-tr``): the ``exchange`` of every row and the REST paths used. Unset: from
+    ``ws_url``'s host (set it for testnets and mirrors, whose hosts say nothing)."""
     api_key_env: str | None = None
     """Environment variable holding an API key; enables exact trade backfill
     (``historicalTrades``). The key itself never goes into the config file."""
@@ -240,6 +245,11 @@ class BinanceSettings(_Section):
     record_rotate_mb: float = 256.0
 
     def __post_init__(self) -> None:
+        if self.market is not None:
+            from tickvault.sources.binance_markets import MARKETS
+
+            if self.market not in MARKETS:
+                raise ValueError(f"market {self.market!r} not among {', '.join(MARKETS)}")
         known = ("trade", "aggTrade", "bookTicker", "depth")
         bad = [c for c in self.channels if c not in known]
         if bad or not self.channels:

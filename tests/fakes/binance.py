@@ -1,8 +1,12 @@
-"""A fake Binance spot venue: combined-stream websocket + REST, on loopback, in a thread.
+"""A fake Binance venue: combined-stream websocket + REST, on loopback, in a thread.
 
 It speaks the wire formats of ``/work/shared/VENUES.md``: ``/stream?streams=a/b`` with
 ``{"stream": ..., "data": ...}`` messages, ``/api/v3/depth``, ``/api/v3/aggTrades``,
-``/api/v3/historicalTrades``. The test drives the market (``emit_trades``, ``emit_depth``,
+``/api/v3/historicalTrades``. ``market="usdm"`` (``"coinm"``) makes it a futures venue:
+REST under ``/fapi/v1`` (``/dapi/v1``) only, depth snapshots with ``E``/``T``, diffs with
+``pu`` and non-consecutive update ids, trades with a type ``X``; non-market trades
+(``emit_trades(..., trade_type="ADL")``) reach the stream but, as on Binance, neither REST
+trade lists nor aggregates. The test drives the market (``emit_trades``, ``emit_depth``,
 ``start_flow``) and the faults: dropping or refusing connections, stalling, skipping ids
 (``deliver=False``: the trades happen, REST knows them, the stream does not send them),
 breaking depth sequences, malformed frames, server pings, a connection age limit, and
@@ -37,6 +41,8 @@ from .http import HttpServer, LoopThread, Request, Response
 
 T = TypeVar("T")
 
+_FUTURES_PREFIX = {"usdm": "/fapi/v1", "coinm": "/dapi/v1"}
+
 
 @dataclass
 class Fault:
@@ -67,10 +73,12 @@ class Market:
         default_factory=lambda: deque(maxlen=50)
     )
     diffs_sent: int = 0
+    trades_made: int = 0
+    """Trades of every type (non-market trades take ids too)."""
 
     @property
     def next_trade_id(self) -> int:
-        return self.first_trade_id + len(self.trades)
+        return self.first_trade_id + self.trades_made
 
 
 class _Conn:
@@ -92,7 +100,10 @@ class FakeBinance:
         agg_size: int = 1,
         api_key: str | None = None,
         seed: int = 7,
+        market: str = "spot",
     ) -> None:
+        self.futures = market in _FUTURES_PREFIX
+        self.prefix = _FUTURES_PREFIX.get(market, "/api/v3")
         self.markets = {s: Market(s) for s in symbols}
         self.agg_size = agg_size
         self.api_key = api_key
@@ -256,8 +267,15 @@ class FakeBinance:
 
     # -- the market ----------------------------------------------------------------------------
 
-    async def emit_trades(self, symbol: str, n: int = 1, *, deliver: bool = True) -> list[int]:
-        """``n`` trades (and their aggregates); ``deliver=False`` keeps them off the stream."""
+    async def emit_trades(
+        self, symbol: str, n: int = 1, *, deliver: bool = True, trade_type: str = "MARKET"
+    ) -> list[int]:
+        """``n`` trades (and their aggregates); ``deliver=False`` keeps them off the stream.
+
+        ``trade_type`` other than ``MARKET`` (futures only): the trades take ids and are
+        streamed, but are neither aggregated nor listed by REST."""
+        if trade_type != "MARKET":
+            return await self._emit_non_market(symbol, n, trade_type)
         m = self.markets[symbol]
         ids: list[int] = []
         low = symbol.lower()
@@ -266,6 +284,7 @@ class FakeBinance:
                 m.price = round(max(1.0, m.price * (1 + self.rng.gauss(0, 0.0005))), 2)
             now = int(time.time() * 1000)
             tid = m.next_trade_id
+            m.trades_made += 1
             trade = {
                 "id": tid,
                 "price": f"{m.price:.2f}",
@@ -292,6 +311,9 @@ class FakeBinance:
                     "m": trade["isBuyerMaker"],
                     "M": True,
                 }
+                if self.futures:
+                    del msg["M"]
+                    msg["X"] = "MARKET"
                 if await self._send(f"{low}@trade", self._wrap(f"{low}@trade", msg)):
                     m.delivered_trades.add(tid)
             if len(m.pending) >= self.agg_size:
@@ -313,12 +335,37 @@ class FakeBinance:
                         m.delivered_aggs.add(int(agg["a"]))
         return ids
 
+    async def _emit_non_market(self, symbol: str, n: int, trade_type: str) -> list[int]:
+        m = self.markets[symbol]
+        low = symbol.lower()
+        ids: list[int] = []
+        for _ in range(n):
+            now = int(time.time() * 1000)
+            tid = m.next_trade_id
+            m.trades_made += 1
+            ids.append(tid)
+            msg = {
+                "e": "trade",
+                "E": now + 1,
+                "T": now,
+                "s": symbol,
+                "t": tid,
+                "p": f"{m.price:.2f}",
+                "q": "0.500",
+                "X": trade_type,
+                "m": True,
+            }
+            await self._send(f"{low}@trade", self._wrap(f"{low}@trade", msg))
+        return ids
+
     async def emit_depth(self, symbol: str, n: int = 1, *, deliver: bool = True) -> int:
         """``n`` diffs; returns the last update id. ``deliver=False`` breaks the sequence."""
         m = self.markets[symbol]
         low = symbol.lower()
         for _ in range(n):
-            first = m.update_id + 1
+            prev = m.update_id
+            # Futures update ids are not consecutive: U may skip past pu + 1.
+            first = prev + 1 + (self.rng.randint(0, 3) if self.futures else 0)
             final = first + self.rng.randint(0, 2)
             bids: list[list[str]] = []
             asks: list[list[str]] = []
@@ -347,6 +394,8 @@ class FakeBinance:
                     "b": bids,
                     "a": asks,
                 }
+                if self.futures:
+                    msg.update({"T": now - 1, "pu": prev})
                 stream = f"{low}@depth@100ms"
                 if await self._send(stream, self._wrap(stream, msg)):
                     m.diffs_sent += 1
@@ -434,37 +483,46 @@ class FakeBinance:
                     fault.status, fault.body, {"Content-Type": "application/json", **fault.headers}
                 )
         q = req.query
-        if req.path == "/api/v3/ping":
+        prefix, _, route = req.path.rpartition("/")
+        if prefix != self.prefix:
+            return Response.json({"code": -1, "msg": "not found"}, 404)
+        if route == "ping":
             return Response.json({})
         m = self.markets.get(q.get("symbol", ""))
         if m is None:
             return Response.json({"code": -1121, "msg": "Invalid symbol."}, 400)
         limit = min(int(q.get("limit", 500)), 1000)
-        if req.path == "/api/v3/depth":
+        if route == "depth":
             u, bids, asks = m.history[-1]
             if self.stale_snapshots > 0:
                 self.stale_snapshots -= 1
                 u, bids, asks = m.history[0]
+            now = int(time.time() * 1000)
+            times = {"E": now, "T": now - 1} if self.futures else {}
             return Response.json(
                 {
                     "lastUpdateId": u,
+                    **times,
                     "bids": [
                         [f"{p:.1f}", f"{q:.3f}"] for p, q in sorted(bids.items(), reverse=True)
                     ],
                     "asks": [[f"{p:.1f}", f"{q:.3f}"] for p, q in sorted(asks.items())],
                 }
             )
-        if req.path == "/api/v3/historicalTrades":
+        if route == "historicalTrades":
             if self.api_key is not None and req.headers.get("x-mbx-apikey") != self.api_key:
                 return Response.json(
                     {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."}, 401
                 )
-            start = int(q["fromId"]) - m.first_trade_id if "fromId" in q else len(m.trades) - limit
-            start = max(start, 0)
-            return Response.json(m.trades[start : start + limit])
-        if req.path == "/api/v3/trades":
-            return Response.json(m.trades[-limit:])
-        if req.path == "/api/v3/aggTrades":
+            if "fromId" not in q:
+                return Response.json(self._rest_trades(m.trades[-limit:]))
+            from_id = int(q["fromId"])
+            return Response.json(
+                self._rest_trades([t for t in m.trades if t["id"] >= from_id][:limit])
+            )
+        if route == "trades":
+            return Response.json(self._rest_trades(m.trades[-limit:]))
+        if route == "aggTrades":
             if "fromId" in q:
                 start = max(int(q["fromId"]) - m.first_agg_id, 0)
                 return Response.json(m.aggs[start : start + limit])
@@ -475,3 +533,9 @@ class FakeBinance:
                 return Response.json([a for a in m.aggs if lo <= a["T"] <= hi][:limit])
             return Response.json(m.aggs[-limit:])
         return Response.json({"code": -1, "msg": "not found"}, 404)
+
+    def _rest_trades(self, trades: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Futures REST trades have no ``isBestMatch``."""
+        if not self.futures:
+            return trades
+        return [{k: v for k, v in t.items() if k != "isBestMatch"} for t in trades]

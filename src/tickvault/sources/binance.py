@@ -42,6 +42,7 @@ from tickvault.sources.binance_book import (
     GAP,
     BookSync,
     fetch_snapshot,
+    futures_prev_id,
     snapshot_row,
 )
 from tickvault.sources.binance_conn import (
@@ -53,9 +54,15 @@ from tickvault.sources.binance_conn import (
     stream_names,
 )
 from tickvault.sources.binance_gaps import Hole, IdTracker, TradeBackfiller
-from tickvault.sources.binance_markets import check_market, market_from_url
+from tickvault.sources.binance_markets import (
+    FUTURES,
+    check_market,
+    market_from_url,
+    rest_base,
+    rest_routes,
+)
 from tickvault.sources.binance_resume import open_gaps
-from tickvault.sources.binance_wire import SkippedMessage, parse_values
+from tickvault.sources.binance_wire import NonMarketTrade, SkippedMessage, parse_values
 from tickvault.sources.poison import raw_dead_letter
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.rest import RestClient, VenueError, backoff_delay
@@ -88,6 +95,9 @@ class BinanceSource(Source):
         self.rng = rng or random.Random()
         # Each market is its own key space: the endpoint says which one this is.
         self.exchange = check_market(o.market) if o.market else market_from_url(o.ws_url)
+        self.routes = rest_routes(self.exchange)
+        self.futures = self.exchange in FUTURES
+        self.non_market_trades = 0
         self.streams = stream_names(o.symbols, o.channels)
         self.groups = split_streams(self.streams, o.max_streams_per_connection)
         self.trades = IdTracker("trade", settle_s=o.gap_settle_s, clock=clock, wall_us=wall_us)
@@ -109,7 +119,7 @@ class BinanceSource(Source):
             )
         # The key goes only where it is needed (historicalTrades), never on public calls.
         self.rest = RestClient(
-            o.rest_url,
+            rest_base(self.exchange, o.rest_url),
             max_attempts=o.rest_attempts,
             backoff_initial_s=o.backoff_initial_s,
             backoff_max_s=o.backoff_max_s,
@@ -189,6 +199,7 @@ class BinanceSource(Source):
                 f"{self.open_connections}/{len(self.groups)} connections,"
                 f" {self.rollovers} rollovers, {self.stalls} stalls,"
                 f" {self.gaps_resynced} depth resyncs"
+                + (f", {self.non_market_trades} non-market trades skipped" if self.futures else "")
                 + (f"; last error: {self.last_error}" if self.last_error else "")
             ),
         )
@@ -267,6 +278,10 @@ class BinanceSource(Source):
                 frames.append(data)
             try:
                 kind, row = parse_values(data, recv_us, exchange)
+            except NonMarketTrade as skip:
+                self.non_market_trades += 1
+                trades.observe(skip.symbol, skip.trade_id, skip.ts_us)
+                continue
             except SkippedMessage:
                 continue
             except Exception as exc:  # any message at all: see sources.poison
@@ -278,7 +293,7 @@ class BinanceSource(Source):
             elif kind == "agg_trade":
                 if not aggs.observe(row[1], row[2], row[8]):
                     continue
-            elif kind == "depth" and not self._on_depth(row):
+            elif kind == "depth" and not self._on_depth(row, data):
                 continue
             bucket = rows.get(kind)
             if bucket is None:
@@ -291,13 +306,14 @@ class BinanceSource(Source):
 
     # -- depth --------------------------------------------------------------------------------
 
-    def _on_depth(self, row: tuple[Any, ...]) -> bool:
+    def _on_depth(self, row: tuple[Any, ...], data: bytes) -> bool:
         symbol = row[1]
         sync = self.books.get(symbol)
         if sync is None:
             sync = self.books[symbol] = BookSync(symbol)
         was_live = sync.live
-        outcome = sync.on_diff(row[2], row[3], row[4], row[5], row[6], row[7])
+        prev = futures_prev_id(data) if self.futures else None
+        outcome = sync.on_diff(row[2], row[3], row[4], row[5], row[6], row[7], prev)
         if outcome == DUPLICATE:
             return False
         if outcome == GAP and sync.last_gap is not None:
@@ -325,7 +341,7 @@ class BinanceSource(Source):
                 sync.snapshot_requested()
                 try:
                     snap = await fetch_snapshot(
-                        self.rest, symbol, self.options.depth_snapshot_limit
+                        self.rest, symbol, self.options.depth_snapshot_limit, self.routes.depth
                     )
                 except VenueError as exc:
                     attempt += 1

@@ -3,13 +3,21 @@
 The procedure (spot diff-depth stream):
 
 1. Open the stream and buffer its events.
-2. GET ``/api/v3/depth?symbol=&limit=`` → ``lastUpdateId`` ``L`` and the levels.
+2. GET ``/api/v3/depth?symbol=&limit=`` (``/fapi/v1/depth``, ``/dapi/v1/depth`` on
+   futures) → ``lastUpdateId`` ``L`` and the levels.
 3. Drop buffered events with ``u <= L``.
 4. The first event applied must straddle the snapshot: ``U <= L + 1 <= u``. If the first
    remaining event starts after ``L + 1`` the snapshot is older than the stream: fetch a
    new one (this is not a gap; the stream itself is continuous).
 5. After that every event must have ``U == previous u + 1``. Anything else breaks the book:
    a gap ``[previous u + 1, U - 1]`` is reported and the book resyncs from step 2.
+
+Futures diffs carry ``pu``, the ``u`` of the previous event, and their ``U`` need not be
+``previous u + 1`` (update ids are not consecutive there): continuity is ``pu == previous
+u``, and the first diff after a snapshot must have ``pu <= L < u``. Both rules are the spot
+ones with ``U - 1`` read as "the update id before this diff", which is what
+:meth:`BookSync.on_diff` takes as ``prev`` (default ``U - 1``; the collector passes ``pu``
+on futures, read by :func:`futures_prev_id`).
 
 :class:`BookSync` is that state machine for one symbol, pure and synchronous: it is told
 about diffs (:meth:`BookSync.on_diff`) and snapshots (:meth:`BookSync.on_snapshot`) and
@@ -65,7 +73,7 @@ class OrderBook:
 
 @dataclass
 class _Diff:
-    first: int
+    prev: int
     final: int
     bid_p: list[float]
     bid_q: list[float]
@@ -101,17 +109,24 @@ class BookSync:
         bid_q: list[float],
         ask_p: list[float],
         ask_q: list[float],
+        prev: int | None = None,
     ) -> int:
-        """Feed one diff; return :data:`DUPLICATE`, :data:`STORED` or :data:`GAP`."""
+        """Feed one diff; return :data:`DUPLICATE`, :data:`STORED` or :data:`GAP`.
+
+        ``prev`` is the update id just before this diff: ``first - 1`` on spot (the
+        default), the diff's ``pu`` on futures.
+        """
+        if prev is None:
+            prev = first - 1
         last = self.last_seen
         if last is not None and final <= last:
             return DUPLICATE
         outcome = STORED
-        if last is not None and first > last + 1:
-            self.last_gap = (last + 1, first - 1)
+        if last is not None and prev > last:
+            self.last_gap = (last + 1, prev)
             outcome = GAP
         self.last_seen = final
-        diff = _Diff(first, final, bid_p, bid_q, ask_p, ask_q)
+        diff = _Diff(prev, final, bid_p, bid_q, ask_p, ask_q)
         if self.live:
             if outcome == GAP:
                 self._break()
@@ -145,7 +160,7 @@ class BookSync:
         assert snap is not None
         if diff.final <= snap:
             return
-        if diff.first <= snap + 1:
+        if diff.prev <= snap:
             self.book.apply(diff.bid_p, diff.bid_q, diff.ask_p, diff.ask_q)
             self.book_update_id = diff.final
             self._snapshot_id = None
@@ -181,7 +196,7 @@ class BookSync:
             self._snapshot_id = last_update_id
             return False
         first = buffered[0]
-        if not first.first <= last_update_id + 1 <= first.final:
+        if not first.prev <= last_update_id < first.final:
             self._buffer = buffered
             self.book = OrderBook()
             self.book_update_id = None
@@ -189,7 +204,7 @@ class BookSync:
             return False
         previous = None
         for d in buffered:
-            if previous is not None and d.first != previous + 1:  # pragma: no cover
+            if previous is not None and d.prev != previous:  # pragma: no cover
                 # on_diff already turns such a break into a GAP and clears the buffer
                 self._break()
                 return False
@@ -207,21 +222,47 @@ class BookSync:
 
 
 class Snapshot(msgspec.Struct):
-    """``GET /api/v3/depth`` answer (prices and quantities arrive as decimal strings)."""
+    """``GET /api/v3/depth`` answer (prices and quantities arrive as decimal strings); the
+    futures answer's extra ``E``/``T`` are not needed."""
 
     lastUpdateId: int
     bids: Levels
     asks: Levels
 
 
-async def fetch_snapshot(rest: RestClient, symbol: str, limit: int) -> Snapshot:
-    """The venue's book of ``symbol``; raises VenueError, also for an answer of the wrong
-    shape."""
-    raw = await rest.get_json("/api/v3/depth", {"symbol": symbol, "limit": limit})
+async def fetch_snapshot(
+    rest: RestClient, symbol: str, limit: int, path: str = "/api/v3/depth"
+) -> Snapshot:
+    """The venue's book of ``symbol`` from ``path`` (the market's depth route); raises
+    VenueError, also for an answer of the wrong shape."""
+    raw = await rest.get_json(path, {"symbol": symbol, "limit": limit})
     try:
         return msgspec.convert(raw, Snapshot, strict=False)
     except msgspec.ValidationError as exc:
         raise VenueError(f"depth snapshot of {symbol} malformed: {exc}") from None
+
+
+class _PrevId(msgspec.Struct):
+    pu: int | None = None
+
+
+class _WrappedPrevId(msgspec.Struct):
+    data: _PrevId
+
+
+_PREV = msgspec.json.Decoder(_PrevId)
+_WRAPPED_PREV = msgspec.json.Decoder(_WrappedPrevId)
+
+
+def futures_prev_id(data: bytes) -> int | None:
+    """The ``pu`` of a futures diff-depth message (bare or stream-wrapped); ``None`` when it
+    has none or cannot be read (the spot rule then applies)."""
+    try:
+        if data.startswith(b'{"stream"'):
+            return _WRAPPED_PREV.decode(data).data.pu
+        return _PREV.decode(data).pu
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def snapshot_row(

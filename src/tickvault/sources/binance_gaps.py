@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tickvault.sources.binance_markets import rest_routes
 from tickvault.sources.binance_wire import EXCHANGE
 from tickvault.sources.rest import RestClient, VenueError
 
@@ -199,6 +200,7 @@ class TradeBackfiller:
         self.api_key = api_key
         self.wall_us = wall_us
         self.exchange = exchange
+        self.routes = rest_routes(exchange)  # futures: /fapi/v1/..., /dapi/v1/...
 
     async def backfill(self, hole: Hole) -> BackfillResult:
         try:
@@ -236,7 +238,7 @@ class TradeBackfiller:
         recv = self.wall_us()
         while next_id <= hole.to_id:
             page = await self.rest.get_json(
-                "/api/v3/historicalTrades",
+                self.routes.historical_trades,
                 {"symbol": hole.symbol, "fromId": next_id, "limit": PAGE},
                 headers={"X-MBX-APIKEY": self.api_key or ""},
             )
@@ -275,7 +277,7 @@ class TradeBackfiller:
         recv = self.wall_us()
         while next_id <= hole.to_id:
             page = await self.rest.get_json(
-                "/api/v3/aggTrades", {"symbol": hole.symbol, "fromId": next_id, "limit": PAGE}
+                self.routes.agg_trades, {"symbol": hole.symbol, "fromId": next_id, "limit": PAGE}
             )
             if not isinstance(page, list) or not page:
                 break
@@ -321,7 +323,7 @@ class TradeBackfiller:
             "limit": PAGE,
         }
         while True:
-            page = await self.rest.get_json("/api/v3/aggTrades", params)
+            page = await self.rest.get_json(self.routes.agg_trades, params)
             if not isinstance(page, list):
                 break
             top_trade = -1

@@ -17,10 +17,17 @@ Binance TR         ``stream-cloud.trbinance.com``          ``binance-tr``
 Live collectors take the market from their endpoint (:func:`market_from_url`); replays
 take it from the user (``--exchange``) and count messages that carry fields only another
 market sends (:func:`foreign_fields`), so a futures file replayed as spot is noticed.
+
+Each market also has its own REST API (:data:`REST_ROUTES`): a collector on a futures
+endpoint fetches depth snapshots and backfills trade gaps from ``/fapi/v1/...`` (USD-M) or
+``/dapi/v1/...`` (COIN-M), never from the spot ``/api/v3/...`` paths, whose ids belong to
+another key space. The answers have the spot shapes (futures depth snapshots add ``E`` and
+``T``, futures historical trades lack ``isBestMatch``; neither is read).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from tickvault.errors import ConfigError
@@ -32,6 +39,44 @@ US = "binance-us"
 TR = "binance-tr"
 MARKETS = (SPOT, USDM, COINM, US, TR)
 FUTURES = frozenset({USDM, COINM})
+
+
+@dataclass(frozen=True)
+class RestRoutes:
+    """One market's REST base URL and the market-data paths the collector calls."""
+
+    base: str
+    depth: str
+    agg_trades: str
+    historical_trades: str
+
+
+def _routes(base: str, prefix: str) -> RestRoutes:
+    return RestRoutes(base, f"{prefix}/depth", f"{prefix}/aggTrades", f"{prefix}/historicalTrades")
+
+
+REST_ROUTES: dict[str, RestRoutes] = {
+    SPOT: _routes("https://api.binance.com", "/api/v3"),
+    USDM: _routes("https://fapi.binance.com", "/fapi/v1"),
+    COINM: _routes("https://dapi.binance.com", "/dapi/v1"),
+    US: _routes("https://api.binance.us", "/api/v3"),
+    TR: _routes("https://api.binance.me", "/api/v3"),
+}
+"""Binance's documented REST API of each market (spot, USD-M and COIN-M futures reference)."""
+
+
+def rest_routes(market: str) -> RestRoutes:
+    """The REST routes of ``market`` (spot's for a name that is not a market)."""
+    return REST_ROUTES.get(market, REST_ROUTES[SPOT])
+
+
+def rest_base(market: str, configured: str) -> str:
+    """The REST base URL a collector of ``market`` uses: ``configured`` unless it is the spot
+    default left in place for another market (then that market's own base)."""
+    if configured.rstrip("/") == REST_ROUTES[SPOT].base and market != SPOT:
+        return rest_routes(market).base
+    return configured
+
 
 # Websocket and REST hosts of each market (suffix match on the host name).
 _HOSTS = (

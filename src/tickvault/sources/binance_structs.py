@@ -19,6 +19,8 @@ class WireTrade(msgspec.Struct, tag_field="e", tag="trade"):
     q: float
     T: int
     m: bool
+    X: str | None = None
+    """Futures only: the trade type (``MARKET``; ``INSURANCE_FUND``, ``ADL``, ``NA``...)."""
 
 
 class WireAggTrade(msgspec.Struct, tag_field="e", tag="aggTrade"):

@@ -62,6 +62,22 @@ class SkippedMessage(ParseError):
     """A valid message that carries no record (an open kline): counted, not dead-lettered."""
 
 
+class NonMarketTrade(SkippedMessage):
+    """A futures trade whose type ``X`` is not ``MARKET`` (an insurance-fund or ADL fill).
+
+    Binance's futures REST trade lists and aggregates contain market trades only, so these
+    are skipped with a count rather than stored: the stored history stays the one REST
+    backfill and the venue's dumps can restore. The trade id is kept (``trade_id``) so the
+    collector still counts it as seen and opens no gap for it.
+    """
+
+    def __init__(self, trade_type: str, symbol: str, trade_id: int, ts_us: int) -> None:
+        super().__init__(f"non-market trade (X={trade_type})")
+        self.symbol = symbol
+        self.trade_id = trade_id
+        self.ts_us = ts_us
+
+
 class SymbolNeeded(ParseError):
     """A depth snapshot that does not name its symbol (a bare REST snapshot line)."""
 
@@ -324,6 +340,8 @@ def to_values(
             raise ParseError(_price_reason("price", p))
         if not 0 <= q < _INF:
             raise ParseError(_size_reason("qty", q))
+        if msg.X is not None and msg.X != "MARKET":
+            raise NonMarketTrade(msg.X[:32], msg.s, msg.t, msg.T * 1000)
         return "trade", (
             exchange,
             msg.s,
