@@ -1,4 +1,8 @@
-"""``binance``: the live Binance spot collector (websocket market streams + REST repair).
+"""``binance``: the live Binance collector (websocket market streams + REST repair).
+
+One collector records one market (spot, USD-M, COIN-M, Binance.US, Binance TR): its
+endpoint (or ``market``) names it, stamps every row with it and picks its REST API
+(:data:`~tickvault.sources.binance_markets.REST_ROUTES`).
 
 Contract:
 
