@@ -125,6 +125,8 @@ def test_a_futures_snapshot_is_bridged_by_pu() -> None:
     assert sync.book_update_id == 110 and sync.book.bids == {9.0: 2.0, 10.0: 1.0}
     assert futures_prev_id(b'{"stream":"x@depth","data":{"e":"depthUpdate","pu":42}}') == 42
     assert futures_prev_id(b'{"e":"depthUpdate","U":1,"u":2,"pu":7}') == 7
+    assert futures_prev_id(b'{"data":{"pu":9,"u":10},"stream":"x@depth"}') == 9
+    assert futures_prev_id(b"not json") is None
     assert futures_prev_id(b'{"e":"depthUpdate","U":1,"u":2}') is None
 
 

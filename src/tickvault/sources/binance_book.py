@@ -258,9 +258,11 @@ def futures_prev_id(data: bytes) -> int | None:
     """The ``pu`` of a futures diff-depth message (bare or stream-wrapped); ``None`` when it
     has none or cannot be read (the spot rule then applies)."""
     try:
-        if data.startswith(b'{"stream"'):
-            return _WRAPPED_PREV.decode(data).data.pu
-        return _PREV.decode(data).pu
+        if not data.startswith(b'{"stream"'):
+            prev = _PREV.decode(data).pu
+            if prev is not None or b'"data"' not in data:
+                return prev
+        return _WRAPPED_PREV.decode(data).data.pu  # wrapped, keys in any order
     except (msgspec.ValidationError, msgspec.DecodeError):
         return None
 
