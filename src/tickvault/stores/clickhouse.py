@@ -192,17 +192,24 @@ class ClickHouseStore(Store):
 
     # -- writing ----------------------------------------------------------------------------
 
-    async def write(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int:
-        """Insert the rows whose keys are not stored yet (``token_salt``: see
-        :mod:`tickvault.stores.clickhouse_replace`)."""
+    async def _prepare(
+        self, kind: str, table: pa.Table
+    ) -> tuple[KindSpec, dict[str, str], pa.Table]:
+        """The kind's spec, its table's column types and ``table`` in the table's column
+        order with one row per key (the first), for :meth:`write` and :meth:`replace`."""
         spec = spec_for(kind)
-        if table.num_rows == 0:
-            return 0
         await self.ensure_schema()
         types = self._types.get(spec.table)
         if types is None:
             raise StoreUnavailable(f"ClickHouse table {self.database}.{spec.table} is missing")
-        batch = first_per_key(table.select(list(spec.columns)), spec)
+        return spec, types, first_per_key(table.select(list(spec.columns)), spec)
+
+    async def write(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int:
+        """Insert the rows whose keys are not stored yet (``token_salt``: see
+        :mod:`tickvault.stores.clickhouse_replace`)."""
+        if table.num_rows == 0:
+            return 0
+        spec, types, batch = await self._prepare(kind, table)
         existing = await self._existing_rows(spec, batch, types)
         if existing:
             rows = pa.array(range(batch.num_rows), pa.uint32())
@@ -232,14 +239,9 @@ class ClickHouseStore(Store):
         """See :mod:`tickvault.stores.clickhouse_replace` (delete mutation, then insert)."""
         from tickvault.stores.clickhouse_replace import replace_rows
 
-        spec = spec_for(kind)
         if table.num_rows == 0:
             return 0
-        await self.ensure_schema()
-        types = self._types.get(spec.table)
-        if types is None:
-            raise StoreUnavailable(f"ClickHouse table {self.database}.{spec.table} is missing")
-        batch = first_per_key(table.select(list(spec.columns)), spec)
+        spec, types, batch = await self._prepare(kind, table)
         return await replace_rows(self, spec, self._table(spec), types, batch)
 
     async def _existing_rows(
