@@ -42,10 +42,13 @@ from tickvault.config import (
 )
 from tickvault.errors import ConfigError, ResourceFault, StoreUnavailable, TickvaultError
 from tickvault.faults import resource_fault
+from tickvault.gc_tuning import tune_for_throughput
 from tickvault.lazy_cli import LazyGroup
 from tickvault.redact import install_log_redaction, redact_text
 
 if TYPE_CHECKING:
+    from tickvault.replay_job import ReplayPlan
+    from tickvault.replay_start import ReplayStart
     from tickvault.sources.base import Source
 
 T = TypeVar("T")
@@ -162,6 +165,7 @@ def _settings(
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    tune_for_throughput()  # this process lives for the command: see tickvault.gc_tuning
     try:
         return asyncio.run(coro)
     except ResourceFault as exc:
@@ -392,8 +396,6 @@ def replay(
         TimeElapsedColumn,
     )
 
-    from tickvault.replay_job import plan_replay, run_replay
-
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
 
@@ -408,8 +410,37 @@ def replay(
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
 
+    show_progress = not json_out and err.is_terminal
+    producing: dict[str, Any] = {
+        "exchange": exchange,
+        "line_format": line_format,
+        "symbol": symbol,
+    }
+
     async def main() -> int:
-        plan = plan_replay(settings, list(paths), restart, exchange=exchange)
+        from tickvault.replay_start import start_replay
+
+        files = list(paths)
+        # Lock and producer first: the child starts while this process imports the rest.
+        # An interactive run first reads where earlier runs stopped and counts the lines
+        # (its progress bar needs both, and the child moves the checkpoints).
+        early = None if show_progress else start_replay(settings, files, restart, **producing)
+        from tickvault.replay_job import ReplayPlan, plan_replay
+
+        if early is None:
+            plan = plan_replay(settings, files, restart, exchange=exchange)
+        else:
+            plan = ReplayPlan(files, 0, 0)
+        started = early or start_replay(settings, files, restart, **producing)
+        try:
+            return await replay_started(plan, started)
+        except BaseException:
+            started.abandon()  # a no-op once the pipeline has stopped them itself
+            raise
+
+    async def replay_started(plan: ReplayPlan, started: ReplayStart) -> int:
+        from tickvault.replay_job import run_replay
+
         progress = Progress(
             TextColumn("[bold]replay[/bold]"),
             BarColumn(),
@@ -417,7 +448,7 @@ def replay(
             TextColumn("lines · stored {task.fields[stored]:,}"),
             TimeElapsedColumn(),
             console=err,
-            disable=json_out or not err.is_terminal,
+            disable=not show_progress,
         )
         with progress:
             task = progress.add_task(
@@ -427,9 +458,8 @@ def replay(
                 settings,
                 plan,
                 restart=restart,
-                exchange=exchange,
-                line_format=line_format,
-                symbol=symbol,
+                **producing,
+                started=started,
                 handle_signals=True,
                 on_progress=lambda p: progress.update(
                     task, completed=plan.resume_at + p.lines, stored=p.writer.stats.inserted

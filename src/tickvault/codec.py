@@ -38,7 +38,15 @@ import pyarrow as pa
 from tickvault.errors import DecodeError, RecordError
 from tickvault.records import KINDS, KindSpec, Record, kind_of, spec_for, validate
 from tickvault.rejects import Reject, make_reject
-from tickvault.rules import FITS, HISTORY, Bounds, check_value, columns_valid, rows_valid
+from tickvault.rules import (
+    FITS,
+    HISTORY,
+    Bounds,
+    check_value,
+    columns_valid,
+    rows_valid,
+    values_valid,
+)
 
 FRAME_VERSION = 1
 
@@ -270,12 +278,19 @@ class FrameBuilder:
         spec = self.spec
         bounds = bounds or HISTORY.bounds()
         try:
-            cols = self._columns(rows)
+            lists = [list(values) for values in zip(*rows, strict=True)]
         except (ValueError, TypeError):  # a row of the wrong width
-            cols = None
-        if cols is not None:
-            table = fast_table(Frame(self.kind, cols))
-            if table is not None and _all_valid(spec, table, bounds):
+            lists = None
+        if lists is not None:
+            cols = {
+                f.name: pack_column(values, f.type)
+                for f, values in zip(spec.schema, lists, strict=True)
+            }
+            ok = _packed_valid(spec, cols, lists, bounds)
+            if ok is None:  # a column stayed a plain list: ask Arrow
+                table = fast_table(Frame(self.kind, cols))
+                ok = table is not None and _all_valid(spec, table, bounds)
+            if ok:
                 try:
                     return encode_frame(self.kind, cols), []
                 except _ENCODE_ERRORS:
@@ -355,6 +370,24 @@ def _row_reason(spec: KindSpec, row: dict[str, Any], bounds: Bounds | None = Non
     except Exception as exc:  # a value no check foresaw refuses its own row only
         return f"bad value: {type(exc).__name__}"
     return None
+
+
+def _packed_valid(
+    spec: KindSpec, cols: dict[str, Column], lists: list[list[Any]], bounds: Bounds
+) -> bool | None:
+    """:func:`_all_valid` on freshly packed columns, without building Arrow arrays (the
+    producer's common case: no Arrow conversion, no pyarrow.compute). None when a column
+    stayed a plain list (nulls, odd values): then only Arrow can tell."""
+    if spec.list_rules or spec.kind == "bar":
+        return False
+    for f, values in zip(spec.schema, lists, strict=True):
+        col = cols[f.name]
+        if isinstance(col, list):
+            return None
+        rule_set = spec.rules.get(f.name)
+        if rule_set and not values_valid(rule_set, values, isinstance(col, I64), bounds):
+            return False
+    return True
 
 
 def _all_valid(spec: KindSpec, table: pa.Table, bounds: Bounds | None = None) -> bool:

@@ -53,6 +53,32 @@ def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return any(a[c] != b[c] for c in a if c not in RECEIPT_COLUMNS)
 
 
+_MIX = 1_000_003
+
+
+def _keys_distinct(table: pa.Table, key: tuple[str, ...]) -> bool:
+    """True only if no two rows share a natural key (False: maybe they do).
+
+    Every key column becomes 64-bit integers (strings by their dictionary index) folded
+    into one value per row with a wrapping multiply-add. Equal keys always fold to equal
+    values, so as many distinct values as rows proves the keys distinct; a collision only
+    sends the batch to the exact check. About a tenth of the cost of grouping.
+    """
+    folded = None
+    for name in key:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_string(col.type):
+            col = pc.dictionary_encode(col).indices.cast(pa.int64())
+        elif pa.types.is_integer(col.type) or pa.types.is_timestamp(col.type):
+            col = col.cast(pa.int64())
+        else:
+            return False
+        if col.null_count:
+            return False
+        folded = col if folded is None else pc.add(pc.multiply(folded, _MIX), col)
+    return folded is not None and len(pc.unique(folded)) == table.num_rows
+
+
 def first_versions(spec: KindSpec, table: pa.Table) -> tuple[pa.Table, list[Pair]]:
     """``table`` with only the first row of each natural key, and the later rows whose
     content differs from that first one (as ``(first, later)`` pairs). Identical repeats
@@ -61,8 +87,8 @@ def first_versions(spec: KindSpec, table: pa.Table) -> tuple[pa.Table, list[Pair
     n = table.num_rows
     if n < 2:
         return table, []
-    # Cheap common case: the last key column (an id) alone repeats nothing.
-    if len(pc.unique(table.column(spec.key[-1]))) == n:
+    # Cheap common case: no key repeats (see _keys_distinct).
+    if _keys_distinct(table, spec.key):
         return table, []
     numbered = table.select(list(spec.key)).append_column("_tv_i", pa.array(range(n), pa.int64()))
     firsts = numbered.group_by(list(spec.key), use_threads=False).aggregate([("_tv_i", "min")])

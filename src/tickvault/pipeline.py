@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -26,8 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import msgspec
 
@@ -40,6 +38,7 @@ from tickvault.errors import BusError, ConfigError
 from tickvault.events import EVENTS
 from tickvault.failover import FailoverPublisher
 from tickvault.maintenance import bus_retention, start_service_upkeep
+from tickvault.owner_lock import DataDirLock
 from tickvault.producer import ProducerProcess
 from tickvault.publisher import FramePublisher, SourcePump
 from tickvault.sources.base import Source
@@ -55,35 +54,6 @@ log = logging.getLogger(__name__)
 _PRODUCER_KILL_S = 5.0
 """A producer still alive this long after the grace is over is killed (safe: it only ever
 advances its checkpoints after the bus confirmed)."""
-
-
-class DataDirLock:
-    """An exclusive ``flock`` on ``<data dir>/.owner.lock`` held by the owning process."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.path = data_dir / ".owner.lock"
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the life of the process
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            pid = control.owner_pid(self.path.parent)
-            who = f"process {pid}" if pid else "another process"
-            raise ConfigError(
-                f"data dir {self.path.parent} is in use by {who}; use `tickvault status` or"
-                " `tickvault query` to look at it, or pick another --data-dir"
-            ) from None
-        self._fh = fh
-
-    def release(self) -> None:
-        if self._fh is not None:
-            fcntl.flock(self._fh, fcntl.LOCK_UN)
-            self._fh.close()
-            self._fh = None
 
 
 @dataclass
@@ -121,9 +91,12 @@ class Pipeline:
         on_locked: Callable[[], None] | None = None,
         serve_http: bool = False,
         http_token: str | None = None,
+        lock: DataDirLock | None = None,
     ) -> None:
         """``serve_http``: also serve the HTTP API and dashboard on ``[http] listen`` (``run``
-        and ``demo``); ``http_token`` is the bearer token it requires (None: open)."""
+        and ``demo``); ``http_token`` is the bearer token it requires (None: open).
+        ``lock``: the data dir's lock when the caller took it already (it is released
+        with the pipeline either way)."""
         self.settings = settings
         self.sources = sources
         self.with_writer = with_writer
@@ -134,7 +107,7 @@ class Pipeline:
         self.sources_done = asyncio.Event()
         self.started_at = time.time()
         self.producers: list[ProducerProcess] = []
-        self._lock = DataDirLock(settings.data_dir)
+        self._lock = lock if lock is not None else DataDirLock(settings.data_dir)
         self.bus: Bus
         self.store: Store
         self.publisher: FramePublisher

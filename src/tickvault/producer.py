@@ -29,6 +29,7 @@ from typing import Any
 from tickvault.config import Settings, settings_from_builtins, settings_to_builtins
 from tickvault.errors import BusError, ResourceFault, TickvaultError
 from tickvault.faults import resource_fault
+from tickvault.gc_tuning import tune_for_throughput
 from tickvault.spawning import without_main_reimport
 
 _PR_SET_PDEATHSIG = 1
@@ -170,6 +171,7 @@ def _child_main(
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it sends SIGTERM
     settings = settings_from_builtins(settings_raw)
+    tune_for_throughput()
     try:
         result = asyncio.run(_produce(settings, spec, lines, parent))
     except TickvaultError as exc:

@@ -11,14 +11,18 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tickvault.checkpoints import CheckpointStore
 from tickvault.config import Settings
-from tickvault.errors import ConfigError
-from tickvault.pipeline import Pipeline, RunSummary
+from tickvault.owner_lock import DataDirLock
 from tickvault.producer import ProducerProcess, ProducerResult, ReplaySpec
+from tickvault.replay_start import ReplayStart, check_files
 from tickvault.sources.binance_markets import check_market
 from tickvault.sources.replay import count_lines, file_key
+
+if TYPE_CHECKING:
+    from tickvault.pipeline import Pipeline, RunSummary
 
 
 @dataclass(frozen=True)
@@ -41,9 +45,7 @@ def plan_replay(
 
     ``count=False`` skips counting the lines (only a progress bar needs the total).
     """
-    for path in paths:
-        if not path.is_file():
-            raise ConfigError(f"replay: no such file: {path}")
+    check_files(paths)
     resume_at = 0
     if not restart:
         checkpoints = CheckpointStore(settings.state_path)
@@ -65,18 +67,27 @@ async def run_replay(
     exchange: str = "binance",
     line_format: str = "auto",
     symbol: str | None = None,
+    started: ReplayStart | None = None,
 ) -> tuple[RunSummary, ProducerResult]:
     """Replay ``plan`` and wait until every record is stored and acknowledged.
 
     ``exchange`` is the Binance market every row is stamped with (``binance``,
     ``binance-usdm``...); ``line_format`` and ``symbol`` are passed to the replay source.
+    ``started``: the lock and producer of :func:`start_replay` (then the other producer
+    arguments are the ones given there).
     """
+    from tickvault.pipeline import Pipeline
+
     check_market(exchange)
-    spec = ReplaySpec(plan.paths, restart, exchange, line_format, symbol)
-    producer = ProducerProcess(settings, spec)
+    if started is None:
+        spec = ReplaySpec(plan.paths, restart, exchange, line_format, symbol)
+        started = ReplayStart(DataDirLock(settings.data_dir), ProducerProcess(settings, spec))
+    producer = started.producer
     # The owner's lock first (a second replay on the same data dir must fail before it
     # publishes anything), then the child, which starts up while the store opens.
-    async with Pipeline(settings, [], drain_timeout=None, on_locked=producer.start) as pipeline:
+    async with Pipeline(
+        settings, [], drain_timeout=None, on_locked=producer.start, lock=started.lock
+    ) as pipeline:
         pipeline.producers.append(producer)
         if handle_signals:
             pipeline.install_signal_handlers()
