@@ -108,23 +108,17 @@ def check_market(name: str) -> str:
     return name
 
 
-def foreign_fields(exchange: str, kind: str, line: bytes) -> bool:
-    """True when a parsed message of ``kind`` carries fields that only another market sends.
+FOREIGN_RULES: dict[bool, dict[str, tuple[bytes, bool]]] = {
+    # futures market: kind -> (field, whether its *presence* marks another market)
+    True: {"quote": (b'"E":', False), "depth": (b'"pu":', False)},
+    False: {"quote": (b'"E":', True), "depth": (b'"pu":', True), "trade": (b'"X":', True)},
+}
+"""Spot-family markets never send an event time on book tickers, ``pu`` on depth diffs or
+a trade type ``X``; futures always send the first two. Keyed by "is a futures market"."""
 
-    Spot-family markets never send an event time on book tickers, ``pu`` on depth diffs or
-    a trade type ``X``; futures always send the first two. A byte search, cheap enough to
-    run on every replayed line.
-    """
-    if exchange in FUTURES:
-        if kind == "quote":
-            return b'"E":' not in line
-        if kind == "depth":
-            return b'"pu":' not in line
-        return False
-    if kind == "quote":
-        return b'"E":' in line
-    if kind == "depth":
-        return b'"pu":' in line
-    if kind == "trade":
-        return b'"X":' in line
-    return False
+
+def foreign_fields(exchange: str, kind: str, line: bytes) -> bool:
+    """True when a parsed message of ``kind`` carries fields that only another market sends
+    (:data:`FOREIGN_RULES`). A byte search, cheap enough to run on every replayed line."""
+    rule = FOREIGN_RULES[exchange in FUTURES].get(kind)
+    return rule is not None and (rule[0] in line) is rule[1]

@@ -36,9 +36,10 @@ from tickvault.errors import ConfigError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance_capture import LineFormat, split_line
 from tickvault.sources.binance_markets import (
+    FOREIGN_RULES,
+    FUTURES,
     SPOT,
     check_market,
-    foreign_fields,
     market_from_url,
 )
 from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, open_csv
@@ -199,9 +200,14 @@ class ReplaySource(Source):
     def _parse_lines(self, chunk: list[bytes], last: int, key: str, batch: SourceBatch) -> None:
         rows_by_kind = batch.rows
         exchange, fmt, symbol = self.exchange, self.line_format, self.symbol
+        plain = fmt in ("auto", "json")  # a line starting with "{" is the message itself
+        foreign_rules = FOREIGN_RULES[exchange in FUTURES]
         for number, line in enumerate(chunk, start=last + 1):
             try:
-                payload, recv_us, named = split_line(line, fmt)
+                if plain and line.startswith(b"{"):
+                    payload, recv_us, named = line, None, None
+                else:
+                    payload, recv_us, named = split_line(line, fmt)
                 try:
                     kind, row = parse_values(payload, recv_us, exchange, named or symbol)
                 except SymbolNeeded:
@@ -221,8 +227,9 @@ class ReplaySource(Source):
                 if data:  # blank lines are not input
                     batch.rejects.append(raw_dead_letter(exc, data, *_origin(key, number)))
                 continue
-            if foreign_fields(exchange, kind, payload):
-                self.foreign += 1
+            rule = foreign_rules.get(kind)
+            if rule is not None and (rule[0] in payload) is rule[1]:
+                self.foreign += 1  # see binance_markets.foreign_fields
             if kind == "quote" and recv_us is None and row[7] is None:
                 self.untimed_quotes += 1
             rows = rows_by_kind.get(kind)
