@@ -222,14 +222,14 @@ def values_valid(
     """
     if not values:
         return True
-    if "positive" in rule_set:
-        if integer:
-            return bool(min(values) > 0)
-        return all(0 < v < math.inf for v in values)  # NaN and infinity fail
-    if "non_negative" in rule_set:
-        if integer:
-            return bool(min(values) >= 0)
-        return all(0 <= v < math.inf for v in values)
+    if "positive" in rule_set or "non_negative" in rule_set:
+        # A NaN or an infinity anywhere makes the sum non-finite (so does an overflow of
+        # huge finite values: a false "no" only sends the rows to the per-row check);
+        # with the sum finite, min() compares real numbers only.
+        if not integer and not math.isfinite(sum(values)):
+            return False
+        low = min(values)
+        return bool(low > 0 if "positive" in rule_set else low >= 0)
     if "id" in rule_set:
         return bool(min(values) >= 0)
     if "timestamp" in rule_set:
