@@ -399,8 +399,8 @@ def replay(
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
 
-    from tickvault.sources.binance_capture import FORMATS
     from tickvault.sources.binance_markets import check_market
+    from tickvault.sources.capture_formats import FORMATS
 
     try:
         check_market(exchange)

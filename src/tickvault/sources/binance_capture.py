@@ -17,13 +17,12 @@ comparison.
 
 from __future__ import annotations
 
-from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from tickvault.sources.binance_wire import ParseError, SkippedMessage
+from tickvault.sources.capture_formats import FORMATS, LineFormat
 
-LineFormat = Literal["auto", "json", "cryptofeed", "hftbacktest"]
-FORMATS: tuple[LineFormat, ...] = ("auto", "json", "cryptofeed", "hftbacktest")
+__all__ = ["FORMATS", "LineFormat", "split_line"]
 
 _EXPECTED = {
     "json": "a JSON object",

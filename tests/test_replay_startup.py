@@ -1,0 +1,54 @@
+"""``tickvault replay`` starts its producer before it imports anything heavy.
+
+Structural, not timed (``bench/vs_script.py`` has the timings): what the command needs up to
+the producer's start (the lock, the format and market checks, the process) loads neither
+Arrow nor DuckDB nor the pipeline, and the lock is held before the child exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tickvault.config import load_settings
+from tickvault.errors import ConfigError
+from tickvault.owner_lock import DataDirLock
+from tickvault.replay_start import start_replay
+
+from .test_startup import HEAVY, loaded_after
+
+
+def test_path_to_the_producer_start_is_light() -> None:
+    loaded = loaded_after(
+        "import tickvault.cli, tickvault.replay_start, tickvault.sources.capture_formats"
+    )
+    assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
+    assert "tickvault.records" not in loaded
+
+
+def test_a_second_replay_fails_before_starting_a_producer(tmp_path: Path) -> None:
+    recording = tmp_path / "t.jsonl"
+    recording.write_text("")
+    settings = load_settings(None, data_dir=tmp_path / "data")
+    holder = DataDirLock(settings.data_dir)
+    holder.acquire()
+    try:
+        with pytest.raises(ConfigError, match="in use"):
+            start_replay(settings, [recording])
+    finally:
+        holder.release()
+    started = start_replay(settings, [recording])  # free again: lock taken, child started
+    try:
+        assert started.lock.held
+        assert started.producer._proc.pid is not None
+    finally:
+        started.abandon()
+    assert not started.lock.held
+
+
+def test_missing_file_is_refused_before_the_lock(tmp_path: Path) -> None:
+    settings = load_settings(None, data_dir=tmp_path / "data")
+    with pytest.raises(ConfigError, match="no such file"):
+        start_replay(settings, [tmp_path / "missing.jsonl"])
+    assert not (tmp_path / "data" / ".owner.lock").exists()
