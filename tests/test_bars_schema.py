@@ -31,14 +31,14 @@ EPOCH = dt.datetime(1970, 1, 1)
 def old_bar_spec() -> KindSpec:
     """The bars table as it was before: volume NOT NULL, no ``adjusted``."""
     spec = KINDS["bar"]
-    fields = [
-        pa.field(f.name, f.type, nullable=f.nullable and f.name != "volume")
-        for f in spec.schema
+    fields = tuple(
+        f._replace(nullable=f.nullable and f.name != "volume")
+        for f in spec.fields
         if f.name != "adjusted"
-    ]
+    )
     rules = {k: v for k, v in spec.rules.items() if k != "adjusted"}
     return dataclasses.replace(
-        spec, schema=pa.schema(fields), rules={**rules, "volume": ("required", "non_negative")}
+        spec, fields=fields, rules={**rules, "volume": ("required", "non_negative")}
     )
 
 

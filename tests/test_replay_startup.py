@@ -2,7 +2,8 @@
 
 Structural, not timed (``bench/vs_script.py`` has the timings): what the command needs up to
 the producer's start (the lock, the format and market checks, the process) loads neither
-Arrow nor DuckDB nor the pipeline, and the lock is held before the child exists.
+Arrow nor DuckDB nor the pipeline, the producer itself parses and frames without Arrow, and
+the lock is held before the child exists.
 """
 
 from __future__ import annotations
@@ -25,6 +26,16 @@ def test_path_to_the_producer_start_is_light() -> None:
     )
     assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
     assert "tickvault.records" not in loaded
+
+
+def test_the_producer_process_needs_no_arrow() -> None:
+    """What the producer child imports to parse, frame and publish (see producer._produce)."""
+    loaded = loaded_after(
+        "import tickvault.producer, tickvault.breaker, tickvault.bus, tickvault.bus.sqlite,"
+        " tickvault.checkpoints, tickvault.failover, tickvault.publisher,"
+        " tickvault.sources.replay"
+    )
+    assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
 
 
 def test_a_second_replay_fails_before_starting_a_producer(tmp_path: Path) -> None:

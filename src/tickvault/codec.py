@@ -30,13 +30,12 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import pyarrow as pa
 
 from tickvault.errors import DecodeError, RecordError
-from tickvault.records import KINDS, KindSpec, Record, kind_of, spec_for, validate
+from tickvault.records import KINDS, ColumnType, KindSpec, Record, kind_of, spec_for, validate
 from tickvault.rejects import Reject, make_reject
 from tickvault.rules import (
     FITS,
@@ -47,6 +46,9 @@ from tickvault.rules import (
     rows_valid,
     values_valid,
 )
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 FRAME_VERSION = 1
 
@@ -118,21 +120,21 @@ def column_values(col: Column) -> list[Any]:
     return [bool(b) for b in col.data]
 
 
-def pack_column(values: list[Any], arrow_type: pa.DataType) -> Column:
+def pack_column(values: list[Any], column_type: ColumnType) -> Column:
     """Pack a column for the wire when every value fits the packed form; else keep the list."""
     n = len(values)
     try:
-        if arrow_type == pa.float64():
+        if column_type == "f64":
             return F64(_le(array("d", values)))
-        if arrow_type == pa.int64() or arrow_type == pa.timestamp("us"):
+        if column_type == "i64" or column_type == "ts":
             return I64(_le(array("q", values)))
-        if arrow_type == pa.bool_():
+        if column_type == "bool":
             if set(values) <= {True, False}:
                 return B1(bytes(values))
             return values
     except (TypeError, OverflowError):
         return values
-    if arrow_type == pa.string() and n:
+    if column_type == "str" and n:
         first = values[0]
         if isinstance(first, str) and values.count(first) == n:
             return Const(first, n)
@@ -232,7 +234,7 @@ class FrameBuilder:
         transposed = zip(*rows, strict=True)
         return {
             f.name: pack_column(list(values), f.type)
-            for f, values in zip(self.spec.schema, transposed, strict=True)
+            for f, values in zip(self.spec.fields, transposed, strict=True)
         }
 
     def _suspects(self, rows: list[tuple[Any, ...]], bounds: Bounds) -> list[bool] | None:
@@ -242,8 +244,8 @@ class FrameBuilder:
         spec = self.spec
         if spec.list_rules or spec.kind == "bar":
             return None
-        checks = [FITS[f.type] for f in spec.schema]
-        nullable = [f.nullable for f in spec.schema]
+        checks = [FITS[f.type] for f in spec.fields]
+        nullable = [f.nullable for f in spec.fields]
         width = len(checks)
         fits = [
             len(r) == width
@@ -284,7 +286,7 @@ class FrameBuilder:
         if lists is not None:
             cols = {
                 f.name: pack_column(values, f.type)
-                for f, values in zip(spec.schema, lists, strict=True)
+                for f, values in zip(spec.fields, lists, strict=True)
             }
             ok = _packed_valid(spec, cols, lists, bounds)
             if ok is None:  # a column stayed a plain list: ask Arrow
@@ -334,6 +336,8 @@ class FrameBuilder:
 
 
 def _to_arrow(col: Column, arrow_type: pa.DataType, n: int) -> pa.Array:
+    import pyarrow as pa
+
     if isinstance(col, list):
         return pa.array(col, type=arrow_type)
     if isinstance(col, Const):
@@ -380,7 +384,7 @@ def _packed_valid(
     stayed a plain list (nulls, odd values): then only Arrow can tell."""
     if spec.list_rules or spec.kind == "bar":
         return False
-    for f, values in zip(spec.schema, lists, strict=True):
+    for f, values in zip(spec.fields, lists, strict=True):
         col = cols[f.name]
         if isinstance(col, list):
             return None
@@ -401,6 +405,8 @@ def _all_valid(spec: KindSpec, table: pa.Table, bounds: Bounds | None = None) ->
 
 def fast_table(frame: Frame) -> pa.Table | None:
     """The frame as an Arrow table, unchecked; None when a column does not convert."""
+    import pyarrow as pa
+
     spec = KINDS[frame.kind]
     n = len(frame)
     try:
@@ -421,6 +427,8 @@ def split_valid_many(
     """
     if not frames:
         return []
+    import pyarrow as pa
+
     bounds = bounds or HISTORY.bounds()
     tables = [fast_table(f) for f in frames]
     ready = [t for t in tables if t is not None]
@@ -431,23 +439,23 @@ def split_valid_many(
     return [split_valid(f, bounds) for f in frames]
 
 
-_ARROW_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
-
-
 def _table_from_rows(spec: KindSpec, rows: list[dict[str, Any]], rejects: list[Reject]) -> pa.Table:
     """The rows as a table; a row Arrow cannot take (no rule foresaw it) is moved to
     ``rejects`` on its own instead of failing the whole frame."""
+    import pyarrow as pa
+
+    arrow_errors = (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError)
     if not rows:
         return spec.schema.empty_table()
     try:
         return pa.Table.from_pylist(rows, schema=spec.schema)
-    except _ARROW_ERRORS:
+    except arrow_errors:
         pass
     fitting: list[dict[str, Any]] = []
     for row in rows:
         try:
             pa.Table.from_pylist([row], schema=spec.schema)
-        except _ARROW_ERRORS:
+        except arrow_errors:
             rejects.append(make_reject(spec, row, f"value does not fit the {spec.kind} schema"))
             continue
         fitting.append(row)

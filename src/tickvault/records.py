@@ -1,8 +1,10 @@
 """Typed market-data records, their natural keys and their validation rules.
 
 Every record kind has a :class:`KindSpec` that is the single source of truth for its table
-name, column order, Arrow schema, natural key and validation rules; the codec, the stores
-and the writer all read it from :data:`KINDS`.
+name, column order, column types, natural key and validation rules; the codec, the stores
+and the writer all read it from :data:`KINDS`. Column types are plain names
+(:data:`ColumnType`); the Arrow schema is derived from them on first use, so a process that
+only parses and frames records (the replay producer) never imports Arrow.
 
 Timestamps are integers: microseconds since the Unix epoch, UTC. Stores turn them into
 timestamp columns with microsecond precision.
@@ -12,13 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 import msgspec
-import pyarrow as pa
 
 from tickvault.errors import RecordError
 from tickvault.rules import HISTORY, Bounds, Rule, check_value
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
@@ -149,8 +154,29 @@ class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 Record = Trade | AggTrade | Quote | Bar | DepthUpdate | Gap | BookSnapshot
 
-_TS = pa.timestamp("us")
-_LIST = pa.list_(pa.float64())
+ColumnType = Literal["str", "i64", "f64", "bool", "ts", "f64_list"]
+"""A column's type: text, 64-bit integer, double, boolean, timestamp (integer µs since the
+epoch, UTC) or a list of doubles (book levels)."""
+
+
+class ColumnSpec(NamedTuple):
+    name: str
+    type: ColumnType
+    nullable: bool
+
+
+def arrow_type(column_type: ColumnType) -> pa.DataType:
+    """The Arrow type of a column type (imports Arrow)."""
+    import pyarrow as pa
+
+    return {
+        "str": pa.string(),
+        "i64": pa.int64(),
+        "f64": pa.float64(),
+        "bool": pa.bool_(),
+        "ts": pa.timestamp("us"),
+        "f64_list": pa.list_(pa.float64()),
+    }[column_type]
 
 
 @dataclass(frozen=True)
@@ -160,7 +186,7 @@ class KindSpec:
     kind: str
     record_type: type[msgspec.Struct]
     table: str
-    schema: pa.Schema
+    fields: tuple[ColumnSpec, ...]
     key: tuple[str, ...]
     rules: dict[str, tuple[Rule, ...]]
     list_rules: dict[str, Rule] = field(default_factory=dict)
@@ -169,29 +195,38 @@ class KindSpec:
     written before then means (the codec fills them in, so old frames on a bus or in a
     spool still decode after an upgrade)."""
 
-    @property
-    def columns(self) -> tuple[str, ...]:
-        return tuple(self.schema.names)
+    @cached_property
+    def schema(self) -> pa.Schema:
+        """The Arrow schema (built on first use; imports Arrow)."""
+        import pyarrow as pa
 
-    @property
+        return pa.schema(
+            [pa.field(f.name, arrow_type(f.type), nullable=f.nullable) for f in self.fields]
+        )
+
+    @cached_property
+    def columns(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.fields)
+
+    @cached_property
     def timestamp_columns(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.schema if f.type == _TS)
+        return tuple(f.name for f in self.fields if f.type == "ts")
 
 
 def _spec(
     kind: str,
     record_type: type[msgspec.Struct],
     table: str,
-    fields: list[tuple[str, pa.DataType, bool]],
+    fields: list[tuple[str, ColumnType, bool]],
     key: tuple[str, ...],
     rules: dict[str, tuple[Rule, ...]],
     list_rules: dict[str, Rule] | None = None,
     added_columns: dict[str, Any] | None = None,
 ) -> KindSpec:
-    schema = pa.schema([pa.field(n, t, nullable=nullable) for n, t, nullable in fields])
-    assert schema.names == list(record_type.__struct_fields__), kind
+    columns = tuple(ColumnSpec(*f) for f in fields)
+    assert [c.name for c in columns] == list(record_type.__struct_fields__), kind
     return KindSpec(
-        kind, record_type, table, schema, key, rules, list_rules or {}, added_columns or {}
+        kind, record_type, table, columns, key, rules, list_rules or {}, added_columns or {}
     )
 
 
@@ -211,14 +246,14 @@ KINDS: dict[str, KindSpec] = {
             Trade,
             "trades",
             [
-                ("exchange", pa.string(), False),
-                ("symbol", pa.string(), False),
-                ("trade_id", pa.int64(), False),
-                ("price", pa.float64(), False),
-                ("qty", pa.float64(), False),
-                ("buyer_is_maker", pa.bool_(), False),
-                ("ts_event", _TS, False),
-                ("ts_recv", _TS, False),
+                ("exchange", "str", False),
+                ("symbol", "str", False),
+                ("trade_id", "i64", False),
+                ("price", "f64", False),
+                ("qty", "f64", False),
+                ("buyer_is_maker", "bool", False),
+                ("ts_event", "ts", False),
+                ("ts_recv", "ts", False),
             ],
             ("exchange", "symbol", "trade_id"),
             {
@@ -237,16 +272,16 @@ KINDS: dict[str, KindSpec] = {
             AggTrade,
             "agg_trades",
             [
-                ("exchange", pa.string(), False),
-                ("symbol", pa.string(), False),
-                ("agg_id", pa.int64(), False),
-                ("price", pa.float64(), False),
-                ("qty", pa.float64(), False),
-                ("first_trade_id", pa.int64(), False),
-                ("last_trade_id", pa.int64(), False),
-                ("buyer_is_maker", pa.bool_(), False),
-                ("ts_event", _TS, False),
-                ("ts_recv", _TS, False),
+                ("exchange", "str", False),
+                ("symbol", "str", False),
+                ("agg_id", "i64", False),
+                ("price", "f64", False),
+                ("qty", "f64", False),
+                ("first_trade_id", "i64", False),
+                ("last_trade_id", "i64", False),
+                ("buyer_is_maker", "bool", False),
+                ("ts_event", "ts", False),
+                ("ts_recv", "ts", False),
             ],
             ("exchange", "symbol", "agg_id"),
             {
@@ -267,15 +302,15 @@ KINDS: dict[str, KindSpec] = {
             Quote,
             "quotes",
             [
-                ("exchange", pa.string(), False),
-                ("symbol", pa.string(), False),
-                ("update_id", pa.int64(), False),
-                ("bid_price", pa.float64(), False),
-                ("bid_qty", pa.float64(), False),
-                ("ask_price", pa.float64(), False),
-                ("ask_qty", pa.float64(), False),
-                ("ts_event", _TS, True),
-                ("ts_recv", _TS, False),
+                ("exchange", "str", False),
+                ("symbol", "str", False),
+                ("update_id", "i64", False),
+                ("bid_price", "f64", False),
+                ("bid_qty", "f64", False),
+                ("ask_price", "f64", False),
+                ("ask_qty", "f64", False),
+                ("ts_event", "ts", True),
+                ("ts_recv", "ts", False),
             ],
             ("exchange", "symbol", "update_id"),
             {
@@ -295,18 +330,18 @@ KINDS: dict[str, KindSpec] = {
             Bar,
             "bars",
             [
-                ("source", pa.string(), False),
-                ("symbol", pa.string(), False),
-                ("timeframe", pa.string(), False),
-                ("ts_open", _TS, False),
-                ("open", pa.float64(), False),
-                ("high", pa.float64(), False),
-                ("low", pa.float64(), False),
-                ("close", pa.float64(), False),
-                ("volume", pa.float64(), True),
-                ("vwap", pa.float64(), True),
-                ("trade_count", pa.int64(), True),
-                ("adjusted", pa.bool_(), False),
+                ("source", "str", False),
+                ("symbol", "str", False),
+                ("timeframe", "str", False),
+                ("ts_open", "ts", False),
+                ("open", "f64", False),
+                ("high", "f64", False),
+                ("low", "f64", False),
+                ("close", "f64", False),
+                ("volume", "f64", True),
+                ("vwap", "f64", True),
+                ("trade_count", "i64", True),
+                ("adjusted", "bool", False),
             ],
             ("source", "symbol", "timeframe", "ts_open"),
             {
@@ -331,16 +366,16 @@ KINDS: dict[str, KindSpec] = {
             DepthUpdate,
             "depth_updates",
             [
-                ("exchange", pa.string(), False),
-                ("symbol", pa.string(), False),
-                ("first_update_id", pa.int64(), False),
-                ("final_update_id", pa.int64(), False),
-                ("bid_prices", _LIST, False),
-                ("bid_qtys", _LIST, False),
-                ("ask_prices", _LIST, False),
-                ("ask_qtys", _LIST, False),
-                ("ts_event", _TS, False),
-                ("ts_recv", _TS, False),
+                ("exchange", "str", False),
+                ("symbol", "str", False),
+                ("first_update_id", "i64", False),
+                ("final_update_id", "i64", False),
+                ("bid_prices", "f64_list", False),
+                ("bid_qtys", "f64_list", False),
+                ("ask_prices", "f64_list", False),
+                ("ask_qtys", "f64_list", False),
+                ("ts_event", "ts", False),
+                ("ts_recv", "ts", False),
             ],
             ("exchange", "symbol", "final_update_id"),
             {
@@ -370,15 +405,15 @@ KINDS["gap"] = _spec(
     Gap,
     "gaps",
     [
-        ("exchange", pa.string(), False),
-        ("symbol", pa.string(), False),
-        ("channel", pa.string(), False),
-        ("from_id", pa.int64(), False),
-        ("to_id", pa.int64(), False),
-        ("detected_at", _TS, False),
-        ("status", pa.string(), False),
-        ("reason", pa.string(), False),
-        ("status_at", _TS, False),
+        ("exchange", "str", False),
+        ("symbol", "str", False),
+        ("channel", "str", False),
+        ("from_id", "i64", False),
+        ("to_id", "i64", False),
+        ("detected_at", "ts", False),
+        ("status", "str", False),
+        ("reason", "str", False),
+        ("status_at", "ts", False),
     ],
     ("exchange", "symbol", "channel", "from_id", "status"),
     {
@@ -398,15 +433,15 @@ KINDS["book_snapshot"] = _spec(
     BookSnapshot,
     "book_snapshots",
     [
-        ("exchange", pa.string(), False),
-        ("symbol", pa.string(), False),
-        ("last_update_id", pa.int64(), False),
-        ("origin", pa.string(), False),
-        ("bid_prices", _LIST, False),
-        ("bid_qtys", _LIST, False),
-        ("ask_prices", _LIST, False),
-        ("ask_qtys", _LIST, False),
-        ("ts_recv", _TS, False),
+        ("exchange", "str", False),
+        ("symbol", "str", False),
+        ("last_update_id", "i64", False),
+        ("origin", "str", False),
+        ("bid_prices", "f64_list", False),
+        ("bid_qtys", "f64_list", False),
+        ("ask_prices", "f64_list", False),
+        ("ask_qtys", "f64_list", False),
+        ("ts_recv", "ts", False),
     ],
     ("exchange", "symbol", "last_update_id"),
     {

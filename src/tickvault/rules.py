@@ -37,12 +37,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any, Literal
-
-import pyarrow as pa
-import pyarrow.compute as pc
+from typing import TYPE_CHECKING, Any, Literal
 
 from tickvault.errors import RecordError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Rule = Literal["required", "positive", "non_negative", "id", "timestamp", "name", "text"]
 
@@ -92,14 +92,15 @@ def _fits_float(v: Any) -> bool:
     return type(v) is float or _fits_int(v)
 
 
-FITS: dict[pa.DataType, Callable[[Any], bool]] = {
-    pa.int64(): _fits_int,
-    pa.timestamp("us"): _fits_int,
-    pa.float64(): _fits_float,
-    pa.bool_(): lambda v: type(v) is bool,
-    pa.string(): lambda v: type(v) is str,
+FITS: dict[str, Callable[[Any], bool]] = {
+    "i64": _fits_int,
+    "ts": _fits_int,
+    "f64": _fits_float,
+    "bool": lambda v: type(v) is bool,
+    "str": lambda v: type(v) is str,
 }
-"""Per Arrow type: can a Python value become it (the frame builder's quick pass)?"""
+"""Per column type (:data:`tickvault.records.ColumnType`, list columns excepted): can a
+Python value become it (the frame builder's quick pass)?"""
 
 
 HISTORY = TimeWindow()
@@ -148,6 +149,9 @@ def check_value(name: str, value: Any, rule: Rule, bounds: Bounds | None = None)
 
 def _good(col: Any, rules: tuple[Rule, ...], bounds: Bounds) -> Any:
     """The column's "passes its rules" mask (null where the value is null), or None."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     if "positive" in rules:
         return pc.and_(pc.greater(col, 0), pc.less(col, math.inf))
     if "non_negative" in rules:
@@ -175,6 +179,8 @@ def _good(col: Any, rules: tuple[Rule, ...], bounds: Bounds) -> Any:
 
 def rows_valid(rules: dict[str, tuple[Rule, ...]], table: pa.Table, bounds: Bounds) -> list[bool]:
     """Per row: does it pass every column rule (vectorised; see :func:`columns_valid`)."""
+    import pyarrow.compute as pc
+
     good = None
     for name, field_rules in rules.items():
         col = table.column(name)
@@ -197,6 +203,8 @@ def columns_valid(rules: dict[str, tuple[Rule, ...]], table: pa.Table, bounds: B
     so finiteness needs no call of its own. Values that do not fit an Arrow column at all
     (integers beyond 64 bits) never reach here: building the table fails first.
     """
+    import pyarrow.compute as pc
+
     good = None
     for name, field_rules in rules.items():
         col = table.column(name)

@@ -30,13 +30,12 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyarrow import csv as pacsv
+from typing import IO, TYPE_CHECKING, Any
 
 from tickvault.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 TRADE_COLUMNS = ("id", "price", "qty", "quote_qty", "time", "is_buyer_maker", "is_best_match")
 AGG_COLUMNS = (
@@ -49,20 +48,21 @@ AGG_COLUMNS = (
     "is_buyer_maker",
     "is_best_match",
 )
-_TYPES: dict[str, pa.DataType] = {
-    "id": pa.int64(),
-    "agg_trade_id": pa.int64(),
-    "first_trade_id": pa.int64(),
-    "last_trade_id": pa.int64(),
-    "price": pa.float64(),
-    "qty": pa.float64(),
-    "quantity": pa.float64(),
-    "quote_qty": pa.float64(),
-    "time": pa.int64(),
-    "transact_time": pa.int64(),
-    "is_buyer_maker": pa.bool_(),
-    "is_best_match": pa.bool_(),
+_TYPES: dict[str, str] = {
+    "id": "i64",
+    "agg_trade_id": "i64",
+    "first_trade_id": "i64",
+    "last_trade_id": "i64",
+    "price": "f64",
+    "qty": "f64",
+    "quantity": "f64",
+    "quote_qty": "f64",
+    "time": "i64",
+    "transact_time": "i64",
+    "is_buyer_maker": "bool",
+    "is_best_match": "bool",
 }
+"""Column types of the venue's CSVs (Arrow is imported only once a CSV is read)."""
 _NAME = re.compile(r"^(?P<symbol>[A-Z0-9_]+)-(?P<kind>trades|aggTrades)-")
 _BOOLS = {"true": True, "false": False, "1": True, "0": False}
 _US_FROM = 10**15  # a time at or above this is in µs (16 digits), below it in ms
@@ -146,6 +146,8 @@ def _reason(row: dict[str, Any], names: list[str]) -> str:
 
 
 def _to_us(values: pa.Array) -> pa.Array:
+    import pyarrow.compute as pc
+
     return pc.if_else(pc.greater_equal(values, _US_FROM), values, pc.multiply(values, 1000))
 
 
@@ -158,11 +160,20 @@ class CsvChunks:
         self._names = list(layout.columns)
         self._types = {n: _TYPES[n] for n in layout.columns}
 
+    def _arrow_types(self) -> dict[str, pa.DataType]:
+        import pyarrow as pa
+
+        arrow = {"i64": pa.int64(), "f64": pa.float64(), "bool": pa.bool_()}
+        return {n: arrow[t] for n, t in self._types.items()}
+
     def parse(
         self, lines: list[tuple[int, bytes]]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, bytes]]]:
         """Rows of the ``(line number, line)`` pairs given, and ``(number, reason, line)``
         for each line that cannot become a row. Blank lines are not input."""
+        import pyarrow as pa
+        from pyarrow import csv as pacsv
+
         lines = [(n, line) for n, line in lines if line.strip()]
         if not lines:
             return [], []
@@ -170,7 +181,7 @@ class CsvChunks:
             table = pacsv.read_csv(
                 io.BytesIO(b"".join(line.rstrip(b"\r\n") + b"\n" for _, line in lines)),
                 read_options=pacsv.ReadOptions(column_names=self._names),
-                convert_options=pacsv.ConvertOptions(column_types=self._types),
+                convert_options=pacsv.ConvertOptions(column_types=self._arrow_types()),
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError):
             return self._parse_slowly(lines)
@@ -181,6 +192,8 @@ class CsvChunks:
     def _rows(
         self, table: pa.Table, numbers: list[int], raw: list[bytes]
     ) -> tuple[list[tuple[Any, ...]], list[tuple[int, str, bytes]]]:
+        import pyarrow.compute as pc
+
         c = table.columns
         price, qty = c[1], c[2]
         ok = pc.and_(
@@ -236,20 +249,23 @@ class CsvChunks:
             kind = self._types[name]
             cell = cell.strip()
             try:
-                if kind == pa.int64():
+                if kind == "i64":
                     if len(cell) > 20:  # longer than any int64: not worth parsing
                         raise ValueError
                     values.append(int(cell))
-                elif kind == pa.float64():
+                elif kind == "f64":
                     values.append(float(cell))
                 else:
                     values.append(_BOOLS[cell.lower()])
             except (ValueError, KeyError):
                 raise ValueError(f"bad {name}: {cell[:40]!r}") from None
-            if kind == pa.int64() and not -(2**63) <= values[-1] < 2**63:
+            if kind == "i64" and not -(2**63) <= values[-1] < 2**63:
                 raise ValueError(f"{name} out of range: {cell[:40]!r}")
+        import pyarrow as pa
+
+        types = self._arrow_types()
         pairs = zip(self._names, values, strict=True)
-        table = pa.table({n: pa.array([v], type=self._types[n]) for n, v in pairs})
+        table = pa.table({n: pa.array([v], type=types[n]) for n, v in pairs})
         rows, rejects = self._rows(table, [0], [line])
         if rejects:
             raise ValueError(rejects[0][1])
