@@ -105,3 +105,11 @@ class WireKline(msgspec.Struct, tag_field="e", tag="kline"):
 class WireWrapped(msgspec.Struct):
     stream: str
     data: msgspec.Raw
+
+
+class WireWrappedEvent(msgspec.Struct):
+    """A combined-stream message decoded in one pass, its data an event with an ``"e"``."""
+
+    stream: str
+    data: WireTrade | WireAggTrade | WireDepth | WireKline
+
