@@ -19,6 +19,7 @@ Usage: ``python bench/vs_script.py [--sizes 400000,2000000] [--rounds 3] [--batc
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import shutil
@@ -35,6 +36,7 @@ import pyarrow as pa
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import tickvault  # noqa: E402
 from hand_script import DDL, SCHEMA  # noqa: E402 - bench/ must be on the path first
 from proctree import run_sampled  # noqa: E402
 from tickvault.sample import write_recording  # noqa: E402
@@ -124,6 +126,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100_000, help="script/ceiling batch rows")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    # An installed wheel has its bytecode compiled; an editable checkout under
+    # PYTHONDONTWRITEBYTECODE would recompile tickvault in every process of every run.
+    compileall.compile_dir(str(Path(tickvault.__file__).parent), quiet=1)
     print(f"machine_cpus {os.cpu_count()}")
     print(f"load_average_1m_start {os.getloadavg()[0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="tv-vs-script-") as tmp:
