@@ -6,8 +6,9 @@ every record. The same pipeline ``tickvault run`` uses ingests a synthetic sourc
 ``--rate`` records/s for ``--warmup`` + ``--seconds``; percentiles cover the measured part
 only (the writer's sample window is reset after the warm-up; it keeps every 10th record).
 
-The load is :class:`PacedSource`: row tuples on the source fast path, stamped with
-``ts_recv`` when emitted, every 50 ms (the stock source's tick). The stock
+The load is :class:`PacedSource`: row tuples on the source fast path, one batch every 50 ms
+(the live collectors' batching), each record stamped with ``ts_recv`` at the moment it was
+due, so the wait for its batch to close counts in its latency. The stock
 ``SyntheticSource`` builds a msgspec struct per record with several ``random`` calls each,
 which alone takes most of a core at 20k/s and would measure the generator sharing the event
 loop, not the data plane (``--stock-source`` measures that too).
@@ -63,22 +64,31 @@ class PacedSource(Source):
         self._stopped = True
 
     async def batches(self) -> AsyncIterator[SourceBatch]:
+        """One batch per tick, as the live collectors batch (``batch_linger_s`` 50 ms).
+
+        Each record's ``ts_recv`` is the moment it was due (spread over the tick), not the
+        moment its batch is emitted: the time a record waits for its batch to close is
+        part of its tick-to-stored latency, as it is for a collector's websocket message.
+        """
         started = time.monotonic()
+        started_us = time.time_ns() // 1000
         symbols = ("BTCUSDT", "ETHUSDT", "SOLUSDT")
+        step_us = 1_000_000 / self.rate
         while not self._stopped:
+            await asyncio.sleep(self.tick_s)
             due = int((time.monotonic() - started) * self.rate) - self.generated
             if due <= 0:
-                await asyncio.sleep(self.tick_s)
                 continue
-            now_us = time.time_ns() // 1000
             first = self._next_id
+            at = [started_us + int((self.generated + k) * step_us) for k in range(due)]
+            n_trades = due * 6 // 10
             trades = [
-                ("bench", symbols[i % 3], i, 100.0 + i % 97, 0.5, i % 2 == 0, now_us - 300, now_us)
-                for i in range(first, first + due * 6 // 10)
+                ("bench", symbols[i % 3], i, 100.0 + i % 97, 0.5, i % 2 == 0, t - 300, t)
+                for i, t in zip(range(first, first + n_trades), at, strict=False)
             ]
             quotes = [
-                ("bench", symbols[i % 3], i, 99.5, 1.0, 100.5, 2.0, None, now_us)
-                for i in range(first, first + due - len(trades))
+                ("bench", symbols[i % 3], i, 99.5, 1.0, 100.5, 2.0, None, t)
+                for i, t in zip(range(first + n_trades, first + due), at[n_trades:], strict=True)
             ]
             self._next_id = first + due
             self.generated += due

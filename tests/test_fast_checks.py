@@ -217,3 +217,31 @@ def test_one_pass_decoding_gives_the_two_pass_result(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(binance_wire, "_one_pass", lambda data: None)
     assert fast == outcomes()
     assert one_pass_used > 100
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.none(), st.integers(-(2**63), 2**63 - 1), st.just(1_700_000_000_000_000)),
+            st.sampled_from(FLOAT_EDGES),
+        ),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_take_checked_on_a_nullable_column(rows: list[tuple[int | None, float]]) -> None:
+    """Quotes whose optional event time is missing in some rows (spot book tickers)."""
+    builder = FrameBuilder("quote")
+    t0 = 1_700_000_000_000_000
+    for i, (ts_event, bid) in enumerate(rows):
+        builder.add_values(("binance", "BTCUSDT", i, bid, 1.0, 101.0, 1.0, ts_event, t0))
+    frame, rejects = builder.take_checked(BOUNDS)
+    stored = split_valid(decode_frame(frame), BOUNDS)[0].num_rows if frame else 0
+    expected = sum(
+        1
+        for ts_event, bid in rows
+        if 0 < bid < math.inf and (ts_event is None or BOUNDS[0] <= ts_event <= BOUNDS[1])
+    )
+    assert stored == expected
+    assert stored + len(rejects) == len(rows)

@@ -380,16 +380,23 @@ def _packed_valid(
     spec: KindSpec, cols: dict[str, Column], lists: list[list[Any]], bounds: Bounds
 ) -> bool | None:
     """:func:`_all_valid` on freshly packed columns, without building Arrow arrays (the
-    producer's common case: no Arrow conversion, no pyarrow.compute). None when a column
-    stayed a plain list (nulls, odd values): then only Arrow can tell."""
+    producer's common case: no Arrow conversion, no pyarrow.compute). A nullable column
+    that stayed a plain list because of its nulls is checked on the values it has. None
+    when a column holds values of another type: then only Arrow can tell."""
     if spec.list_rules or spec.kind == "bar":
         return False
     for f, values in zip(spec.fields, lists, strict=True):
         col = cols[f.name]
-        if isinstance(col, list):
-            return None
+        if isinstance(col, list):  # nulls or values of another type: check what is there
+            if not f.nullable:
+                return None
+            fits = FITS[f.type]
+            values = [v for v in values if v is not None]
+            if not all(fits(v) for v in values):
+                return None
         rule_set = spec.rules.get(f.name)
-        if rule_set and not values_valid(rule_set, values, isinstance(col, I64), bounds):
+        integer = f.type in ("i64", "ts")
+        if rule_set and not values_valid(rule_set, values, integer, bounds):
             return False
     return True
 
