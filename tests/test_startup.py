@@ -127,3 +127,66 @@ def test_producer_child_imports_only_what_parsing_needs(tmp_path: Path, mode: st
     assert not [m for m in heavy if not m.startswith(("pyarrow", "numpy"))], heavy
     # Without the guard, spawn runs the parent's main module again in the child.
     assert marker.exists() == (mode == "stock")
+
+
+# ``status`` and ``query`` open the store themselves when no owner runs: they need DuckDB,
+# but not Arrow, NumPy, pandas, pydantic (typer's converters), the writer's conflict and
+# frame code, the pipeline or the HTTP stack.
+NOT_FOR_STATUS_OR_QUERY = (
+    *(m for m in HEAVY if m != "duckdb"),
+    "pandas",
+    "pydantic",
+    "tickvault.codec",
+    "tickvault.conflicts",
+    "tickvault.rules",
+)
+
+RUN_COMMAND = """
+import sys
+from tickvault.cli import main
+sys.argv = ["tickvault", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    assert not exc.code, exc.code
+print("MODULES", " ".join(sys.modules))
+"""
+
+
+@pytest.fixture(scope="module")
+def small_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tickvault.sample import write_recording
+
+    work = tmp_path_factory.mktemp("startup")
+    recording = write_recording(work / "small.jsonl", 200, duplicate_share=0.0, seed=3)
+    tv("replay", str(recording.path), "--data-dir", str(work / "data"), "--json")
+    return work / "data"
+
+
+@pytest.mark.parametrize(
+    ("args", "shown"),
+    [
+        (["status"], "trades"),
+        (["status", "--json"], '"conflicts": 0'),
+        (["query", "SELECT count(*) AS n FROM trades"], "n"),
+        (["query", "SELECT count(*) AS n FROM trades", "--json", "--limit", "5"], '"n":'),
+    ],
+)
+def test_status_and_query_skip_heavy_modules(
+    small_data_dir: Path, args: list[str], shown: str
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", RUN_COMMAND, *args, "--data-dir", str(small_data_dir)],
+        check=True, capture_output=True, text=True, timeout=120,
+        env={**__import__("os").environ, "COLUMNS": "200"},
+    ).stdout  # fmt: skip
+    printed, modules = out.split("MODULES", 1)
+    assert shown in printed
+    loaded = set(modules.split())
+    assert "duckdb" in loaded and "tickvault.stores.duckdb" in loaded  # the store was opened
+    unwanted = sorted(
+        m
+        for m in loaded
+        if m in NOT_FOR_STATUS_OR_QUERY or m.split(".")[0] in NOT_FOR_STATUS_OR_QUERY
+    )
+    assert unwanted == []

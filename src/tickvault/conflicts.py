@@ -31,9 +31,8 @@ import pyarrow.compute as pc
 
 from tickvault.bus.base import NewDeadLetter
 from tickvault.records import KindSpec
+from tickvault.rejects import CONFLICT_REASON as CONFLICT_REASON
 from tickvault.rejects import letter_json
-
-CONFLICT_REASON = "conflicting duplicate"
 
 Pair = tuple[dict[str, Any], dict[str, Any]]
 """``(kept, refused)``: two versions of one key."""

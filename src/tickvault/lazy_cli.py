@@ -4,7 +4,9 @@ A command's module is imported only when that command runs (or its own ``--help`
 asked for), so ``tickvault --help`` or ``tickvault status`` does not pay for the guardian,
 the position book, the venue collectors or their HTTP clients. The top-level help lists
 them from the one-line help kept here (``tests/test_startup.py`` checks it matches the
-real command). Written by hand because click's documented answer to this is exactly such a
+real command). The group also gives its own and its commands' ``str``/``int``/``Path``
+parameters a converter without pydantic (:mod:`tickvault.cli_coercion`).
+Written by hand because click's documented answer to this is exactly such a
 group subclass ("lazily loading subcommands" in click's documentation), and typer has none.
 """
 
@@ -16,6 +18,8 @@ from typing import Any
 
 import typer
 from typer.core import TyperCommand, TyperGroup
+
+from tickvault.cli_coercion import install_plain_coercion
 
 
 @dataclass(frozen=True)
@@ -79,13 +83,28 @@ class LazyGroup(TyperGroup):
     def list_commands(self, ctx: Any) -> list[str]:
         return [*super().list_commands(ctx), *(n for n in LAZY_COMMANDS if n not in self.commands)]
 
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        install_plain_coercion(self.get_params(ctx))  # with the help option
+        return list(super().parse_args(ctx, args))
+
+    @staticmethod
+    def _plain_coercion(ctx: Any, command: Any) -> Any:
+        params = list(command.params)
+        if ctx is not None and "help_option_names" not in (command.context_settings or {}):
+            # The command's context inherits this context's help option names, so this is
+            # the help option (created once, cached) its own parsing will use.
+            params.append(command.get_help_option(ctx))
+        install_plain_coercion(params)
+        return command
+
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         entry = LAZY_COMMANDS.get(cmd_name)
         if cmd_name in self.commands or entry is None:
-            return super().get_command(ctx, cmd_name)
+            command = super().get_command(ctx, cmd_name)
+            return None if command is None else self._plain_coercion(ctx, command)
         if self._listing:  # the group's own help needs only the one-line help
             return TyperCommand(cmd_name, help=entry.help)
-        command = load_command(cmd_name, entry)
+        command = self._plain_coercion(ctx, load_command(cmd_name, entry))
         self.commands[cmd_name] = command
         return command
 

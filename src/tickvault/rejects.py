@@ -16,6 +16,10 @@ import orjson
 
 from tickvault.records import KindSpec
 
+CONFLICT_REASON = "conflicting duplicate"
+"""Dead-letter reason of a conflicting duplicate (see :mod:`tickvault.conflicts`); kept here,
+away from Arrow, so ``tickvault status`` counts them without importing it."""
+
 
 @dataclass(frozen=True)
 class Reject:

@@ -10,9 +10,9 @@ from typing import Any
 import msgspec
 
 from tickvault.bus.base import Bus
-from tickvault.conflicts import CONFLICT_REASON
 from tickvault.errors import BusError
 from tickvault.redact import redact_value
+from tickvault.rejects import CONFLICT_REASON
 from tickvault.stores.base import Store
 
 

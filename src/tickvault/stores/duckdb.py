@@ -19,14 +19,12 @@ import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from tickvault.errors import BatchRejected, ConfigError, StoreError, StoreUnavailable
-from tickvault.records import KINDS, KindSpec, spec_for
+from tickvault.records import KINDS, ColumnType, KindSpec, spec_for
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 from tickvault.stores.duckdb_query import (
     DEFAULT_MEMORY_LIMIT,
@@ -34,21 +32,25 @@ from tickvault.stores.duckdb_query import (
     QuerySandbox,
 )
 
+if TYPE_CHECKING:
+    import pyarrow as pa  # imported where batches are checked: status and query need none
+
 T = TypeVar("T")
 
-_DUCK_TYPES = {
-    pa.string(): "VARCHAR",
-    pa.int64(): "BIGINT",
-    pa.float64(): "DOUBLE",
-    pa.bool_(): "BOOLEAN",
-    pa.timestamp("us"): "TIMESTAMP",
-    pa.list_(pa.float64()): "DOUBLE[]",
+_DUCK_TYPES: dict[ColumnType, str] = {
+    "str": "VARCHAR",
+    "i64": "BIGINT",
+    "f64": "DOUBLE",
+    "bool": "BOOLEAN",
+    "ts": "TIMESTAMP",
+    "f64_list": "DOUBLE[]",
 }
+"""DuckDB column type per :data:`tickvault.records.ColumnType`."""
 
 
 def create_table_sql(spec: KindSpec) -> str:
     cols = ", ".join(
-        f"{f.name} {_DUCK_TYPES[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in spec.schema
+        f"{f.name} {_DUCK_TYPES[f.type]}{'' if f.nullable else ' NOT NULL'}" for f in spec.fields
     )
     return f"CREATE TABLE IF NOT EXISTS {spec.table} ({cols}, PRIMARY KEY ({', '.join(spec.key)}))"
 
@@ -185,6 +187,9 @@ class DuckDBStore(Store):
         return int(row[0]) if row else 0
 
     def _stored_versions(self, kind: str, keys: pa.Table) -> pa.Table:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
         spec = spec_for(kind)
         self._ensure_schema()
         con = self._connect()
