@@ -138,7 +138,6 @@ NOT_FOR_STATUS_OR_QUERY = (
     "pydantic",
     "tickvault.codec",
     "tickvault.conflicts",
-    "tickvault.rules",
 )
 
 RUN_COMMAND = """
