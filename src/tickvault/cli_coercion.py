@@ -49,7 +49,7 @@ if RuntimeParam is not None:
 
     @dataclass(frozen=True)
     class PlainRuntimeParam(RuntimeParam):
-        """typer's runtime conversion for ``str``, ``int`` and ``Path``, plain cases first."""
+        """typer's conversion of ``bool``, ``str``, ``int`` and ``Path``, plain cases first."""
 
         descriptor: TypeDescriptor
 
