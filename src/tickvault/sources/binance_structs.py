@@ -112,4 +112,3 @@ class WireWrappedEvent(msgspec.Struct):
 
     stream: str
     data: WireTrade | WireAggTrade | WireDepth | WireKline
-
