@@ -7,9 +7,9 @@ trades, aggregate trades, book tickers and depth diffs on a few symbols, consecu
   a naive collector starts from (it would still have to look fields up and convert prices).
 * **naive**: ``orjson.loads`` plus the dict look-ups and float conversions that turn each
   frame into the same row tuple, without any validation — a straightforward collector.
-* **parse_values**: :func:`tickvault.sources.binance_wire.parse_values` alone (decode,
+* **parse_values**: :func:`tickvault.sources.binance.wire.parse_values` alone (decode,
   convert the decimal strings, validate, build the row tuple).
-* **source hot path**: what :class:`tickvault.sources.binance.BinanceSource` does per
+* **source hot path**: what :class:`tickvault.sources.binance.collector.BinanceSource` does per
   received frame: take it off its queue, parse, track trade/aggregate ids for gaps, keep
   the depth book in sync, route the row into the batch.
 
@@ -29,9 +29,9 @@ from collections.abc import Callable
 import orjson
 
 from tickvault.sources.base import SourceBatch
-from tickvault.sources.binance import BinanceOptions, BinanceSource
-from tickvault.sources.binance_book import BookSync
-from tickvault.sources.binance_wire import parse_values
+from tickvault.sources.binance.book import BookSync
+from tickvault.sources.binance.collector import BinanceOptions, BinanceSource
+from tickvault.sources.binance.wire import parse_values
 
 SYMBOLS = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"]
 MIX = (("trade", 0.60), ("aggTrade", 0.20), ("bookTicker", 0.15), ("depth", 0.05))

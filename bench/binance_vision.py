@@ -6,7 +6,7 @@ Measured in one run, on the same lines (spot trades layout, 7 columns, no header
   floor of any Arrow-based reader (the reference).
 * **naive csv module**: ``csv.reader`` plus ``int``/``float``/bool conversion per cell and a
   row tuple per line, no validation — what a straightforward importer does.
-* **CsvChunks.parse**: :class:`tickvault.sources.binance_vision.CsvChunks` (typed read,
+* **CsvChunks.parse**: :class:`tickvault.sources.binance.vision.CsvChunks` (typed read,
   vectorised checks, µs times, row tuples), in the 10,000-line chunks replay uses.
 
 Prints one ``name value`` line per figure (best of ``--repeat`` runs) and the ratios.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pyarrow import csv as pacsv
 
-from tickvault.sources.binance_vision import CsvChunks, detect_layout
+from tickvault.sources.binance.vision import CsvChunks, detect_layout
 
 CHUNK = 10_000
 

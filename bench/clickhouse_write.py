@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.servers import ClickHouseServer
 
-from tickvault.records import KINDS
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_native import encode_block
+from tickvault.core.records import KINDS
+from tickvault.stores.clickhouse.native import encode_block
+from tickvault.stores.clickhouse.store import ClickHouseStore
 
 T0 = 1_700_000_000_000_000
 

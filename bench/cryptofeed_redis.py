@@ -98,7 +98,7 @@ def main() -> None:
     import redis
     from tests.servers import RedisServer
 
-    from tickvault.sample import write_recording
+    from tickvault.sources.binance.sample import write_recording
 
     script = Path(sys.executable).with_name("tickvault")
     tv = [str(script)] if script.exists() else [sys.executable, "-m", "tickvault"]

@@ -26,13 +26,13 @@ import duckdb
 import orjson
 import pyarrow as pa
 
-from tickvault.codec import FrameBuilder, decode_frame, split_valid
-from tickvault.config import Settings
-from tickvault.records import KINDS
-from tickvault.replay_job import plan_replay, run_replay
-from tickvault.sample import write_recording
-from tickvault.sources.binance_wire import parse_values
-from tickvault.stores.duckdb import create_table_sql
+from tickvault.core.codec import FrameBuilder, decode_frame, split_valid
+from tickvault.core.config import Settings
+from tickvault.core.records import KINDS
+from tickvault.service.replay_job import plan_replay, run_replay
+from tickvault.sources.binance.sample import write_recording
+from tickvault.sources.binance.wire import parse_values
+from tickvault.stores.duckdb.store import create_table_sql
 
 
 def arrow_tables(path: Path) -> dict[str, list[pa.Table]]:

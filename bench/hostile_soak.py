@@ -3,7 +3,7 @@
 Measured in one run, each through the real command line (a fresh data dir each):
 
 * **hostile**: ``lines`` lines, ``hostile_share`` of them poison (every kind in
-  :data:`tickvault.hostile.HOSTILE_KINDS`, the very large ones a few times only);
+  :data:`tickvault.sources.binance.hostile.HOSTILE_KINDS`, the very large ones a few times only);
 * **reference**: the same valid lines without the poison.
 
 Checks (the script exits 1 when one fails): exit code 0, every valid trade stored exactly
@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tickvault.hostile import write_hostile
+from tickvault.sources.binance.hostile import write_hostile
 
 _MEASURE = (
     "import resource, subprocess, sys\n"

@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from confluent_kafka import Producer  # noqa: E402
 from tests.kafka_server import KafkaServer, kafka_version  # noqa: E402 - repo root first
 
-from tickvault.config import load_settings  # noqa: E402
-from tickvault.replay_job import plan_replay, run_replay  # noqa: E402
-from tickvault.sample import write_recording  # noqa: E402
+from tickvault.core.config import load_settings  # noqa: E402
+from tickvault.service.replay_job import plan_replay, run_replay  # noqa: E402
+from tickvault.sources.binance.sample import write_recording  # noqa: E402
 
 
 async def replay(path: Path, data_dir: Path, bus_url: str | None) -> tuple[float, int]:

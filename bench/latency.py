@@ -1,6 +1,6 @@
 """Tick-to-stored latency at a steady synthetic rate: embedded defaults and over Redis.
 
-Tick-to-stored is measured inside the writer (:class:`tickvault.writer.WriterStats`):
+Tick-to-stored is measured inside the writer (:class:`tickvault.delivery.writer.WriterStats`):
 store commit time minus each record's ``ts_recv`` (the moment the source produced it), for
 every record. The same pipeline ``tickvault run`` uses ingests a synthetic source at
 ``--rate`` records/s for ``--warmup`` + ``--seconds``; percentiles cover the measured part
@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.servers import RedisServer
 
-from tickvault.config import Settings
-from tickvault.pipeline import Pipeline
+from tickvault.core.config import Settings
+from tickvault.service.pipeline import Pipeline
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.synthetic import SyntheticSource
 

@@ -34,10 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.servers import NatsServer  # noqa: E402 - the repo root must be on the path first
 
-from tickvault.bus.nats import NatsBus  # noqa: E402
-from tickvault.publisher import FramePublisher, SourcePump  # noqa: E402
-from tickvault.sample import write_recording  # noqa: E402
-from tickvault.sources.binance_wire import parse_values  # noqa: E402
+from tickvault.bus.nats.bus import NatsBus  # noqa: E402
+from tickvault.delivery.publisher import FramePublisher, SourcePump  # noqa: E402
+from tickvault.sources.binance.sample import write_recording  # noqa: E402
+from tickvault.sources.binance.wire import parse_values  # noqa: E402
 from tickvault.sources.replay import ReplaySource  # noqa: E402
 
 

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.questdb_server import QuestDBServer
 
-from tickvault.records import KINDS
-from tickvault.stores.questdb import QuestDBStore, create_table_sql
+from tickvault.core.records import KINDS
+from tickvault.stores.questdb.store import QuestDBStore, create_table_sql
 
 T0 = 1_700_000_000_000_000
 

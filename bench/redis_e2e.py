@@ -38,9 +38,9 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import RedisServer  # noqa: E402 - the repo root must be on the path first
 
 from tickvault.bus import open_bus  # noqa: E402
-from tickvault.publisher import FramePublisher, SourcePump  # noqa: E402
-from tickvault.sample import write_recording  # noqa: E402
-from tickvault.sources.binance_wire import parse_values  # noqa: E402
+from tickvault.delivery.publisher import FramePublisher, SourcePump  # noqa: E402
+from tickvault.sources.binance.sample import write_recording  # noqa: E402
+from tickvault.sources.binance.wire import parse_values  # noqa: E402
 from tickvault.sources.replay import ReplaySource  # noqa: E402
 
 

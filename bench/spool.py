@@ -27,9 +27,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from tickvault.codec import FrameBuilder  # noqa: E402
-from tickvault.records import Trade  # noqa: E402
-from tickvault.spool import FRAME, Spool, _frame_body, encode_record  # noqa: E402
+from tickvault.core.codec import FrameBuilder  # noqa: E402
+from tickvault.core.records import Trade  # noqa: E402
+from tickvault.delivery.spool import FRAME, Spool, _frame_body, encode_record  # noqa: E402
 
 
 def frame(start: int, n: int) -> bytes:

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import tickvault
-from tickvault.sample import write_recording
+from tickvault.sources.binance.sample import write_recording
 
 HEAVY = ("pyarrow", "numpy", "duckdb", "httpx", "fastapi", "uvicorn", "tickvault.guardian")
 

@@ -39,7 +39,7 @@ sys.path.insert(0, str(BENCH))
 import tickvault  # noqa: E402
 from hand_script import DDL, SCHEMA  # noqa: E402 - bench/ must be on the path first
 from proctree import run_sampled  # noqa: E402
-from tickvault.sample import write_recording  # noqa: E402
+from tickvault.sources.binance.sample import write_recording  # noqa: E402
 
 
 def trade_file(path: Path, records: int) -> int:

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import Bus
-from tickvault.bus.kafka import KafkaBus
-from tickvault.bus.nats import NatsBus
-from tickvault.bus.redis import RedisBus
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.records import KINDS
+from tickvault.bus.kafka.bus import KafkaBus
+from tickvault.bus.nats.bus import NatsBus
+from tickvault.bus.redis.bus import RedisBus
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.records import KINDS
 from tickvault.stores.base import Store
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.stores.questdb import QuestDBStore
+from tickvault.stores.clickhouse.store import ClickHouseStore
+from tickvault.stores.duckdb.store import DuckDBStore
+from tickvault.stores.questdb.store import QuestDBStore
 
 from .kafka_mock import KafkaMockCluster
 from .kafka_server import KafkaServer

@@ -1,8 +1,8 @@
 """Records flowing through a Kafka bus into DuckDB while a test breaks brokers.
 
 :class:`Flow` appends numbered trade frames at a steady pace (retrying an append that fails
-with :class:`~tickvault.errors.BusUnavailable`, and recording every such failure: an outage
-must be reported, never silent), while one :class:`~tickvault.writer.Writer` stores them.
+with :class:`~tickvault.core.errors.BusUnavailable`, and recording every such failure: an outage
+must be reported, never silent), while one :class:`~tickvault.delivery.writer.Writer` stores them.
 ``finish`` waits until everything appended is stored and the group committed it all.
 """
 
@@ -12,12 +12,12 @@ import asyncio
 import time
 from pathlib import Path
 
-from tickvault.bus.kafka import KafkaBus
-from tickvault.codec import encode_records
-from tickvault.errors import BusUnavailable
-from tickvault.records import Trade
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.bus.kafka.bus import KafkaBus
+from tickvault.core.codec import encode_records
+from tickvault.core.errors import BusUnavailable
+from tickvault.core.records import Trade
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 S, G = "ticks", "writers"
 SYMBOLS = ("AAA", "BBB", "CCC", "DDD")

@@ -12,10 +12,10 @@ def report_modules(conn: Any) -> None:
     """Import what a replay producer imports to parse and publish, then send sys.modules."""
     import sys
 
-    import tickvault.bus.sqlite
-    import tickvault.checkpoints
-    import tickvault.producer
-    import tickvault.publisher
+    import tickvault.bus.sqlite.bus
+    import tickvault.delivery.checkpoints
+    import tickvault.delivery.producer
+    import tickvault.delivery.publisher
     import tickvault.sources.replay  # noqa: F401 - imported for its import cost only
 
     conn.send(sorted(sys.modules))

@@ -12,15 +12,15 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from tickvault.codec import FrameBuilder, decode_frame, encode_frame, split_valid
-from tickvault.records import KINDS, Bar, KindSpec
+from tickvault.core.codec import FrameBuilder, decode_frame, encode_frame, split_valid
+from tickvault.core.records import KINDS, Bar, KindSpec
 from tickvault.stores.base import Store
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_http import ClickHouseServerError
-from tickvault.stores.clickhouse_schema import bars_migration_sql, guard_condition
-from tickvault.stores.clickhouse_schema import create_table_sql as clickhouse_table_sql
-from tickvault.stores.duckdb import DuckDBStore, migrate_bars
-from tickvault.stores.duckdb import create_table_sql as duckdb_table_sql
+from tickvault.stores.clickhouse.http import ClickHouseServerError
+from tickvault.stores.clickhouse.schema import bars_migration_sql, guard_condition
+from tickvault.stores.clickhouse.schema import create_table_sql as clickhouse_table_sql
+from tickvault.stores.clickhouse.store import ClickHouseStore
+from tickvault.stores.duckdb.store import DuckDBStore, migrate_bars
+from tickvault.stores.duckdb.store import create_table_sql as duckdb_table_sql
 
 from .servers import ClickHouseServer
 

@@ -16,9 +16,9 @@ import pytest
 
 from tests.test_bars_schema import T0, bar, bars_table, old_bar_spec
 from tests.test_clickhouse_modern import ChdbHTTP, engine, http  # noqa: F401 - fixtures
-from tickvault.errors import BatchRejected
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_schema import create_table_sql
+from tickvault.core.errors import BatchRejected
+from tickvault.stores.clickhouse.schema import create_table_sql
+from tickvault.stores.clickhouse.store import ClickHouseStore
 
 
 async def test_bars_with_a_check_guard_are_migrated_in_place(http: ChdbHTTP) -> None:  # noqa: F811

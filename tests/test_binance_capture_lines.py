@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.sources.binance_capture import split_line
-from tickvault.sources.binance_markets import foreign_fields, market_from_url
-from tickvault.sources.binance_wire import ParseError, SkippedMessage, parse_values
+from tickvault.sources.binance.capture import split_line
+from tickvault.sources.binance.markets import foreign_fields, market_from_url
+from tickvault.sources.binance.wire import ParseError, SkippedMessage, parse_values
 
 from .binance_samples import DATA, lines
 from .cli_helpers import tv, tv_json

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from tickvault.config import BinanceSettings
-from tickvault.sources.binance import BinanceOptions, BinanceSource
-from tickvault.sources.binance_book import GAP, STORED, BookSync, futures_prev_id
-from tickvault.sources.binance_markets import rest_base, rest_routes
-from tickvault.sources.binance_wire import NonMarketTrade, parse_values
+from tickvault.core.config import BinanceSettings
+from tickvault.sources.binance.book import GAP, STORED, BookSync, futures_prev_id
+from tickvault.sources.binance.collector import BinanceOptions, BinanceSource
+from tickvault.sources.binance.markets import rest_base, rest_routes
+from tickvault.sources.binance.wire import NonMarketTrade, parse_values
 
 from .cli_helpers import cli_env, tv_json
 from .fakes.binance import FakeBinance

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tickvault.sources.binance import BinanceOptions, BinanceSource
+from tickvault.sources.binance.collector import BinanceOptions, BinanceSource
 from tickvault.sources.replay import ReplaySource
 
 from .fakes.binance import FakeBinance, Fault
@@ -443,8 +443,8 @@ async def test_a_gap_open_at_shutdown_is_backfilled_after_a_restart(
 ) -> None:
     import pyarrow as pa
 
-    from tickvault.records import KINDS
-    from tickvault.stores.duckdb import DuckDBStore
+    from tickvault.core.records import KINDS
+    from tickvault.stores.duckdb.store import DuckDBStore
 
     async def store_rows(store: DuckDBStore, got: Collected) -> None:
         for kind in ("trade", "gap"):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.errors import ConfigError
-from tickvault.sources.binance import BinanceOptions, split_streams, stream_names
-from tickvault.sources.binance_book import DUPLICATE, GAP, STORED, BookSync
-from tickvault.sources.binance_gaps import IdTracker
+from tickvault.core.errors import ConfigError
+from tickvault.sources.binance.book import DUPLICATE, GAP, STORED, BookSync
+from tickvault.sources.binance.collector import BinanceOptions, split_streams, stream_names
+from tickvault.sources.binance.gaps import IdTracker
 from tickvault.sources.recorder import FrameRecorder
 from tickvault.sources.replay import ReplaySource
 from tickvault.sources.rest import backoff_delay

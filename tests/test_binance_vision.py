@@ -135,7 +135,7 @@ def test_a_csv_that_does_not_name_its_symbol_needs_one(tmp_path: Path) -> None:
 def test_hostile_rows_are_dead_lettered_one_by_one(tmp_path: Path) -> None:
     """Missing cells, ids beyond int64, NaN and short rows: each row alone is rejected
     with its reason; the real rows around them are stored."""
-    from tickvault.sources.binance_vision import CsvChunks, detect_layout
+    from tickvault.sources.binance.vision import CsvChunks, detect_layout
 
     lines = _spot_lines()
     hostile = [

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from tickvault.breaker import BreakerOpen, BreakerPolicy, BreakerState, CircuitBreaker
-from tickvault.errors import BatchRejected, StoreUnavailable
-from tickvault.events import EventLog
+from tickvault.core.errors import BatchRejected, StoreUnavailable
+from tickvault.core.events import EventLog
+from tickvault.delivery.breaker import BreakerOpen, BreakerPolicy, BreakerState, CircuitBreaker
 
 
 class Dependency:

@@ -1,7 +1,7 @@
 """The command line's pydantic-free value conversion gives exactly typer's own results.
 
 Each value is converted by typer's own runtime converter (the pydantic ``TypeAdapter``) and
-by :class:`tickvault.cli_coercion.PlainRuntimeParam`; both must return the same value of
+by :class:`tickvault.cli.coercion.PlainRuntimeParam`; both must return the same value of
 the same type, or both refuse it with the same message.
 """
 
@@ -15,8 +15,8 @@ import typer
 from typer._click.exceptions import BadParameter
 from typer._coercion import build_runtime_param
 
-from tickvault.cli_coercion import PlainRuntimeParam, install_plain_coercion
-from tickvault.lazy_cli import LazyGroup
+from tickvault.cli.coercion import PlainRuntimeParam, install_plain_coercion
+from tickvault.cli.lazy import LazyGroup
 
 from .cli_helpers import tv
 
@@ -74,7 +74,7 @@ def test_plain_conversion_matches_typer(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_cli_parameters_get_the_plain_converter() -> None:
-    from tickvault.cli import app
+    from tickvault.cli.root import app
 
     group = typer.main.get_command(app)
     assert isinstance(group, LazyGroup)

@@ -31,12 +31,12 @@ from chdb import session as chdb_session
 from tests.test_clickhouse_store import raw_trades
 from tests.test_incident_004 import INCIDENT_DDL, INCIDENT_ROWS
 from tests.test_store_contract import T0, table_of, trade
-from tickvault.errors import BatchRejected, QueryRejected
+from tickvault.core.errors import BatchRejected, QueryRejected
+from tickvault.core.records import KINDS, Bar, Quote
 from tickvault.positions import PositionBook, StateStoreSource, reconcile, restore
 from tickvault.positions.clickhouse_store import ClickHousePositionStore
-from tickvault.records import KINDS, Bar, Quote
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_http import ClickHouseServerError
+from tickvault.stores.clickhouse.http import ClickHouseServerError
+from tickvault.stores.clickhouse.store import ClickHouseStore
 
 _HTTP_ONLY = {"query", "database", "default_format", "wait_end_of_query"}  # HTTP handler
 _CODE = re.compile(r"Code:\s*(\d+)")

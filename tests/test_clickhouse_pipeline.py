@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from tickvault.sample import write_recording
-from tickvault.stores.clickhouse import ClickHouseStore
+from tickvault.sources.binance.sample import write_recording
+from tickvault.stores.clickhouse.store import ClickHouseStore
 
 from .cli_helpers import tv_json
 from .crash_helpers import kill_when, published_lines

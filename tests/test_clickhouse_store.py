@@ -5,11 +5,11 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from tickvault.errors import BatchRejected, StoreUnavailable
-from tickvault.records import KINDS
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_http import ServerFeatures
-from tickvault.stores.clickhouse_schema import create_table_sql
+from tickvault.core.errors import BatchRejected, StoreUnavailable
+from tickvault.core.records import KINDS
+from tickvault.stores.clickhouse.http import ServerFeatures
+from tickvault.stores.clickhouse.schema import create_table_sql
+from tickvault.stores.clickhouse.store import ClickHouseStore
 
 from .conftest import StoreFactory
 from .servers import free_port

@@ -11,7 +11,7 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from tickvault.codec import (
+from tickvault.core.codec import (
     B1,
     F64,
     I64,
@@ -24,9 +24,9 @@ from tickvault.codec import (
     split_valid,
     split_valid_many,
 )
-from tickvault.errors import DecodeError, RecordError
-from tickvault.records import KINDS, Bar, Quote, Trade, natural_key, validate
-from tickvault.sources.binance_wire import ParseError, parse_message, parse_values
+from tickvault.core.errors import DecodeError, RecordError
+from tickvault.core.records import KINDS, Bar, Quote, Trade, natural_key, validate
+from tickvault.sources.binance.wire import ParseError, parse_message, parse_values
 
 T0 = 1_700_000_000_000_000  # 2023-11-14, microseconds
 

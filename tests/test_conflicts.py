@@ -11,13 +11,13 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.codec import FrameBuilder
-from tickvault.conflicts import CONFLICT_REASON
-from tickvault.hostile import TS_MS
-from tickvault.records import Trade
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.codec import FrameBuilder
+from tickvault.core.conflicts import CONFLICT_REASON
+from tickvault.core.records import Trade
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.sources.binance.hostile import TS_MS
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .cli_helpers import tv, tv_json
 
@@ -133,9 +133,9 @@ def test_replay_reports_conflicts_in_summary_status_and_dead_letters(tmp_path: P
 async def test_store_answers_with_the_first_stored_versions(
     backend: str, request: pytest.FixtureRequest
 ) -> None:
-    from tickvault.codec import decode_frame, split_valid
-    from tickvault.conflicts import stored_conflicts
-    from tickvault.records import KINDS
+    from tickvault.core.codec import decode_frame, split_valid
+    from tickvault.core.conflicts import stored_conflicts
+    from tickvault.core.records import KINDS
 
     store = await request.getfixturevalue(f"{backend}_store_factory")()
     first, _ = split_valid(decode_frame(_frame([(1, 1.0), (2, 2.0)])))

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from pathlib import Path
 
-from tickvault.sample import write_recording
+from tickvault.sources.binance.sample import write_recording
 
 from .cli_helpers import tv, tv_json
 from .crash_helpers import kill_when, published_lines

@@ -1,6 +1,6 @@
 """Incident 002 acceptance: bus outages during ingest, against real nats-server processes.
 
-Each test runs the real :class:`~tickvault.pipeline.Pipeline` (synthetic source at a steady
+Each test runs the real :class:`~tickvault.service.pipeline.Pipeline` (synthetic source at a steady
 rate → FramePublisher → FailoverPublisher → buses/spool → one writer per bus → DuckDB),
 kills real servers mid-run (SIGKILL), restarts them on the same port and store dir, and
 checks the store's exact contents at the end: every generated record once, no duplicate.
@@ -19,11 +19,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tickvault.breaker import BreakerState
-from tickvault.bus.nats import NatsBus
-from tickvault.codec import column_values, decode_frame
-from tickvault.config import Settings, load_settings
-from tickvault.pipeline import Pipeline, RunSummary
+from tickvault.bus.nats.bus import NatsBus
+from tickvault.core.codec import column_values, decode_frame
+from tickvault.core.config import Settings, load_settings
+from tickvault.delivery.breaker import BreakerState
+from tickvault.service.pipeline import Pipeline, RunSummary
 from tickvault.sources.synthetic import SyntheticSource
 
 from .cli_helpers import spawn, tv
@@ -213,9 +213,9 @@ def test_status_shows_breakers_failover_and_spool_of_a_running_service(tmp_path:
 async def test_a_spool_left_by_a_previous_run_is_drained_at_start(tmp_path: Path) -> None:
     """Frames spooled before a crash reach the bus after restart, before any new frame."""
     from tickvault.bus.base import NewDeadLetter
-    from tickvault.bus.sqlite import SqliteBus
-    from tickvault.failover import FailoverPublisher
-    from tickvault.spool import Spool
+    from tickvault.bus.sqlite.bus import SqliteBus
+    from tickvault.delivery.failover import FailoverPublisher
+    from tickvault.delivery.spool import Spool
 
     old = Spool(tmp_path / "spool")
     await old.append("ticks", [b"old-1", b"old-2"])

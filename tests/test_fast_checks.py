@@ -1,11 +1,11 @@
 """The shortcuts of the replay hot path agree with the exact checks they stand in for.
 
-- :func:`tickvault.rules.values_valid` (the producer's rule check on packed columns,
-  without Arrow) says what :func:`tickvault.rules.columns_valid` (pyarrow.compute) says,
+- :func:`tickvault.core.rules.values_valid` (the producer's rule check on packed columns,
+  without Arrow) says what :func:`tickvault.core.rules.columns_valid` (pyarrow.compute) says,
   except that it may say "no" to huge finite values whose sum overflows (those rows then
   take the per-row check, which stores them).
-- :func:`tickvault.conflicts._keys_distinct` never says "distinct" when a key repeats,
-  and :func:`tickvault.conflicts.first_versions` keeps the same rows either way.
+- :func:`tickvault.core.conflicts._keys_distinct` never says "distinct" when a key repeats,
+  and :func:`tickvault.core.conflicts.first_versions` keeps the same rows either way.
 - A frame built by ``take_checked`` through the shortcut holds the same rows as one built
   row by row.
 - Combined-stream messages decoded in one pass give what the two-pass decoding gives.
@@ -22,10 +22,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tickvault.codec import I64, FrameBuilder, decode_frame, pack_column, split_valid
-from tickvault.conflicts import _keys_distinct, first_versions
-from tickvault.records import KINDS
-from tickvault.rules import HISTORY, columns_valid, values_valid
+from tickvault.core.codec import I64, FrameBuilder, decode_frame, pack_column, split_valid
+from tickvault.core.conflicts import _keys_distinct, first_versions
+from tickvault.core.records import KINDS
+from tickvault.core.rules import HISTORY, columns_valid, values_valid
 
 BOUNDS = (HISTORY.bounds()[0], HISTORY.bounds()[1])
 FLOAT_EDGES = [0.0, -0.0, -1.0, 1e-300, 1e308, math.inf, -math.inf, math.nan, 5.5]
@@ -176,8 +176,8 @@ def test_take_checked_matches_the_row_by_row_rules(rows: list[tuple[str, int, fl
 
 def _recorded_messages() -> list[bytes]:
     """Every message of the real recordings in tests/data/binance (see PROVENANCE.md)."""
-    from tickvault.sources.binance_capture import split_line
-    from tickvault.sources.binance_wire import ParseError
+    from tickvault.sources.binance.capture import split_line
+    from tickvault.sources.binance.wire import ParseError
 
     messages = []
     for path in sorted((Path(__file__).parent / "data" / "binance").iterdir()):
@@ -196,7 +196,7 @@ def _recorded_messages() -> list[bytes]:
 def test_one_pass_decoding_gives_the_two_pass_result(monkeypatch: pytest.MonkeyPatch) -> None:
     """Combined-stream messages decoded in one pass equal the two-pass decoding, message by
     message, over every real recording (and raise the same errors)."""
-    from tickvault.sources import binance_wire
+    from tickvault.sources.binance import wire as binance_wire
 
     messages = [m for m in _recorded_messages() if m.startswith(b'{"stream":"')]
     assert len(messages) > 500

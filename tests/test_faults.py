@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.hostile import write_hostile
+from tickvault.sources.binance.hostile import write_hostile
 
 from .cli_helpers import cli_env, tv_json
 from .polling import eventually_sync

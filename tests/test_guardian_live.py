@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tickvault.bus.redis import RedisBus
+from tickvault.bus.redis.bus import RedisBus
 
 from .alert_receiver import Receiver
 from .cli_helpers import spawn, tv
@@ -379,7 +379,7 @@ async def test_clickhouse_readonly_is_the_servers_setting_not_the_query_sandboxs
     when the server's profile makes the store's user read-only, the check says so."""
     from tickvault.guardian.checks import Checks
     from tickvault.guardian.findings import SystemClock
-    from tickvault.stores.clickhouse import ClickHouseStore
+    from tickvault.stores.clickhouse.store import ClickHouseStore
 
     clickhouse = ClickHouseServer(tmp_path / "clickhouse").start()  # its own users.xml
     store = ClickHouseStore.from_url(clickhouse.url("ro"))

@@ -13,17 +13,17 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.codec import FrameBuilder, decode_frame, encode_frame, split_valid
-from tickvault.config import ValidationSettings
-from tickvault.errors import ConfigError
-from tickvault.hostile import HOSTILE_KINDS, TS_MS, write_hostile
-from tickvault.publisher import FramePublisher
-from tickvault.records import Trade
-from tickvault.rules import TimeWindow
-from tickvault.sources.binance import BinanceOptions, BinanceSource
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.codec import FrameBuilder, decode_frame, encode_frame, split_valid
+from tickvault.core.config import ValidationSettings
+from tickvault.core.errors import ConfigError
+from tickvault.core.records import Trade
+from tickvault.core.rules import TimeWindow
+from tickvault.delivery.publisher import FramePublisher
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.sources.binance.collector import BinanceOptions, BinanceSource
+from tickvault.sources.binance.hostile import HOSTILE_KINDS, TS_MS, write_hostile
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .cli_helpers import tv, tv_json
 from .fakes.binance import FakeBinance

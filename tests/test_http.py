@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tickvault.config import HttpSettings, Settings, http_token, load_settings
-from tickvault.pipeline import Pipeline
+from tickvault.core.config import HttpSettings, Settings, http_token, load_settings
+from tickvault.service.pipeline import Pipeline
 from tickvault.sources.synthetic import SyntheticSource
 from tickvault.web.server import parse_listen
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tickvault.config import settings_reference
+from tickvault.core.config import settings_reference
 
 GUIDE = Path(__file__).resolve().parent.parent / "docs" / "guide.md"
 

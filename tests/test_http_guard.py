@@ -10,9 +10,9 @@ from typing import Any, cast
 import httpx
 import pytest
 
-from tickvault.config import HttpSettings, Settings
-from tickvault.errors import ConfigError
-from tickvault.pipeline import Pipeline
+from tickvault.core.config import HttpSettings, Settings
+from tickvault.core.errors import ConfigError
+from tickvault.service.pipeline import Pipeline
 from tickvault.web.guard import RequestGuard
 from tickvault.web.server import HttpServer
 

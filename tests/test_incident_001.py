@@ -24,17 +24,17 @@ from typing import Any
 
 import pytest
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.codec import encode_records
-from tickvault.config import Settings
-from tickvault.errors import StoreUnavailable, UnsafeActionRefused
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.codec import encode_records
+from tickvault.core.config import Settings
+from tickvault.core.errors import StoreUnavailable, UnsafeActionRefused
 from tickvault.guardian.actions import ActionContext, ActionRunner, guard_path
 from tickvault.guardian.findings import SimClock
 from tickvault.guardian.journal import Journal
 from tickvault.guardian.questdb_actions import DISCARD_FLAG, manifest
-from tickvault.guardian.service import build_guardian
-from tickvault.rebuild import rebuild
-from tickvault.stores.questdb import QuestDBStore
+from tickvault.service.guardian import build_guardian
+from tickvault.service.rebuild import rebuild
+from tickvault.stores.questdb.store import QuestDBStore
 
 from .alert_receiver import Receiver
 from .cli_helpers import tv

@@ -20,16 +20,16 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tickvault.breaker import BreakerPolicy, BreakerState, CircuitBreaker
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.events import EventLog
-from tickvault.failover import FailoverPublisher
-from tickvault.publisher import FramePublisher, SourcePump
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.events import EventLog
+from tickvault.delivery.breaker import BreakerPolicy, BreakerState, CircuitBreaker
+from tickvault.delivery.failover import FailoverPublisher
+from tickvault.delivery.publisher import FramePublisher, SourcePump
+from tickvault.delivery.spool import Spool
+from tickvault.delivery.writer import Writer, WriterConfig
 from tickvault.sources.base import SourceBatch
 from tickvault.sources.synthetic import SyntheticSource
-from tickvault.spool import Spool
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .polling import eventually
 from .test_writer import OutageStore

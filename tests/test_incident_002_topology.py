@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tickvault.breaker import BreakerState
-from tickvault.config import load_settings
-from tickvault.pipeline import Pipeline
+from tickvault.core.config import load_settings
+from tickvault.delivery.breaker import BreakerState
+from tickvault.service.pipeline import Pipeline
 from tickvault.sources.synthetic import SyntheticSource
 from tickvault.web.metrics import PipelineCollector
 

@@ -3,7 +3,7 @@
 The incident: an execution service named its consumer after its PID, so each restart left a
 dead consumer behind, and entries a crashed process had read but not acknowledged stayed
 pending forever. The runbook's fix (claim stale entries, delete idle consumers with nothing
-pending) is :class:`~tickvault.maintenance.StreamUpkeep`; these are its regression tests.
+pending) is :class:`~tickvault.delivery.upkeep.StreamUpkeep`; these are its regression tests.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import Bus, Entry
-from tickvault.consumer import ReliableConsumer
+from tickvault.delivery.consumer import ReliableConsumer
+from tickvault.delivery.upkeep import StreamUpkeep, UpkeepPolicy
 from tickvault.guardian.actions import ActionContext, ActionRunner
 from tickvault.guardian.journal import Journal
-from tickvault.maintenance import StreamUpkeep, UpkeepPolicy
 
 from .stream_helpers import consumer_idle_at_least, pending_idle_at_least, poll_until
 

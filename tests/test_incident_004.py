@@ -322,7 +322,7 @@ def test_incident_004_in_clickhouse_show_and_reconcile_leave_their_table_alone(
 ) -> None:
     from typer.testing import CliRunner
 
-    from tickvault.positions.cli import app
+    from tickvault.cli.positions import app
 
     database, url, sql = _clickhouse_incident(clickhouse_server)
     before = _their_table(sql, database)
@@ -386,7 +386,7 @@ def test_incident_004_in_clickhouse_selected_by_the_config_file(
     flag given on the command line still wins over the file."""
     from typer.testing import CliRunner
 
-    from tickvault.positions.cli import app
+    from tickvault.cli.positions import app
 
     database, url, _ = _clickhouse_incident(clickhouse_server)
     config = tmp_path / "tickvault.toml"

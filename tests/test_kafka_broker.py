@@ -16,9 +16,9 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient, ConfigResource, ResourceType
 
-from tickvault.bus.kafka import KafkaBus
-from tickvault.rebuild import rebuild
-from tickvault.stores.duckdb import DuckDBStore
+from tickvault.bus.kafka.bus import KafkaBus
+from tickvault.service.rebuild import rebuild
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .kafka_flow import Flow, G, S, frame
 from .kafka_server import KafkaServer

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 
-from tickvault.bus import kafka_counts, open_bus
-from tickvault.bus.kafka import KafkaBus, split_by_symbol
-from tickvault.codec import column_values, decode_frame, encode_records
-from tickvault.records import Trade
+from tickvault.bus import open_bus
+from tickvault.bus.kafka import counts as kafka_counts
+from tickvault.bus.kafka.bus import KafkaBus, split_by_symbol
+from tickvault.core.codec import column_values, decode_frame, encode_records
+from tickvault.core.records import Trade
 
 from .kafka_mock import KafkaMockCluster
 from .kafka_server import KafkaServer

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import duckdb
 
-from tickvault.bus.kafka import KafkaBus
-from tickvault.publisher import FramePublisher
-from tickvault.sample import write_recording
+from tickvault.bus.kafka.bus import KafkaBus
+from tickvault.delivery.publisher import FramePublisher
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.sources.binance.sample import write_recording
 from tickvault.sources.replay import ReplaySource
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .cli_helpers import spawn, tv_json
 from .crash_helpers import published_lines

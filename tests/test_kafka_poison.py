@@ -21,10 +21,10 @@ import pyarrow as pa
 
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus
-from tickvault.codec import encode_records
-from tickvault.records import Trade
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.core.codec import encode_records
+from tickvault.core.records import Trade
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .kafka_server import KafkaServer
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus import open_bus
-from tickvault.bus.nats import NatsBus
-from tickvault.errors import BusUnavailable, ConfigError
+from tickvault.bus.nats.bus import NatsBus
+from tickvault.core.errors import BusUnavailable, ConfigError
 
 from .servers import NatsServer
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tickvault.bus.nats import NatsBus
-from tickvault.pipeline import Pipeline
+from tickvault.bus.nats.bus import NatsBus
+from tickvault.service.pipeline import Pipeline
 from tickvault.sources.synthetic import SyntheticSource
 
 from .polling import eventually

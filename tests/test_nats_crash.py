@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from tickvault.sample import write_recording
+from tickvault.sources.binance.sample import write_recording
 
 from .cli_helpers import tv_json
 from .crash_helpers import kill_when, published_lines

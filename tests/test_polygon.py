@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from tickvault.errors import ConfigError
-from tickvault.sources.polygon import (
+from tickvault.core.errors import ConfigError
+from tickvault.sources.polygon.collector import (
     CoverageStore,
     PolygonOptions,
     PolygonSource,

@@ -14,9 +14,14 @@ from typing import Any
 
 import pytest
 
-from tickvault.errors import ConfigError
-from tickvault.sources.polygon import CoverageStore, PolygonOptions, PolygonSource, day_number
-from tickvault.sources.polygon_calendar import DayRule, asset_class
+from tickvault.core.errors import ConfigError
+from tickvault.sources.polygon.calendar import DayRule, asset_class
+from tickvault.sources.polygon.collector import (
+    CoverageStore,
+    PolygonOptions,
+    PolygonSource,
+    day_number,
+)
 
 from .cli_helpers import cli_env, tv_json
 from .fakes.collect import Collected

@@ -14,8 +14,13 @@ from typing import Any
 
 import pytest
 
-from tickvault.sources.polygon import CoverageStore, PolygonOptions, PolygonSource, day_number
-from tickvault.sources.polygon_wire import cursor_request
+from tickvault.sources.polygon.collector import (
+    CoverageStore,
+    PolygonOptions,
+    PolygonSource,
+    day_number,
+)
+from tickvault.sources.polygon.wire import cursor_request
 from tickvault.sources.rest import RestClient, VenueError
 
 from .cli_helpers import cli_env, tv_json

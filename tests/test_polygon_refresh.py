@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tickvault.codec import FrameBuilder, decode_frame, split_valid
-from tickvault.records import Bar
-from tickvault.sources.polygon_refresh import (
+from tickvault.core.codec import FrameBuilder, decode_frame, split_valid
+from tickvault.core.records import Bar
+from tickvault.sources.polygon.refresh import (
     HeldBack,
     RefreshDigest,
     ReplacedLog,

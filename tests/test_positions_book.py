@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tickvault.errors import (
+from tickvault.core.errors import (
     PositionInputError,
     PositionStateError,
     SafeModeError,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
+from tickvault.cli.positions import app
 from tickvault.positions import PositionBook, PositionStore, import_jsonl
-from tickvault.positions.cli import app
 
 runner = CliRunner()
 

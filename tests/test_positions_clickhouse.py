@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 from tests.cli_helpers import tv
 from tests.polling import eventually_sync
 from tests.servers import ClickHouseServer, free_port
-from tickvault.errors import PositionStateError
+from tickvault.core.errors import PositionStateError
 from tickvault.positions import (
     EPSILON,
     JsonFileSource,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.servers import ClickHouseServer, free_port
-from tickvault.errors import PositionStateError, SafeModeError
+from tickvault.core.errors import PositionStateError, SafeModeError
 from tickvault.positions import (
     CrashLoopPolicy,
     JsonFileSource,

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tickvault.errors import PositionInputError, SafeModeError
+from tickvault.cli.positions import app
+from tickvault.core.errors import PositionInputError, SafeModeError
 from tickvault.positions import (
     AlertEvent,
     CrashLoopGuard,
@@ -23,7 +24,6 @@ from tickvault.positions import (
     import_jsonl,
     start_positions,
 )
-from tickvault.positions.cli import app
 
 
 class Clock:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tickvault.errors import LedgerError, PositionError
+from tickvault.core.errors import LedgerError, PositionError
 from tickvault.positions import parse_capital_ledger, read_capital_ledger
 
 

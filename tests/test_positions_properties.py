@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tickvault.errors import PositionInputError
+from tickvault.core.errors import PositionInputError
 from tickvault.positions import (
     EPSILON,
     PositionBook,

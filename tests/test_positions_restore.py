@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.servers import RedisServer
-from tickvault.errors import PositionSourceError
+from tickvault.core.errors import PositionSourceError
 from tickvault.positions import (
     JsonFileSource,
     Position,

@@ -38,13 +38,13 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from tickvault import control
-from tickvault.cli import app
-from tickvault.errors import StoreError
+from tickvault.cli.root import app
+from tickvault.core.errors import StoreError
+from tickvault.service import control
 from tickvault.stores import open_store
-from tickvault.stores.clickhouse import ClickHouseStore
-from tickvault.stores.clickhouse_http import ClickHouseServerError
-from tickvault.stores.duckdb_query import lock_down
+from tickvault.stores.clickhouse.http import ClickHouseServerError
+from tickvault.stores.clickhouse.store import ClickHouseStore
+from tickvault.stores.duckdb.query import lock_down
 
 from .cli_helpers import cli_env
 from .conftest import questdb_fresh_tables

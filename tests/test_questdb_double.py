@@ -17,9 +17,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tickvault.errors import BatchRejected, StoreUnavailable
-from tickvault.records import DepthUpdate
-from tickvault.stores.questdb import QuestDBStore, _decode_public
+from tickvault.core.errors import BatchRejected, StoreUnavailable
+from tickvault.core.records import DepthUpdate
+from tickvault.stores.questdb.store import QuestDBStore, _decode_public
 
 from .questdb_double import QuestDBDouble
 from .test_store_contract import T0, table_of, trade

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.config import Settings
-from tickvault.errors import StoreUnavailable
+from tickvault.core.config import Settings
+from tickvault.core.errors import StoreUnavailable
 from tickvault.guardian.engine import Guardian
 from tickvault.guardian.findings import SimClock
-from tickvault.guardian.service import build_guardian
-from tickvault.stores.questdb import QuestDBStore
+from tickvault.service.guardian import build_guardian
+from tickvault.stores.questdb.store import QuestDBStore
 
 from .alert_receiver import Receiver
 from .conftest import questdb_fresh_tables

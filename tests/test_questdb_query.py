@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tickvault.errors import QueryRejected, QueryTimeout, StoreError
-from tickvault.stores.questdb import QuestDBStore
+from tickvault.core.errors import QueryRejected, QueryTimeout, StoreError
+from tickvault.stores.questdb.store import QuestDBStore
 
 from .conftest import questdb_fresh_tables
 from .questdb_server import READER_PASSWORD, READER_USER, QuestDBServer

@@ -24,16 +24,16 @@ import orjson
 import pyarrow as pa
 import pytest
 
-from tickvault.config import Settings
-from tickvault.errors import (
+from tickvault.core.config import Settings
+from tickvault.core.errors import (
     BatchRejected,
     StoreUnavailable,
 )
-from tickvault.pipeline import Pipeline
-from tickvault.records import KINDS, DepthUpdate, Quote
-from tickvault.sample import write_recording
-from tickvault.status import collect_status
-from tickvault.stores.questdb import QuestDBStore, create_table_sql
+from tickvault.core.records import KINDS, DepthUpdate, Quote
+from tickvault.service.pipeline import Pipeline
+from tickvault.service.status import collect_status
+from tickvault.sources.binance.sample import write_recording
+from tickvault.stores.questdb.store import QuestDBStore, create_table_sql
 from tickvault.web.metrics import PipelineMetrics
 
 from .cli_helpers import cli_env, tv_json

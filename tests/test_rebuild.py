@@ -9,11 +9,11 @@ from pathlib import Path
 
 import duckdb
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.codec import decode_frame, encode_records, split_valid
-from tickvault.maintenance import Retention, StreamUpkeep
-from tickvault.records import Trade
-from tickvault.stores.duckdb import DuckDBStore
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.codec import decode_frame, encode_records, split_valid
+from tickvault.core.records import Trade
+from tickvault.delivery.upkeep import Retention, StreamUpkeep
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .cli_helpers import tv
 

@@ -1,5 +1,5 @@
 """Secrets never shown: ``status``, ``/status``, ``/metrics``, the dashboard, error
-messages and log lines mask passwords and tokens in URLs (:mod:`tickvault.redact`)."""
+messages and log lines mask passwords and tokens in URLs (:mod:`tickvault.core.redact`)."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from tickvault.cli import app
-from tickvault.config import HttpSettings, Settings
+from tickvault.cli.root import app
+from tickvault.core.config import HttpSettings, Settings
+from tickvault.core.redact import install_log_redaction, redact_text, redact_value, register_secret
 from tickvault.guardian.alerts import Alert, Dispatcher, Message, TelegramChannel, WebhookChannel
-from tickvault.pipeline import Pipeline
-from tickvault.redact import install_log_redaction, redact_text, redact_value, register_secret
+from tickvault.service.pipeline import Pipeline
 
 from .alert_receiver import Receiver
 from .polling import eventually

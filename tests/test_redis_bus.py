@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from tickvault.bus import open_bus
-from tickvault.bus.redis import RedisBus
-from tickvault.errors import BusError, BusUnavailable
-from tickvault.maintenance import StreamUpkeep, UpkeepPolicy
+from tickvault.bus.redis.bus import RedisBus
+from tickvault.core.errors import BusError, BusUnavailable
+from tickvault.delivery.upkeep import StreamUpkeep, UpkeepPolicy
 
 from .servers import RedisServer, free_port
 from .stream_helpers import pending_idle_at_least, poll_until

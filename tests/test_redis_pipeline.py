@@ -20,8 +20,8 @@ import duckdb
 import orjson
 
 from tickvault.bus import open_bus
-from tickvault.publisher import FramePublisher, SourcePump
-from tickvault.sample import Recording, write_recording
+from tickvault.delivery.publisher import FramePublisher, SourcePump
+from tickvault.sources.binance.sample import Recording, write_recording
 from tickvault.sources.replay import ReplaySource
 
 from .cli_helpers import cli_env, spawn, tv_json

@@ -9,7 +9,7 @@ import pytest
 
 from tickvault import Entry, ReliableConsumer
 from tickvault.bus.base import Bus
-from tickvault.bus.redis import RedisBus
+from tickvault.bus.redis.bus import RedisBus
 
 from .servers import RedisServer
 from .stream_helpers import poll_until

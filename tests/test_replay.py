@@ -7,8 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from tickvault.records import KINDS
-from tickvault.sample import MALFORMED_KINDS, write_recording
+from tickvault.core.records import KINDS
+from tickvault.sources.binance.sample import MALFORMED_KINDS, write_recording
 
 from .cli_helpers import tv, tv_json
 
@@ -211,7 +211,7 @@ def test_stores_from_before_markets_had_names_keep_their_rows(tmp_path: Path) ->
 def test_requeued_capture_line_keeps_its_market_and_receive_time(tmp_path: Path) -> None:
     """A dead-lettered line of a USD-M capture, once fixed upstream, is requeued with the
     market it was replayed as and the receive time of its prefix."""
-    from tickvault.dlq_cli import requeue_payload
+    from tickvault.cli.dlq import requeue_payload
     from tickvault.sources.replay import letter_market
 
     line = (
@@ -228,7 +228,7 @@ def test_requeued_capture_line_keeps_its_market_and_receive_time(tmp_path: Path)
     assert letter_market(letter["entry_id"]) == "binance-usdm"
     assert letter_market(None) == "binance"
     from tickvault.bus.base import DeadLetter
-    from tickvault.codec import column_values, decode_frame
+    from tickvault.core.codec import column_values, decode_frame
 
     fixed = DeadLetter(letter["id"], "ticks", None, "raw", "", line, letter["entry_id"], 0, 0.0)
     frame = decode_frame(requeue_payload(fixed))

@@ -12,28 +12,29 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.config import load_settings
-from tickvault.errors import ConfigError
-from tickvault.owner_lock import DataDirLock
-from tickvault.replay_start import start_replay
+from tickvault.core.config import load_settings
+from tickvault.core.errors import ConfigError
+from tickvault.service.owner_lock import DataDirLock
+from tickvault.service.replay_start import start_replay
 
 from .test_startup import HEAVY, loaded_after
 
 
 def test_path_to_the_producer_start_is_light() -> None:
     loaded = loaded_after(
-        "import tickvault.cli, tickvault.replay_start, tickvault.sources.capture_formats"
+        "import tickvault.cli, tickvault.service.replay_start,"
+        " tickvault.sources.binance.capture_formats"
     )
     assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
-    assert "tickvault.records" not in loaded
+    assert "tickvault.core.records" not in loaded
 
 
 def test_the_producer_process_needs_no_arrow() -> None:
     """What the producer child imports to parse, frame and publish (see producer._produce)."""
     loaded = loaded_after(
-        "import tickvault.producer, tickvault.breaker, tickvault.bus, tickvault.bus.sqlite,"
-        " tickvault.checkpoints, tickvault.failover, tickvault.publisher,"
-        " tickvault.sources.replay"
+        "import tickvault.delivery.producer, tickvault.delivery.breaker, tickvault.bus,"
+        " tickvault.bus.sqlite.bus, tickvault.delivery.checkpoints,"
+        " tickvault.delivery.failover, tickvault.delivery.publisher, tickvault.sources.replay"
     )
     assert sorted(m for m in loaded if m.split(".")[0] in HEAVY or m in HEAVY) == []
 

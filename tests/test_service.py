@@ -93,7 +93,7 @@ def test_query_before_any_data_explains_what_to_do(tmp_path: Path) -> None:
 
 
 def test_query_works_while_replay_holds_the_data_dir(tmp_path: Path) -> None:
-    from tickvault.sample import write_recording
+    from tickvault.sources.binance.sample import write_recording
 
     rec = write_recording(tmp_path / "in.jsonl", 400_000, seed=9)
     data = tmp_path / "data"

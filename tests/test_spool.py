@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.events import EventLog
-from tickvault.spool import FRAME, LETTERS, Spool, parse_size
+from tickvault.core.events import EventLog
+from tickvault.delivery.spool import FRAME, LETTERS, Spool, parse_size
 
 from .polling import eventually
 

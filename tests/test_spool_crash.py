@@ -19,10 +19,10 @@ import sys
 import time
 from pathlib import Path
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.spool import Spool
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.delivery.spool import Spool
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .polling import eventually, eventually_sync
 from .test_writer import drain, trades
@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def drain_child(spool_dir: str, bus_path: str) -> None:
     """Child process: drain the spool into the bus until it is empty (the pipeline's task)."""
-    from tickvault.failover import FailoverPublisher
+    from tickvault.delivery.failover import FailoverPublisher
 
     async def main() -> None:
         spool = await Spool(spool_dir).open()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tickvault.lazy_cli import LAZY_COMMANDS, load_command
+from tickvault.cli.lazy import LAZY_COMMANDS, load_command
 
 from .cli_helpers import tv
 
@@ -26,7 +26,7 @@ HEAVY = (
     "httpx",
     "tickvault.guardian",
     "tickvault.positions",
-    "tickvault.pipeline",
+    "tickvault.service.pipeline",
 )
 
 
@@ -47,7 +47,7 @@ def test_import_loads_no_heavy_module(statement: str) -> None:
 
 def test_public_names_still_import_on_access() -> None:
     import tickvault
-    from tickvault.records import Trade
+    from tickvault.core.records import Trade
 
     assert tickvault.Trade is Trade
     assert {"ReliableConsumer", "Entry", "Quote"} <= set(dir(tickvault)) | set(tickvault.__all__)
@@ -66,7 +66,7 @@ def test_lazy_command_help_is_the_real_one(name: str) -> None:
 
 def test_top_level_help_lists_lazy_commands_without_importing_them() -> None:
     code = (
-        "import sys\nfrom tickvault.cli import app\nfrom typer.testing import CliRunner\n"
+        "import sys\nfrom tickvault.cli.root import app\nfrom typer.testing import CliRunner\n"
         "r = CliRunner().invoke(app, ['--help'])\nassert r.exit_code == 0, r.output\n"
         "print(r.output)\nprint('MODULES', ' '.join(sys.modules))"
     )
@@ -97,7 +97,7 @@ if __name__ == "__mp_main__":
     pathlib.Path({marker!r}).write_text("main module imported in the child")
 if __name__ == "__main__":
     from tests.spawn_probe import report_modules
-    from tickvault.spawning import without_main_reimport
+    from tickvault.core.spawning import without_main_reimport
     ctx = mp.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=report_modules, args=(send,))
@@ -122,7 +122,7 @@ def test_producer_child_imports_only_what_parsing_needs(tmp_path: Path, mode: st
         [sys.executable, str(script), mode], check=True, capture_output=True, text=True,
         timeout=120,
     ).stdout.split()  # fmt: skip
-    assert "tickvault.sources.replay" in out and "tickvault.producer" in out
+    assert "tickvault.sources.replay" in out and "tickvault.delivery.producer" in out
     heavy = sorted(m for m in out if m.split(".")[0] in HEAVY or m in HEAVY)
     assert not [m for m in heavy if not m.startswith(("pyarrow", "numpy"))], heavy
     # Without the guard, spawn runs the parent's main module again in the child.
@@ -136,8 +136,8 @@ NOT_FOR_STATUS_OR_QUERY = (
     *(m for m in HEAVY if m != "duckdb"),
     "pandas",
     "pydantic",
-    "tickvault.codec",
-    "tickvault.conflicts",
+    "tickvault.core.codec",
+    "tickvault.core.conflicts",
 )
 
 RUN_COMMAND = """
@@ -154,7 +154,7 @@ print("MODULES", " ".join(sys.modules))
 
 @pytest.fixture(scope="module")
 def small_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tickvault.sample import write_recording
+    from tickvault.sources.binance.sample import write_recording
 
     work = tmp_path_factory.mktemp("startup")
     recording = write_recording(work / "small.jsonl", 200, duplicate_share=0.0, seed=3)
@@ -182,7 +182,7 @@ def test_status_and_query_skip_heavy_modules(
     printed, modules = out.split("MODULES", 1)
     assert shown in printed
     loaded = set(modules.split())
-    assert "duckdb" in loaded and "tickvault.stores.duckdb" in loaded  # the store was opened
+    assert "duckdb" in loaded and "tickvault.stores.duckdb.store" in loaded  # the store was opened
     unwanted = sorted(
         m
         for m in loaded

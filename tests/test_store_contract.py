@@ -7,9 +7,9 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from tickvault.codec import FrameBuilder, decode_frame, split_valid
-from tickvault.errors import QueryRejected
-from tickvault.records import Bar, Quote, Record, Trade
+from tickvault.core.codec import FrameBuilder, decode_frame, split_valid
+from tickvault.core.errors import QueryRejected
+from tickvault.core.records import Bar, Quote, Record, Trade
 from tickvault.stores.base import Store
 
 T0 = 1_700_000_000_000_000  # µs

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from tickvault.bus.redis import RedisBus
-from tickvault.cli import app
-from tickvault.errors import ConfigError
-from tickvault.maintenance import format_duration_ms, parse_duration_ms
+from tickvault.bus.redis.bus import RedisBus
+from tickvault.cli.root import app
+from tickvault.core.errors import ConfigError
+from tickvault.delivery.upkeep import format_duration_ms, parse_duration_ms
 
 from .servers import RedisServer, free_port
 from .stream_helpers import consumer_idle_at_least, pending_idle_at_least

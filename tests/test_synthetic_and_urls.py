@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.config import SyntheticSettings, load_settings
-from tickvault.records import Record
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.config import SyntheticSettings, load_settings
+from tickvault.core.records import Record
 from tickvault.sources.synthetic import SyntheticSource
-from tickvault.stores.duckdb import DuckDBStore
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .cli_helpers import tv, tv_json
 

@@ -9,13 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.codec import FrameBuilder, encode_frame
-from tickvault.errors import StoreUnavailable
-from tickvault.records import Trade
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.codec import FrameBuilder, encode_frame
+from tickvault.core.errors import StoreUnavailable
+from tickvault.core.records import Trade
+from tickvault.delivery.writer import Writer, WriterConfig
 from tickvault.stores.base import QueryResult, Store, StoreHealth
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .polling import eventually
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tickvault.bus.sqlite import SqliteBus
-from tickvault.config import Settings
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.bus.sqlite.bus import SqliteBus
+from tickvault.core.config import Settings
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 from .test_writer import G, S, drain, trades
 

@@ -11,9 +11,9 @@ import asyncio
 from pathlib import Path
 
 from tests.polling import eventually
-from tickvault.config import Settings
+from tickvault.core.config import Settings
 from tickvault.guardian.actions import ActionContext
-from tickvault.pipeline import Pipeline
+from tickvault.service.pipeline import Pipeline
 from tickvault.sources.synthetic import SyntheticSource
 
 RECORDS = 60_000

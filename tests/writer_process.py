@@ -16,8 +16,8 @@ from pathlib import Path
 import orjson
 
 from tickvault.bus import open_bus
-from tickvault.stores.duckdb import DuckDBStore
-from tickvault.writer import Writer, WriterConfig
+from tickvault.delivery.writer import Writer, WriterConfig
+from tickvault.stores.duckdb.store import DuckDBStore
 
 
 async def drain(bus_url: str, store_path: Path, consumer: str) -> dict[str, float]:

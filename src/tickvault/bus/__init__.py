@@ -13,7 +13,7 @@ from tickvault.bus.base import (
     PendingEntry,
     StreamInfo,
 )
-from tickvault.errors import ConfigError
+from tickvault.core.errors import ConfigError
 
 __all__ = [
     "Bus",
@@ -33,19 +33,19 @@ def open_bus(url: str) -> Bus:
     """Return a bus for ``url``; raise ConfigError for unknown or unavailable schemes."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "sqlite":
-        from tickvault.bus.sqlite import SqliteBus
+        from tickvault.bus.sqlite.bus import SqliteBus
 
         return SqliteBus.from_url(url)
     if scheme in ("redis", "rediss", "unix"):
-        from tickvault.bus.redis import RedisBus
+        from tickvault.bus.redis.bus import RedisBus
 
         return RedisBus.from_url(url)
     if scheme in ("nats", "tls"):
-        from tickvault.bus.nats import NatsBus
+        from tickvault.bus.nats.bus import NatsBus
 
         return NatsBus.from_url(url)
     if scheme == "kafka":
-        from tickvault.bus.kafka import KafkaBus
+        from tickvault.bus.kafka.bus import KafkaBus
 
         return KafkaBus.from_url(url)
     raise ConfigError(

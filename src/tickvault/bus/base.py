@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from tickvault.errors import BusError
+from tickvault.core.errors import BusError
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 from tickvault.bus.base import Bus
-from tickvault.errors import TickvaultError, UnsafeActionRefused
+from tickvault.core.errors import TickvaultError, UnsafeActionRefused
 from tickvault.guardian import questdb_actions as qdb
 from tickvault.guardian.journal import Journal
 from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
-    from tickvault.maintenance import EntriesHandler, StreamUpkeep
+    from tickvault.delivery.upkeep import EntriesHandler, StreamUpkeep
 
 # File and directory names that belong to a database's write-ahead log or sequencer
 # (QuestDB ``txn_seq``/``_txnlog``/``_wal_index.d``/``wal<N>``, SQLite ``-wal``/``-shm``/
@@ -85,7 +85,7 @@ def _upkeep(ctx: ActionContext, p: dict[str, Any]) -> StreamUpkeep:
     """The guardian's upkeep pass: to the live writer's consumer, never taking its own
     in-flight entries (``claim_own=False``); what it claims goes to ``upkeep_handler``.
     ``min_idle_ms`` (the finding's threshold) is how long an entry must have been idle."""
-    from tickvault.maintenance import StreamUpkeep, UpkeepPolicy
+    from tickvault.delivery.upkeep import StreamUpkeep, UpkeepPolicy
 
     if ctx.bus is None:
         raise TickvaultError("no bus")
@@ -214,7 +214,7 @@ async def _resume_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _rebuild_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
-    from tickvault.rebuild import parse_time, rebuild
+    from tickvault.service.rebuild import parse_time, rebuild
 
     if ctx.bus is None or ctx.store is None:
         raise TickvaultError("rebuild needs a bus and a store")
@@ -230,7 +230,7 @@ async def _rebuild_plan(ctx: ActionContext, p: dict[str, Any]) -> Plan:
 
 
 async def _rebuild_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
-    from tickvault.rebuild import parse_time, rebuild
+    from tickvault.service.rebuild import parse_time, rebuild
 
     assert ctx.bus is not None and ctx.store is not None
     since = parse_time(str(p["since"]))

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tickvault.bus.base import Bus
+from tickvault.core.records import KINDS
 from tickvault.guardian.clickhouse_checks import clickhouse_findings
 from tickvault.guardian.findings import Clock, Finding, Observation
-from tickvault.records import KINDS
 from tickvault.stores.base import Store
 
 LiveFn = Callable[[], dict[str, Any]]

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from tickvault.errors import GuardianError
+from tickvault.core.errors import GuardianError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

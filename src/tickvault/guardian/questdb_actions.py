@@ -30,7 +30,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tickvault.errors import TickvaultError, UnsafeActionRefused
+from tickvault.core.errors import TickvaultError, UnsafeActionRefused
 
 if TYPE_CHECKING:
     from tickvault.guardian.actions import ActionContext

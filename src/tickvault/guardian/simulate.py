@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from tickvault.errors import GuardianError
+from tickvault.core.errors import GuardianError
 from tickvault.guardian.findings import Finding, Observation
 from tickvault.guardian.policy import Decision, Policy, PolicySettings
 

@@ -16,7 +16,7 @@ Contract shared by every backend:
   :class:`Candidate` rows (not judged), or ``None`` when the state holds no row at all.
 - Quarantine copies are kept once per ``(source, source_ref)``.
 - Reads never raise over stored *values*; an unreachable or unreadable backend raises
-  :class:`~tickvault.errors.PositionSourceError` (restore then tries the next source).
+  :class:`~tickvault.core.errors.PositionSourceError` (restore then tries the next source).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ def open_backend(
         return ClickHousePositionStore.from_url(
             text, read_only=read_only, table=table, columns=columns
         )
-    from tickvault.errors import ConfigError
+    from tickvault.core.errors import ConfigError
     from tickvault.positions.store import PositionStore
 
     if table is not None or columns:

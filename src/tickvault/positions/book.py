@@ -3,7 +3,7 @@
 Contract:
 
 - Every method validates its input first; invalid input raises
-  :class:`~tickvault.errors.PositionInputError` (or :class:`PositionStateError` when the
+  :class:`~tickvault.core.errors.PositionInputError` (or :class:`PositionStateError` when the
   trade is not open / already exists) and writes nothing.
 - A change is one appended snapshot row, committed before the in-memory view changes; when
   the store refuses (locked, disk full) the error propagates and the book is unchanged.
@@ -12,7 +12,7 @@ Contract:
   floating-point residue, see :func:`~tickvault.positions.model.is_dust`) is a full close
   and writes a ``CLOSED`` row.
 - In safe mode (crash-loop guard tripped, or no writable store) every change raises
-  :class:`~tickvault.errors.SafeModeError`; reading works.
+  :class:`~tickvault.core.errors.SafeModeError`; reading works.
 
 One book owns its trades: two processes must not change the same trade (the store detects
 it through ``expected_seq`` and refuses the second writer).
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from tickvault.errors import PositionInputError, PositionStateError, SafeModeError
+from tickvault.core.errors import PositionInputError, PositionStateError, SafeModeError
 from tickvault.positions.backend import PositionBackend
 from tickvault.positions.model import (
     EPSILON,

@@ -35,11 +35,11 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from tickvault.errors import ConfigError
+from tickvault.core.errors import ConfigError
 from tickvault.positions.backend import Candidate
 from tickvault.positions.model import to_epoch_us
 from tickvault.positions.store import STATE_COLUMNS, row_json
-from tickvault.stores.clickhouse_schema import quote_ident, quote_str
+from tickvault.stores.clickhouse.schema import quote_ident, quote_str
 
 OWN_PREFIX: Final = "tickvault_position_"
 STATE_TABLE: Final = "tickvault_position_state"

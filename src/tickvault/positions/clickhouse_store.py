@@ -26,7 +26,7 @@ takes the maximum ``seq`` from all rows, whatever the merges have done. A crash 
 reconcile's tombstones leaves some trades settled and others not; running it again
 finishes the rest (a settled trade's latest row is no longer malformed).
 
-The HTTP client is :class:`~tickvault.stores.clickhouse_http.ClickHouseHTTP`, the market-data
+The HTTP client is :class:`~tickvault.stores.clickhouse.http.ClickHouseHTTP`, the market-data
 store's; :mod:`tickvault.positions.clickhouse_wire` drives it synchronously.
 """
 
@@ -38,7 +38,7 @@ from typing import Any
 
 import orjson
 
-from tickvault.errors import (
+from tickvault.core.errors import (
     ConfigError,
     PositionSourceError,
     PositionStateError,
@@ -61,8 +61,8 @@ from tickvault.positions.clickhouse_sql import (
 from tickvault.positions.clickhouse_wire import READ_ONLY_CODES, ClickHouseConnection, http_from_url
 from tickvault.positions.model import StateRow
 from tickvault.positions.store import row_json
-from tickvault.stores.clickhouse_http import ClickHouseServerError
-from tickvault.stores.clickhouse_schema import quote_ident, quote_str
+from tickvault.stores.clickhouse.http import ClickHouseServerError
+from tickvault.stores.clickhouse.schema import quote_ident, quote_str
 
 _UNKNOWN_TABLE_CODES = frozenset({60, 81})  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 _LOOKUP_CHUNK = 500

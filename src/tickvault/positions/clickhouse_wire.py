@@ -1,6 +1,6 @@
 """Driving the async ClickHouse HTTP client from the synchronous position backend.
 
-:class:`~tickvault.stores.clickhouse_http.ClickHouseHTTP` (the market-data store's client,
+:class:`~tickvault.stores.clickhouse.http.ClickHouseHTTP` (the market-data store's client,
 reused rather than duplicated) is async; the position book and restore are synchronous.
 :class:`LoopThread` runs one private event loop in a daemon thread and waits for each
 request on it, which works from plain code and from inside a running event loop alike
@@ -17,14 +17,14 @@ from typing import Any, Final, TypeVar
 
 import orjson
 
-from tickvault.errors import ConfigError, StoreError
+from tickvault.core.errors import ConfigError, StoreError
 from tickvault.positions.clickhouse_sql import decode, insert_sql
-from tickvault.stores.clickhouse_http import (
+from tickvault.stores.clickhouse.http import (
     ClickHouseHTTP,
     ClickHouseServerError,
     ServerFeatures,
 )
-from tickvault.stores.clickhouse_schema import quote_ident
+from tickvault.stores.clickhouse.schema import quote_ident
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class ClickHouseConnection:
     """Synchronous requests to one database, for the position backend.
 
     ``http`` is anything with :class:`ClickHouseHTTP`'s ``post``, ``json`` and ``aclose``
-    coroutines. Every method raises only :mod:`tickvault.errors` classes.
+    coroutines. Every method raises only :mod:`tickvault.core.errors` classes.
     """
 
     def __init__(self, http: Any, database: str, source_name: str, read_only: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from tickvault.errors import PositionInputError
+from tickvault.core.errors import PositionInputError
 from tickvault.positions.backend import PositionBackend
 
 log = logging.getLogger("tickvault.positions")

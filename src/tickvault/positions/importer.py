@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from tickvault.errors import PositionInputError
+from tickvault.core.errors import PositionInputError
 from tickvault.positions.model import Malformed, assess_latest, to_epoch_us
 from tickvault.positions.store import STATE_COLUMNS, PositionStore
 

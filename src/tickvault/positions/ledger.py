@@ -9,7 +9,7 @@ Incident 004's ledger file came list-shaped where the code expected a dict
 
 The reading says which shape it saw. Anything else (a number, a string, null, an empty
 list, entries without a finite ``capital``, a list mixing objects and other values) raises
-:class:`~tickvault.errors.LedgerError` with a message naming the problem and the
+:class:`~tickvault.core.errors.LedgerError` with a message naming the problem and the
 expected shapes, never an ``AttributeError`` from deep inside.
 """
 
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from tickvault.errors import LedgerError
+from tickvault.core.errors import LedgerError
 from tickvault.positions.model import to_epoch_us
 
 _EXPECTED = 'expected an object {"capital": <number>, "ts": ...} or a list of such objects'

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from tickvault.errors import PositionSourceError, TickvaultError
+from tickvault.core.errors import PositionSourceError, TickvaultError
 from tickvault.positions.backend import Candidate, PositionBackend, QuarantineEntry
 from tickvault.positions.ledger import LedgerReading, read_capital_ledger
 from tickvault.positions.model import Malformed, Position, assess_latest

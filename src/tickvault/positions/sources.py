@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from tickvault.errors import PositionSourceError
+from tickvault.core.errors import PositionSourceError
 from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
 from tickvault.positions.model import Position
 from tickvault.positions.store import row_json

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tickvault.errors import TickvaultError
+from tickvault.core.errors import TickvaultError
 from tickvault.positions.backend import PositionBackend, open_backend
 from tickvault.positions.book import PositionBook
 from tickvault.positions.guard import (

@@ -26,7 +26,7 @@ from typing import Any, Final
 
 import orjson
 
-from tickvault.errors import (
+from tickvault.core.errors import (
     PositionSourceError,
     PositionStateError,
     StoreError,

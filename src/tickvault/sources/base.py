@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.records import Record
+from tickvault.core.records import Record
 
 if TYPE_CHECKING:
     from tickvault.stores.base import Store
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 @dataclass
 class SourceBatch:
     """Records from a source. ``rows`` is the fast path: per kind, tuples in the kind's
-    column order (see :data:`tickvault.records.KINDS`), already validated."""
+    column order (see :data:`tickvault.core.records.KINDS`), already validated."""
 
     records: list[Record] = field(default_factory=list)
     rows: dict[str, list[tuple[Any, ...]]] = field(default_factory=dict)
@@ -58,7 +58,7 @@ class Source(abc.ABC):
     kind: str = "source"
     live: bool = False
     """True for sources of live data: their timestamps must lie in the live window (near
-    the local clock, see :class:`tickvault.rules.TimeWindow`), not just in the venue's
+    the local clock, see :class:`tickvault.core.rules.TimeWindow`), not just in the venue's
     history."""
 
     @abc.abstractmethod

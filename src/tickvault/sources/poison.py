@@ -1,7 +1,7 @@
 """Poison input: whatever a raw message holds, it becomes a dead letter with a reason.
 
 The one place that turns a failure to parse a venue message into a dead letter, shared by
-``replay`` and the live collectors. Parsers raise :class:`~tickvault.errors.RecordError`
+``replay`` and the live collectors. Parsers raise :class:`~tickvault.core.errors.RecordError`
 for what they foresee (malformed JSON, a missing field, a negative size); hostile input can
 make the decoders raise anything else: ``RecursionError`` for a document nested a thousand
 deep, ``OverflowError`` or ``MemoryError`` for absurd numbers and sizes, ``UnicodeError``
@@ -16,7 +16,7 @@ the reason's payload note) so that one 100 MB line cannot overflow a bus's messa
 from __future__ import annotations
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.errors import RecordError
+from tickvault.core.errors import RecordError
 
 MAX_RAW_BYTES = 64 * 1024
 """Bytes of a raw message kept in its dead letter."""

@@ -8,7 +8,7 @@ After a crash the last ``.part`` file lacks its gzip trailer; ``zcat`` still rec
 everything written before the last flush.
 
 Lines are the frames exactly as received (the combined-stream wrapping included), which is
-one of the shapes :mod:`tickvault.sources.binance_wire` parses.
+one of the shapes :mod:`tickvault.sources.binance.wire` parses.
 """
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 Files may be plain or gzip-compressed (``.gz``); lines may be bare payloads or wrapped in the
 combined-stream form, alone (tickvault's own recordings) or behind a receive time
 (cryptofeed's ``<s>: {json}``, hftbacktest's ``<ns> {json}``; see
-:mod:`tickvault.sources.binance_capture`). data.binance.vision trades/aggTrades CSVs
-(zipped or not) are recognised by their content (:mod:`tickvault.sources.binance_vision`).
+:mod:`tickvault.sources.binance.capture`). data.binance.vision trades/aggTrades CSVs
+(zipped or not) are recognised by their content (:mod:`tickvault.sources.binance.vision`).
 Every row is stamped with the market the user names (``exchange``, default ``binance``);
 messages carrying fields that only another market sends are counted (``foreign``) so the
 command can warn once. Each file's progress is checkpointed (by line number, after the bus
@@ -31,19 +31,19 @@ from pathlib import Path
 from typing import IO, Any
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.checkpoints import CheckpointStore
-from tickvault.errors import ConfigError
+from tickvault.core.errors import ConfigError
+from tickvault.delivery.checkpoints import CheckpointStore
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
-from tickvault.sources.binance_capture import LineFormat, split_line
-from tickvault.sources.binance_markets import (
+from tickvault.sources.binance.capture import LineFormat, split_line
+from tickvault.sources.binance.markets import (
     FOREIGN_RULES,
     FUTURES,
     SPOT,
     check_market,
     market_from_url,
 )
-from tickvault.sources.binance_vision import CsvChunks, detect_layout, is_csv, open_csv
-from tickvault.sources.binance_wire import SkippedMessage, SymbolNeeded, parse_values
+from tickvault.sources.binance.vision import CsvChunks, detect_layout, is_csv, open_csv
+from tickvault.sources.binance.wire import SkippedMessage, SymbolNeeded, parse_values
 from tickvault.sources.poison import raw_dead_letter
 
 

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import orjson
 
-from tickvault.errors import TickvaultError
+from tickvault.core.errors import TickvaultError
 
 log = logging.getLogger(__name__)
 

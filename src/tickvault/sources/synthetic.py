@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator
 
-from tickvault.records import Quote, Record, Trade
+from tickvault.core.records import Quote, Record, Trade
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 
 _START_PRICES = {"BTCUSDT": 43_000.0, "ETHUSDT": 2_300.0, "SOLUSDT": 60.0, "BNBUSDT": 310.0}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tickvault.errors import BackendNotAvailable, ConfigError
+from tickvault.core.errors import BackendNotAvailable, ConfigError
 from tickvault.stores.base import QueryResult, Store, StoreHealth
 
 __all__ = ["QueryResult", "Store", "StoreHealth", "open_store"]
@@ -18,12 +18,12 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
     """Return a store for ``url``; raise ConfigError for unknown or unavailable schemes."""
     scheme = url.split(":", 1)[0].lower() if ":" in url else ""
     if scheme == "duckdb":
-        from tickvault.stores.duckdb import DuckDBStore
+        from tickvault.stores.duckdb.store import DuckDBStore
 
         return DuckDBStore.from_url(url, read_only=read_only)
     if scheme == "clickhouse":
         try:
-            from tickvault.stores.clickhouse import ClickHouseStore
+            from tickvault.stores.clickhouse.store import ClickHouseStore
         except ImportError as exc:
             raise _missing("clickhouse", exc) from None
         return ClickHouseStore.from_url(url, read_only=read_only)
@@ -31,7 +31,7 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
         try:
             import questdb  # noqa: F401 - the ILP client, used when writing
 
-            from tickvault.stores.questdb import QuestDBStore
+            from tickvault.stores.questdb.store import QuestDBStore
         except ImportError as exc:
             raise _missing("questdb", exc) from None
         return QuestDBStore.from_url(url, read_only=read_only)

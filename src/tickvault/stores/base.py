@@ -2,7 +2,7 @@
 
 Contract (checked by ``tests/test_store_contract.py``):
 
-* ``ensure_schema`` creates the public tables (see :mod:`tickvault.records`) if missing and
+* ``ensure_schema`` creates the public tables (see :mod:`tickvault.core.records`) if missing and
   is safe to call any number of times.
 * ``write(kind, table)`` commits the Arrow table's rows, ignoring rows whose natural key is
   already stored (also duplicates inside the table), and returns how many rows were new.
@@ -11,8 +11,8 @@ Contract (checked by ``tests/test_store_contract.py``):
 * ``query`` runs exactly one read-only statement and never changes stored data; it reaches
   the store's tables and nothing else (no files, URLs, extensions or settings), enforced by
   the engine's own switches (``docs/http.md``, Security). A refused statement raises
-  :class:`~tickvault.errors.QueryRejected`; one stopped at the store's memory or time limit
-  :class:`~tickvault.errors.QueryLimitExceeded` / :class:`~tickvault.errors.QueryTimeout`
+  :class:`~tickvault.core.errors.QueryRejected`; one stopped at the store's memory or time limit
+  :class:`~tickvault.core.errors.QueryLimitExceeded` / :class:`~tickvault.core.errors.QueryTimeout`
   (the query no longer runs when it is raised). Messages are one line.
 """
 
@@ -26,7 +26,7 @@ import msgspec
 if TYPE_CHECKING:
     import pyarrow as pa
 
-from tickvault.errors import StoreError
+from tickvault.core.errors import StoreError
 
 
 class QueryResult(msgspec.Struct, frozen=True):
@@ -69,7 +69,7 @@ class Store(abc.ABC):
         None when this store cannot tell.
 
         The writer calls it after a write that inserted fewer rows than it was given, to
-        find conflicting duplicates (:mod:`tickvault.conflicts`); it must answer with the
+        find conflicting duplicates (:mod:`tickvault.core.conflicts`); it must answer with the
         versions that stay stored. A store that overwrites on a repeated key cannot answer
         after the fact and returns None (the conflicts then go unrecorded).
         """

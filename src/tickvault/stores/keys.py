@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tickvault.records import KindSpec
+from tickvault.core.records import KindSpec
 
 EVENT_TIME: dict[str, str] = {
     "trade": "ts_event",

@@ -11,7 +11,7 @@ each store's.
 
 from __future__ import annotations
 
-from tickvault.errors import QueryRejected
+from tickvault.core.errors import QueryRejected
 
 _READ_KEYWORDS = frozenset({"SELECT", "WITH"})
 # Words that make a statement write even after a leading WITH (``WITH x AS (...) INSERT``).

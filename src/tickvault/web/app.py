@@ -22,7 +22,7 @@ Endpoints (see ``docs/http.md``):
 Request contract (:mod:`tickvault.web.guard`): a ``Host`` that does not name this server,
 a cross-site ``Sec-Fetch-Site`` or a foreign ``Origin`` gets 403 on every route, before
 the token is looked at. Everything shown (``/status``, ``/metrics``, the dashboard, error
-messages) passes through :mod:`tickvault.redact`.
+messages) passes through :mod:`tickvault.core.redact`.
 
 Auth contract: when a token is configured, every request except ``/health`` needs
 ``Authorization: Bearer <token>``, or the ``tickvault_token`` cookie that ``/?token=<token>``
@@ -43,15 +43,15 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel
 
-from tickvault.config import HttpSettings
-from tickvault.errors import (
+from tickvault.core.config import HttpSettings
+from tickvault.core.errors import (
     QueryLimitExceeded,
     QueryRejected,
     QueryTimeout,
     StoreError,
     StoreUnavailable,
 )
-from tickvault.redact import redact_text, redact_value
+from tickvault.core.redact import redact_text, redact_value
 from tickvault.web.guard import RequestGuard, parse_listen
 from tickvault.web.metrics import (
     CONTENT_TYPE,
@@ -62,7 +62,7 @@ from tickvault.web.metrics import (
 )
 
 if TYPE_CHECKING:
-    from tickvault.pipeline import Pipeline
+    from tickvault.service.pipeline import Pipeline
 
 COOKIE = "tickvault_token"
 OPEN_PATHS = frozenset({"/health"})

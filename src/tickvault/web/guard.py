@@ -13,7 +13,7 @@ Contract (``docs/http.md``, section Security):
   ``Host`` it was sent to, gets 403: a page on another site cannot make the operator's
   browser run a query, even a GET. Clients that are not browsers send neither header.
 * **No open door off the machine.** :func:`require_token_off_loopback` raises
-  :class:`~tickvault.errors.ConfigError` when the listen address is not loopback and no
+  :class:`~tickvault.core.errors.ConfigError` when the listen address is not loopback and no
   token is set; the API is then not served at all.
 """
 
@@ -23,7 +23,7 @@ import ipaddress
 import urllib.parse
 from collections.abc import Iterable
 
-from tickvault.errors import ConfigError
+from tickvault.core.errors import ConfigError
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _SAME_SITE_FETCH = frozenset({"same-origin", "none"})

@@ -31,11 +31,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from tickvault.bus.base import StreamInfo
-from tickvault.latency import LatencyHistogram
-from tickvault.records import KINDS
+from tickvault.core.latency import LatencyHistogram
+from tickvault.core.records import KINDS
 
 if TYPE_CHECKING:
-    from tickvault.pipeline import Pipeline
+    from tickvault.service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

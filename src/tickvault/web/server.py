@@ -8,7 +8,7 @@ Contract
 * uvicorn does not touch signal handlers or logging configuration: the pipeline owns
   SIGTERM/SIGINT (drain, then exit) and the CLI owns logging.
 * A listen address that is not loopback without a token raises
-  :class:`~tickvault.errors.ConfigError` when the server is built: the API is not served.
+  :class:`~tickvault.core.errors.ConfigError` when the server is built: the API is not served.
 * :meth:`HttpServer.stop` closes the listener and lets requests in flight finish (bounded).
 """
 
@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from tickvault.config import HttpSettings
+from tickvault.core.config import HttpSettings
 from tickvault.web.app import create_app
 from tickvault.web.guard import parse_listen, require_token_off_loopback
 
 if TYPE_CHECKING:
-    from tickvault.pipeline import Pipeline
+    from tickvault.service.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Record kinds, frames and their codec, the error tree, events, rules, settings."""

@@ -1,0 +1,2 @@
+"""Delivery machinery: publisher, failover, spool, breaker, checkpoints, writer,
+consumer, upkeep."""

@@ -1,0 +1,1 @@
+"""Sources: venue collectors, replay of recordings, synthetic data."""

@@ -1,0 +1,1 @@
+"""Binance: the live collector, its wire formats, book, gaps, dumps."""

@@ -1,0 +1,1 @@
+"""Polygon: historical aggregates over REST."""
