@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeVar
 
+from tickvault.core.backoff import capped_exponential
 from tickvault.core.errors import BatchRejected, TickvaultError
 from tickvault.core.events import EVENTS, EventLog
 
@@ -210,7 +211,7 @@ class CircuitBreaker:
         p = self.policy
         self.openings += 1
         self.times_opened += 1
-        base = min(p.open_max_s, p.open_base_s * 2 ** min(self.openings - 1, 60))
+        base = capped_exponential(self.openings - 1, p.open_base_s, p.open_max_s)
         self.current_timeout_s = base * (1.0 - p.jitter * self._rng.random())
         self.open_until = self._clock() + self.current_timeout_s
         self._transition(

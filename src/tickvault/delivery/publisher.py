@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tickvault.bus.base import NewDeadLetter
+from tickvault.core.backoff import Backoff, retry
 from tickvault.core.codec import FrameBuilder
 from tickvault.core.errors import BusError
 from tickvault.core.faults import resource_fault
@@ -29,6 +30,8 @@ from tickvault.core.rules import HISTORY, TimeWindow
 from tickvault.sources.base import Source, SourceBatch
 
 log = logging.getLogger(__name__)
+
+_BUS_RETRY = Backoff(initial=0.05, cap=5.0, jitter="full")
 
 
 @dataclass
@@ -111,11 +114,6 @@ class FramePublisher:
         if self.add_nowait(record):
             await self.flush()
 
-    async def add_many(self, records: Sequence[Record]) -> None:
-        for record in records:
-            if self.add_nowait(record):
-                await self.flush()
-
     async def flush(self) -> list[str]:
         """Append everything buffered. On a bus error the frames are kept (in order) and
         retried by the next flush; the error propagates so the caller can back off."""
@@ -189,36 +187,33 @@ class SourcePump:
         return self.parse_rejects + self.publisher.stats.refused
 
     async def flush(self) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self.publisher.flush()
-                return
-            except BusError as exc:
-                if self.give_up.is_set():
-                    log.error(
-                        "bus unavailable at shutdown: %d records not published (%s)",
-                        self.publisher.buffered,
-                        exc,
-                    )
-                    raise
-                why = resource_fault(exc, "the bus") or exc
-                log.warning("publish failed: %s; retrying in %.2fs", why, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def log_or_give_up(exc: BaseException, delay: float) -> None:
+            if self.give_up.is_set():
+                log.error(
+                    "bus unavailable at shutdown: %d records not published (%s)",
+                    self.publisher.buffered,
+                    exc,
+                )
+                raise exc
+            why = resource_fault(exc, "the bus") or exc
+            log.warning("publish failed: %s; retrying in %.2fs", why, delay)
+
+        await retry(
+            self.publisher.flush, backoff=_BUS_RETRY, retry_on=BusError, on_error=log_or_give_up
+        )
 
     async def _reject(self, letters: list[NewDeadLetter]) -> None:
-        delay = 0.05
-        while True:
-            try:
-                await self.publisher.reject(letters)
-                break
-            except BusError as exc:
-                if self.give_up.is_set():
-                    raise
-                log.warning("dead-lettering failed: %s; retrying in %.2fs", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        def log_or_give_up(exc: BaseException, delay: float) -> None:
+            if self.give_up.is_set():
+                raise exc
+            log.warning("dead-lettering failed: %s; retrying in %.2fs", exc, delay)
+
+        await retry(
+            lambda: self.publisher.reject(letters),
+            backoff=_BUS_RETRY,
+            retry_on=BusError,
+            on_error=log_or_give_up,
+        )
         for letter in letters:
             self.parse_rejects[letter.reason] += 1
 

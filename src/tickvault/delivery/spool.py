@@ -50,7 +50,7 @@ from typing import Any, Literal
 import msgspec
 
 from tickvault.bus.base import NewDeadLetter
-from tickvault.core.errors import BusError, ConfigError
+from tickvault.core.errors import ConfigError
 from tickvault.core.events import EVENTS, EventLog
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,6 @@ FRAME, LETTERS = 1, 2
 FullPolicy = Literal["block", "drop_newest"]
 FsyncPolicy = Literal["batch", "never"]
 _MAX_BODY = 1 << 30
-
-
-class SpoolFull(BusError):
-    """The spool is at its quota and its policy drops (raised only to count, never lost)."""
 
 
 @dataclass(frozen=True)
@@ -499,12 +495,6 @@ class Spool:
             "full_policy": self.full_policy,
             "segments": len(self._sizes),
         }
-
-
-def _read_from(path: Path, offset: int) -> bytes:
-    with open(path, "rb") as fh:
-        fh.seek(offset)
-        return fh.read()
 
 
 def _fsync_dir(directory: Path) -> None:

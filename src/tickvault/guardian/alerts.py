@@ -16,11 +16,13 @@ import abc
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 
 import httpx
 
+from tickvault.core.backoff import Backoff
 from tickvault.guardian.routing import Alert, AlertRouter, Message
 
 __all__ = [
@@ -143,6 +145,8 @@ class Dispatcher:
         self.channels = channels
         self.attempts = attempts
         self.retry_base_s = retry_base_s
+        self.backoff = Backoff(initial=retry_base_s, cap=math.inf, jitter="full")
+        """Waits between a channel's attempts at one message (no cap: attempts are few)."""
         self._queues: dict[str, asyncio.Queue[Message]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._queue_size = queue_size
@@ -178,7 +182,7 @@ class Dispatcher:
                     except Exception as exc:  # a channel's trouble stays in the channel
                         log.warning("alert channel %s: %s", channel.name, exc)
                         if attempt + 1 < self.attempts:
-                            await asyncio.sleep(self.retry_base_s * 2**attempt)
+                            await asyncio.sleep(self.backoff.delay(attempt))
                 else:
                     self.failed[channel.name] += 1
             finally:

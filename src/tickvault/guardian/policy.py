@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tickvault.core.backoff import capped_exponential
 from tickvault.guardian.findings import Finding, Observation
 
 DECISIONS = ("recover", "alert", "resolve", "escalate", "skip")
@@ -203,7 +204,7 @@ class Policy:
         if now < st.next_recovery_at:
             self._set(st, "unhealthy", now, "backoff")
             return decide("skip", f"backoff: next recovery in {_fmt(st.next_recovery_at - now)}")
-        delay = min(s.backoff_initial_s * 2**st.backoff_level, s.backoff_max_s)
+        delay = capped_exponential(st.backoff_level, s.backoff_initial_s, s.backoff_max_s)
         st.backoff_level += 1
         st.recoveries.append(now)
         st.next_recovery_at = now + delay

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import orjson
 
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import TickvaultError
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,7 @@ def backoff_delay(attempt: int, initial: float, cap: float, rng: random.Random) 
     lost the venue at the same moment do not come back at the same moment, and no delay is
     ever near zero.
     """
-    exp = min(cap, initial * (2.0 ** max(attempt - 1, 0)))
-    return exp * (0.5 + rng.random() / 2.0)
+    return Backoff(initial=initial, cap=cap, jitter="equal", rng=rng.random).delay(attempt - 1)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -97,6 +97,9 @@ class RestClient:
         self.stats = RestStats()
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._backoff = Backoff(
+            initial=backoff_initial_s, cap=backoff_max_s, jitter="equal", rng=self._rng.random
+        )
         self._client = httpx.AsyncClient(
             headers=dict(headers or {}),
             timeout=httpx.Timeout(timeout_s),
@@ -162,7 +165,7 @@ class RestClient:
             if attempt == self.max_attempts:
                 break
             if wait is None:
-                wait = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, self._rng)
+                wait = self._backoff.delay(attempt - 1)
             self.stats.retries += 1
             log.info("%s from %s; retry %d in %.2fs", last, _path(url), attempt, wait)
             await self._sleep(wait)

@@ -69,10 +69,26 @@ from tickvault.bus.nats.link import (
     is_connection_error,
     translate,
 )
+from tickvault.core.backoff import Backoff, retry
 from tickvault.core.errors import BusError, BusUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+_RECONNECT = Backoff(initial=0.05, cap=0.5, jitter="full")
+
+
+def _connection_errors_until(deadline: float, what: str) -> Callable[[BaseException, float], None]:
+    """A :func:`retry` hook: retry connection trouble until ``deadline``; a
+    :class:`BusError` propagates as it is, anything else translated."""
+
+    def give_up(exc: BaseException, delay: float) -> None:
+        if isinstance(exc, BusError):
+            raise exc
+        if not is_connection_error(exc) or time.monotonic() + delay > deadline:
+            raise translate(exc, what) from exc
+
+    return give_up
 
 
 class NatsBus(Bus):
@@ -105,17 +121,12 @@ class NatsBus(Bus):
     async def _retrying(self, what: str, fn: Callable[[], Awaitable[T]]) -> T:
         """Run ``fn``, retrying connection trouble for up to ``retry_s``."""
         deadline = time.monotonic() + self.options.retry_s
-        delay = 0.05
-        while True:
-            try:
-                return await fn()
-            except BusError:
-                raise
-            except Exception as exc:
-                if not is_connection_error(exc) or time.monotonic() + delay > deadline:
-                    raise translate(exc, what) from exc
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+        return await retry(
+            fn,
+            backoff=_RECONNECT,
+            retry_on=Exception,
+            on_error=_connection_errors_until(deadline, what),
+        )
 
     async def _ensure_stream(self, stream: str) -> str:
         from nats.js.api import RetentionPolicy, StorageType, StreamConfig
@@ -195,46 +206,45 @@ class NatsBus(Bus):
         msg_ids = [f"{self._id_prefix}-{next(self._ids)}" for _ in payloads]
         seqs: list[int | None] = [None] * len(payloads)
         deadline = time.monotonic() + self.options.retry_s
-        delay = 0.05
-        while True:
+
+        async def publish_unacknowledged() -> list[str]:
+            js = await self.link.js()
+            if not (await self.link.client()).is_connected:
+                # Never queue frames in the client's reconnect buffer: they would all be
+                # sent (and stored) on reconnect, long after this call gave up on them.
+                raise ConnectionError("not connected (reconnecting)")
+            todo = [i for i, s in enumerate(seqs) if s is None]
+            futures = [
+                (
+                    i,
+                    await js.publish_async(
+                        subject, payloads[i], headers={"Nats-Msg-Id": msg_ids[i]}
+                    ),
+                )
+                for i in todo
+            ]
+            await asyncio.wait([f for _, f in futures], timeout=self.options.ack_timeout_s)
             error: BaseException | None = None
-            try:
-                js = await self.link.js()
-                if not (await self.link.client()).is_connected:
-                    # Never queue frames in the client's reconnect buffer: they would all be
-                    # sent (and stored) on reconnect, long after this call gave up on them.
-                    raise ConnectionError("not connected (reconnecting)")
-                todo = [i for i, s in enumerate(seqs) if s is None]
-                futures = [
-                    (
-                        i,
-                        await js.publish_async(
-                            subject, payloads[i], headers={"Nats-Msg-Id": msg_ids[i]}
-                        ),
-                    )
-                    for i in todo
-                ]
-                await asyncio.wait([f for _, f in futures], timeout=self.options.ack_timeout_s)
-                for i, fut in futures:
-                    if not fut.done():
-                        fut.cancel()
-                        error = error or TimeoutError("publish not acknowledged in time")
-                    elif fut.cancelled():
-                        error = error or TimeoutError("publish cancelled")
-                    elif fut.exception() is not None:
-                        error = error or fut.exception()
-                    else:
-                        seqs[i] = fut.result().seq
-            except BusError:
-                raise
-            except Exception as exc:
-                error = exc
-            if error is None:
-                return [str(s) for s in seqs]
-            if not is_connection_error(error) or time.monotonic() + delay > deadline:
-                raise translate(error, f"append to {stream}") from error
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
+            for i, fut in futures:
+                if not fut.done():
+                    fut.cancel()
+                    error = error or TimeoutError("publish not acknowledged in time")
+                elif fut.cancelled():
+                    error = error or TimeoutError("publish cancelled")
+                elif fut.exception() is not None:
+                    error = error or fut.exception()
+                else:
+                    seqs[i] = fut.result().seq
+            if error is not None:
+                raise error
+            return [str(s) for s in seqs]
+
+        return await retry(
+            publish_unacknowledged,
+            backoff=_RECONNECT,
+            retry_on=Exception,
+            on_error=_connection_errors_until(deadline, f"append to {stream}"),
+        )
 
     # -- delivery ---------------------------------------------------------------------------
 

@@ -10,7 +10,6 @@ exception.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -19,11 +18,13 @@ from typing import Any, TypeVar
 
 import orjson
 
+from tickvault.core.backoff import Backoff, retry
 from tickvault.core.errors import BackendNotAvailable, BusError, BusUnavailable
 
 T = TypeVar("T")
 log = logging.getLogger("tickvault.bus.redis")
 
+_RECONNECT = Backoff(initial=0.05, cap=1.0, jitter="full")
 _UNAVAILABLE = ("LOADING", "MISCONF", "READONLY", "NOREPLICAS", "TRYAGAIN", "MASTERDOWN")
 
 
@@ -117,19 +118,26 @@ class RedisLink:
 
     async def call(self, what: str, op: Callable[[], Awaitable[T]]) -> T:
         """Run ``op``; retry connection problems with backoff for ``retry_s``; translate."""
-        delay = 0.05
         deadline = time.monotonic() + self.retry_s
-        while True:
+
+        async def translated() -> T:
             try:
                 return await op()
             except (self.errors.RedisError, OSError) as exc:
-                err = self.translate(exc, what)
-                if not isinstance(err, BusUnavailable) or time.monotonic() + delay > deadline:
-                    raise err from exc
-                self.reconnects += 1
-                log.info("%s; reconnecting in %.2fs", err, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                raise self.translate(exc, what) from exc
+
+        def give_up_after_deadline(err: BaseException, delay: float) -> None:
+            if time.monotonic() + delay > deadline:
+                raise err
+            self.reconnects += 1
+            log.info("%s; reconnecting in %.2fs", err, delay)
+
+        return await retry(
+            translated,
+            backoff=_RECONNECT,
+            retry_on=BusUnavailable,
+            on_error=give_up_after_deadline,
+        )
 
     async def scan_streams(self, suffix: str = "") -> list[str]:
         """Names (without the prefix) of the stream keys under the prefix ending in ``suffix``."""

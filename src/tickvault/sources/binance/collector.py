@@ -39,6 +39,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import TickvaultError
 from tickvault.sources.base import Source, SourceBatch, SourceHealth
 from tickvault.sources.binance.book import (
@@ -69,7 +70,7 @@ from tickvault.sources.binance.resume import open_gaps
 from tickvault.sources.binance.wire import NonMarketTrade, SkippedMessage, parse_values
 from tickvault.sources.poison import raw_dead_letter
 from tickvault.sources.recorder import FrameRecorder
-from tickvault.sources.rest import RestClient, VenueError, backoff_delay
+from tickvault.sources.rest import RestClient, VenueError
 from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,10 @@ class BinanceSource(Source):
 
     async def _snapshot(self, sync: BookSync) -> None:
         symbol = sync.symbol
-        attempt = 0
+        o = self.options
+        failed = Backoff(o.backoff_initial_s, o.backoff_max_s, jitter="equal", rng=self.rng.random)
+        stale = Backoff(0.05, o.backoff_max_s, jitter="equal", rng=self.rng.random)
+        attempt = 0  # one count for both schedules: failures and stale snapshots in a row
         try:
             while not self._stopping.is_set():
                 sync.snapshot_requested()
@@ -351,14 +355,7 @@ class BinanceSource(Source):
                     attempt += 1
                     self.last_error = f"depth snapshot {symbol}: {exc}"
                     log.warning("%s", self.last_error)
-                    await asyncio.sleep(
-                        backoff_delay(
-                            attempt,
-                            self.options.backoff_initial_s,
-                            self.options.backoff_max_s,
-                            self.rng,
-                        )
-                    )
+                    await asyncio.sleep(failed.delay(attempt - 1))
                     continue
                 self._emit_row(
                     "book_snapshot",
@@ -380,9 +377,7 @@ class BinanceSource(Source):
                     return  # live, or waiting for the diff that straddles the snapshot
                 # The snapshot is older than the buffered stream: take another.
                 attempt += 1
-                await asyncio.sleep(
-                    backoff_delay(attempt, 0.05, self.options.backoff_max_s, self.rng)
-                )
+                await asyncio.sleep(stale.delay(attempt - 1))
         finally:
             self._snapshot_tasks.pop(symbol, None)
             if not sync.live and not sync.bridging:

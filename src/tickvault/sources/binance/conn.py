@@ -3,8 +3,9 @@
 :class:`StreamConnections` keeps one combined-stream connection open per group of streams:
 
 - **Reconnects never stop.** A failed connect, or a connection that dies young, is retried
-  after a capped exponential backoff with jitter (:func:`~tickvault.sources.rest.backoff_delay`);
-  a long-lived connection that ends is replaced at once. There is no retry limit.
+  after a capped exponential backoff with equal jitter
+  (:class:`~tickvault.core.backoff.Backoff`); a long-lived connection that ends is replaced
+  at once. There is no retry limit.
 - **Stalls.** A connection that delivers nothing for ``stall_timeout_s`` is closed and
   replaced. (Pings are answered by the websocket library while the connection is read, and
   it is read all the time: frames go straight into the :class:`FrameInbox`.)
@@ -31,8 +32,8 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import ConfigError
-from tickvault.sources.rest import backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +260,9 @@ class StreamConnections:
 
     async def _supervise(self, index: int, group: list[str]) -> None:
         o = self.options
-        attempt = 0
+        backoff = Backoff(
+            initial=o.backoff_initial_s, cap=o.backoff_max_s, jitter="equal", rng=self.rng.random
+        )
         conn: Connection | None = None
         ever_connected = False
         while not self.stopping.is_set():
@@ -267,11 +270,10 @@ class StreamConnections:
                 try:
                     conn = await self._open(index)
                 except CONNECT_ERRORS as exc:
-                    attempt += 1
-                    delay = backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
+                    delay = backoff.next_delay()
                     self._error(
                         f"connect {index}: {type(exc).__name__}: {exc}"
-                        f" (retry {attempt} in {delay:.2f}s)"
+                        f" (retry {backoff.attempt} in {delay:.2f}s)"
                     )
                     await self._pause(delay)
                     continue
@@ -285,9 +287,7 @@ class StreamConnections:
             if outcome == "rollover":
                 successor = await self._rollover(index, conn)
                 if successor is None:
-                    conn.rollover_at = self.clock() + backoff_delay(
-                        1, o.backoff_initial_s, o.backoff_max_s, self.rng
-                    )
+                    conn.rollover_at = self.clock() + backoff.delay(0)
                 else:
                     conn = successor
                     self.rollovers += 1
@@ -304,12 +304,9 @@ class StreamConnections:
             await self.close(index, conn)
             conn = None
             if short_lived:
-                attempt += 1
-                await self._pause(
-                    backoff_delay(attempt, o.backoff_initial_s, o.backoff_max_s, self.rng)
-                )
+                await self._pause(backoff.next_delay())
             else:
-                attempt = 0
+                backoff.reset()
         for other in list(self.conns.get(index, [])):
             await self.close(index, other)
 

@@ -22,21 +22,29 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyarrow as pa
 
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import StoreUnavailable
-from tickvault.stores.clickhouse.http import ClickHouseServerError
+from tickvault.stores.clickhouse.http import ClickHouseHTTP, ClickHouseServerError
 from tickvault.stores.clickhouse.schema import quote_str
 
 if TYPE_CHECKING:
     from tickvault.core.records import KindSpec
-    from tickvault.stores.clickhouse.store import ClickHouseStore
 
 KEYS_PER_MUTATION = 2_000
 MUTATION_TIMEOUT_S = 300.0
 _EPOCH = dt.datetime(1970, 1, 1)
+_MUTATION_POLL = Backoff(initial=0.01, cap=0.5, jitter="none")
+"""Polls of the server's own progress: nothing to spread out, so no jitter."""
+
+
+class Insert(Protocol):
+    """The store's insert (``ClickHouseStore.write``), as :func:`replace_rows` calls it."""
+
+    async def __call__(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int: ...
 
 
 def _literal(value: Any, ch_type: str) -> str:
@@ -65,37 +73,43 @@ def delete_sql(
 
 
 async def replace_rows(
-    store: ClickHouseStore, spec: KindSpec, table_name: str, types: dict[str, str], table: pa.Table
+    http: ClickHouseHTTP,
+    database: str,
+    insert: Insert,
+    spec: KindSpec,
+    table_name: str,
+    types: dict[str, str],
+    table: pa.Table,
 ) -> int:
-    """Delete the stored rows with ``table``'s keys, wait for the mutation, insert ``table``."""
+    """Delete the stored rows with ``table``'s keys, wait for the mutation, then
+    ``insert`` ``table`` (``http``/``database``: the store's connection and database)."""
     rows = table.select(list(spec.key)).to_pylist()
     try:
         for start in range(0, len(rows), KEYS_PER_MUTATION):
-            await store._http.post(
+            await http.post(
                 delete_sql(table_name, spec, types, rows[start : start + KEYS_PER_MUTATION])
             )
-        await _wait_for_mutations(store, spec.table)
+        await _wait_for_mutations(http, database, spec.table)
     except ClickHouseServerError as exc:
         raise StoreUnavailable(f"ClickHouse replace in {spec.table} failed: {exc}") from None
     # The tables keep a deduplication window (``non_replicated_deduplication_window``): a
     # block equal to one inserted before (the same refresh run twice) would be dropped as
     # a retry after its rows were deleted. A token salted once per replacement still
     # collapses the HTTP client's own retries of this insert.
-    return await store.write(spec.kind, table, token_salt=uuid.uuid4().bytes)
+    return await insert(spec.kind, table, token_salt=uuid.uuid4().bytes)
 
 
-async def _wait_for_mutations(store: ClickHouseStore, table: str) -> None:
+async def _wait_for_mutations(http: ClickHouseHTTP, database: str, table: str) -> None:
     sql = (
         "SELECT count() FROM system.mutations WHERE is_done = 0"
-        f" AND database = {quote_str(store.database)} AND table = {quote_str(table)}"
+        f" AND database = {quote_str(database)} AND table = {quote_str(table)}"
     )
     deadline = time.monotonic() + MUTATION_TIMEOUT_S
-    delay = 0.01
-    while int((await store._http.post(sql)).decode().strip() or 0):
+    poll = _MUTATION_POLL.restarted()
+    while int((await http.post(sql)).decode().strip() or 0):
         if time.monotonic() > deadline:
             raise StoreUnavailable(
                 f"ClickHouse mutation on {table} not done after {MUTATION_TIMEOUT_S:.0f} s;"
                 " the previous versions are kept, rerun the refresh once the server is idle"
             )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 0.5)
+        await asyncio.sleep(poll.next_delay())

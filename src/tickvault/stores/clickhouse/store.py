@@ -44,6 +44,7 @@ from tickvault.stores.clickhouse.http import (
     for_query,
 )
 from tickvault.stores.clickhouse.native import encode_block
+from tickvault.stores.clickhouse.replace import replace_rows
 from tickvault.stores.clickhouse.schema import (
     GUARD_CONSTRAINT,
     bars_migration_sql,
@@ -237,12 +238,12 @@ class ClickHouseStore(Store):
 
     async def replace(self, kind: str, table: pa.Table) -> int:
         """See :mod:`tickvault.stores.clickhouse.replace` (delete mutation, then insert)."""
-        from tickvault.stores.clickhouse.replace import replace_rows
-
         if table.num_rows == 0:
             return 0
         spec, types, batch = await self._prepare(kind, table)
-        return await replace_rows(self, spec, self._table(spec), types, batch)
+        return await replace_rows(
+            self._http, self.database, self.write, spec, self._table(spec), types, batch
+        )
 
     async def _existing_rows(
         self, spec: KindSpec, batch: pa.Table, types: dict[str, str]

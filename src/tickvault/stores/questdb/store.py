@@ -55,6 +55,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import (
     ConfigError,
     StoreError,
@@ -80,6 +81,8 @@ from tickvault.stores.sql_guard import check_single_select
 
 MIN_VERSION = (7, 3, 0)  # DEDUP UPSERT KEYS
 VARCHAR_VERSION = (7, 4, 0)
+_WAL_POLL = Backoff(initial=0.002, cap=0.02, jitter="none")
+"""Polls of the server's own progress: nothing to spread out, so no jitter."""
 LIST_COLUMNS = frozenset(
     f.name for s in KINDS.values() for f in s.schema if pa.types.is_list(f.type)
 )
@@ -334,7 +337,7 @@ class QuestDBStore(Store):
         """Wait until the table's WAL writer has applied what the sequencer committed."""
         deadline = time.monotonic() + self.wal_timeout
         target: int | None = None
-        delay = 0.002
+        poll = _WAL_POLL.restarted()
         while True:
             status = (await self._rest.wal_tables()).get(table)
             if status is None:
@@ -354,8 +357,7 @@ class QuestDBStore(Store):
                     f"QuestDB table {table}: WAL not applied within {self.wal_timeout}s"
                     f" (writer {status.writer_txn}, sequencer {status.sequencer_txn})"
                 )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            await asyncio.sleep(poll.next_delay())
 
     # -- reading ----------------------------------------------------------------------------
 
