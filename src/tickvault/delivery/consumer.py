@@ -42,7 +42,6 @@ Guarantees
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import socket
@@ -53,17 +52,15 @@ from typing import TypeVar
 
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus, Entry
+from tickvault.core.backoff import Backoff
 from tickvault.core.errors import BusError
+from tickvault.delivery.group_loop import GroupLoop, GroupStopped
 from tickvault.delivery.upkeep import StreamUpkeep, UpkeepPolicy, deliveries_reason
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Handler = Callable[[Entry], Awaitable[None]]
-
-
-class _Stopped(Exception):
-    """Raised internally when a bus retry is abandoned because a stop was requested."""
 
 
 @dataclass
@@ -112,6 +109,8 @@ class ReliableConsumer:
         self.stats = ConsumerStats()
         self._stop = asyncio.Event()
         self._bus: Bus | None = None
+        self._group: GroupLoop | None = None
+        self._last_upkeep: float | None = None
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current entry and return."""
@@ -127,59 +126,63 @@ class ReliableConsumer:
         """Consume until :meth:`stop`; bus outages are retried with backoff meanwhile."""
         bus = open_bus(self._bus_arg) if isinstance(self._bus_arg, str) else self._bus_arg
         self._bus = bus
+        group = self._group = GroupLoop(
+            bus,
+            self.stream,
+            self.group,
+            self.name,
+            self._stop,
+            batch=self.batch,
+            claim_idle_ms=self.policy.min_idle_ms,
+            claim_every_s=self.claim_every_s,
+            backoff=Backoff(0.05, self.backoff_max_s, jitter="full"),
+            retry_on=(BusError,),
+            on_error=self._note_error,
+            logger=log,
+        )
+        self._last_upkeep = None
         upkeep = StreamUpkeep(
             bus, self.stream, self.group, self.name, self.policy, handler=self._handle_all
         )
-        try:
-            await self._retry(lambda: bus.ensure_group(self.stream, self.group))
+
+        async def first_upkeep() -> None:
             await self._upkeep(upkeep)
-            await self._own_pending(bus)
-            await self._loop(bus, upkeep)
-        except _Stopped:
-            pass
+
+        try:
+            await group.run(
+                self._handle_all,
+                prepare=first_upkeep,
+                next_batch=lambda: self._next_batch(group, upkeep),
+                own_once_each=True,
+            )
         finally:
             await self._leave(bus)
             if isinstance(self._bus_arg, str):
                 await bus.close()
 
-    async def _loop(self, bus: Bus, upkeep: StreamUpkeep) -> None:
-        last_upkeep = last_claim = time.monotonic()
-        while not self._stop.is_set():
-            now = time.monotonic()
-            if now - last_upkeep >= self.upkeep_every_s:
-                last_upkeep = last_claim = now
-                await self._upkeep(upkeep)
-            elif now - last_claim >= self.claim_every_s and bus.capabilities.claim:
-                last_claim = now
-                claimed = await self._retry(
-                    lambda: bus.claim_stale(
-                        self.stream, self.group, self.name, self.policy.min_idle_ms, self.batch
-                    )
-                )
-                self.stats.reclaimed += len(claimed)
-                await self._handle_all(claimed)
-            entries = await self._retry(
-                lambda: bus.read(self.stream, self.group, self.name, self.batch, self.block_ms)
-            )
-            await self._handle_all(entries)
+    def _note_error(self, exc: BaseException) -> None:
+        self.stats.last_error = str(exc)
 
-    async def _own_pending(self, bus: Bus) -> None:
-        """Entries pending for this name from before a restart, each handled once here."""
-        seen: set[str] = set()
-        while not self._stop.is_set():
-            own = await self._retry(
-                lambda: bus.read_own_pending(self.stream, self.group, self.name, self.batch)
-            )
-            fresh = [e for e in own if e.id not in seen]
-            if not fresh:
-                return
-            seen.update(e.id for e in fresh)
-            await self._handle_all(fresh)
+    async def _next_batch(self, group: GroupLoop, upkeep: StreamUpkeep) -> list[Entry]:
+        """An upkeep pass every ``upkeep_every_s``, else stale entries claimed every
+        ``claim_every_s``; then new entries (the clocks start once own pending is done)."""
+        now = time.monotonic()
+        if self._last_upkeep is None:
+            self._last_upkeep = group.last_claim = now
+        if now - self._last_upkeep >= self.upkeep_every_s:
+            self._last_upkeep = group.last_claim = now
+            await self._upkeep(upkeep)
+        elif group.claim_due():
+            claimed = await group.claim()
+            self.stats.reclaimed += len(claimed)
+            if claimed:
+                return claimed
+        return await group.read(self.batch, self.block_ms)
 
     async def _upkeep(self, upkeep: StreamUpkeep) -> None:
         try:
             report = await self._retry(upkeep.run_once)
-        except _Stopped:
+        except GroupStopped:
             raise
         except Exception as exc:  # a failed pass is retried at the next one
             self.stats.last_error = str(exc)
@@ -220,18 +223,11 @@ class ReliableConsumer:
             self.stats.handled += 1
 
     async def _retry(self, op: Callable[[], Awaitable[T]]) -> T:
-        delay = 0.05
-        while True:
-            try:
-                return await op()
-            except BusError as exc:
-                self.stats.last_error = str(exc)
-                if self._stop.is_set():
-                    raise _Stopped from exc
-                log.warning("%s; retrying in %.2fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), timeout=delay)
-                delay = min(delay * 2, self.backoff_max_s)
+        """``op`` retried until it succeeds or :meth:`stop` (:meth:`GroupLoop.call`)."""
+        group = self._group
+        if group is None:
+            raise RuntimeError("ReliableConsumer: bus called outside run()")
+        return await group.call(op)
 
     async def _leave(self, bus: Bus) -> None:
         """Delete this consumer's name from the group unless entries are pending for it."""

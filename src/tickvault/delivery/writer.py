@@ -27,12 +27,12 @@ Contract
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -40,6 +40,7 @@ import orjson
 import pyarrow as pa
 
 from tickvault.bus.base import Bus, Entry, NewDeadLetter
+from tickvault.core.backoff import Backoff
 from tickvault.core.codec import Frame, decode_frame, split_valid, split_valid_many
 from tickvault.core.conflicts import (
     UNCHECKED_KINDS,
@@ -58,7 +59,8 @@ from tickvault.core.latency import (
 from tickvault.core.records import KINDS
 from tickvault.core.rejects import Reject
 from tickvault.core.rules import HISTORY, Bounds, TimeWindow
-from tickvault.delivery.breaker import BreakerOpen, BreakerPolicy, CircuitBreaker
+from tickvault.delivery.breaker import BreakerPolicy, CircuitBreaker
+from tickvault.delivery.group_loop import GroupLoop, GroupStopped
 from tickvault.stores.base import Store
 
 log = logging.getLogger(__name__)
@@ -114,31 +116,8 @@ class WriterStats:
     """Time per processed batch: decode, validate, write, dead letters, ack."""
 
 
-class WriterStopped(Exception):
-    """Raised inside the writer when it was asked to stop while a batch was unwritten."""
-
-
-async def _unless_stopped(call: Awaitable[T], stop: asyncio.Event) -> T:
-    """``await call``, unless ``stop`` is set first: then cancel it and raise
-    :class:`WriterStopped` (a bus or store that hangs must not hold a shutdown up; whatever
-    the call did not finish is redelivered later, harmlessly)."""
-    task = asyncio.ensure_future(call)
-    if stop.is_set():
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
-        raise WriterStopped
-    stopped = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise WriterStopped
+WriterStopped = GroupStopped
+"""Raised inside the writer when it was asked to stop while a batch was unwritten."""
 
 
 class Writer:
@@ -156,42 +135,74 @@ class Writer:
         self.store = store
         self.config = config or WriterConfig()
         self.stats = WriterStats()
-        self._last_claim = 0.0
         cfg = self.config
         self.store_breaker = store_breaker or CircuitBreaker(
             "store",
             BreakerPolicy(open_base_s=cfg.backoff_initial_s, open_max_s=cfg.backoff_max_s),
         )
+        self._loop: GroupLoop | None = None
+
+    def _group(self, stop: asyncio.Event) -> GroupLoop:
+        """The consumer-group loop of this writer for ``stop`` (the one :meth:`run` uses,
+        or a new one for a caller of :meth:`process` with a stop event of its own)."""
+        if self._loop is not None and self._loop.stop is stop:
+            return self._loop
+        cfg = self.config
+        loop = GroupLoop(
+            self.bus,
+            cfg.stream,
+            cfg.group,
+            cfg.consumer,
+            stop,
+            batch=cfg.batch_entries,
+            claim_idle_ms=cfg.claim_idle_ms,
+            claim_every_s=cfg.claim_every_s,
+            backoff=Backoff(cfg.backoff_initial_s, cfg.backoff_max_s, jitter="full"),
+            retry_on=(BusError, StoreError),
+            fatal=(BatchRejected,),  # the data is refused: retrying cannot help, bisect
+            cancel_on_stop=True,
+            on_error=self._note_error,
+            on_wait=self._note_waiting,
+            describe=lambda exc: resource_fault(exc, "the bus or store") or exc,
+            log_prefix="writer: ",
+            logger=log,
+        )
+        if self._loop is not None:
+            loop.last_claim = self._loop.last_claim
+        return loop
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.stats.retrying = True
+        self.stats.last_error = str(exc)
+        if isinstance(exc, StoreError):
+            self.stats.store_errors += 1
+
+    def _note_waiting(self) -> None:
+        self.stats.retrying = True
 
     async def run(self, stop: asyncio.Event, *, until_drained: asyncio.Event | None = None) -> None:
         """Consume until ``stop`` is set; with ``until_drained``, also return once that event is
         set and the group has nothing left (no new entries, nothing pending)."""
-        cfg = self.config
-        try:
-            await self._retry(lambda: self.bus.ensure_group(cfg.stream, cfg.group), stop)
-            await self._retry(self.store.ensure_schema, stop, self.store_breaker)
-            while not stop.is_set():
-                own = await self._retry(
-                    lambda: self.bus.read_own_pending(
-                        cfg.stream, cfg.group, cfg.consumer, cfg.batch_entries
-                    ),
-                    stop,
-                )
-                if not own:
-                    break
-                await self.process(own, stop)
-            while not stop.is_set():
-                entries = await self._next_batch(stop)
-                if entries:
-                    await self.process(entries, stop)
-                    continue
-                if (
-                    until_drained is not None
-                    and until_drained.is_set()
-                    and await self._drained(stop)
-                ):
-                    return
-        except WriterStopped:
+        loop = self._loop = self._group(stop)
+
+        async def ensure_schema() -> None:
+            await loop.call(self.store.ensure_schema, self.store_breaker)
+
+        async def process(entries: Sequence[Entry]) -> None:
+            await self.process(entries, stop)
+
+        async def drained() -> bool:
+            return (
+                until_drained is not None and until_drained.is_set() and await self._drained(stop)
+            )
+
+        interrupted = await loop.run(
+            process,
+            prepare=ensure_schema,
+            next_batch=lambda: self._next_batch(stop),
+            idle=drained,
+        )
+        if interrupted:
             log.info("writer stopped with a batch unwritten; it stays pending on the bus")
 
     async def _drained(self, stop: asyncio.Event) -> bool:
@@ -201,23 +212,19 @@ class Writer:
                 if group.pending and self.bus.capabilities.claim:
                     # Entries pending for a consumer that no longer runs (another name):
                     # take them over once they are idle long enough, and write them.
-                    claimed = await self._claim(force=True)
-                    if claimed:
-                        await self.process(claimed, stop)
+                    cfg = self.config
+                    if self._group(stop).claim_due(force=True):
+                        claimed = await self.bus.claim_stale(
+                            cfg.stream,
+                            cfg.group,
+                            cfg.consumer,
+                            cfg.claim_idle_ms,
+                            cfg.batch_entries,
+                        )
+                        if claimed:
+                            await self.process(claimed, stop)
                 return group.pending == 0 and group.lag == 0
         return True
-
-    async def _claim(self, force: bool = False) -> list[Entry]:
-        cfg = self.config
-        now = time.monotonic()
-        if not self.bus.capabilities.claim or (
-            not force and now - self._last_claim < cfg.claim_every_s
-        ):
-            return []
-        self._last_claim = now
-        return await self.bus.claim_stale(
-            cfg.stream, cfg.group, cfg.consumer, cfg.claim_idle_ms, cfg.batch_entries
-        )
 
     async def _next_batch(self, stop: asyncio.Event) -> list[Entry]:
         """Up to ``batch_records`` worth of entries, waiting at most ``linger_ms`` to fill.
@@ -227,7 +234,8 @@ class Writer:
         backlog that other consumers of its group could share.
         """
         cfg = self.config
-        entries: list[Entry] = list(await self._retry(self._claim, stop))
+        loop = self._group(stop)
+        entries: list[Entry] = await loop.claim() if loop.claim_due() else []
         deadline = time.monotonic() + cfg.linger_ms / 1000
         approx_records = sum(len(e.payload) for e in entries) // _BYTES_PER_RECORD
         first = True
@@ -243,10 +251,7 @@ class Writer:
             else:
                 want = min(want, _FIRST_READ)
             block = cfg.block_ms if first and not entries else max(0, remaining_ms)
-            got = await self._retry(
-                lambda b=block, w=want: self.bus.read(cfg.stream, cfg.group, cfg.consumer, w, b),
-                stop,
-            )
+            got = await loop.read(want, block)
             first = False
             if not got:
                 break
@@ -254,37 +259,15 @@ class Writer:
             approx_records += sum(len(e.payload) for e in got) // _BYTES_PER_RECORD
         return entries
 
-    async def _retry(self, op, stop: asyncio.Event, breaker: CircuitBreaker | None = None):  # type: ignore[no-untyped-def]
+    async def _retry(
+        self,
+        op: Callable[[], Awaitable[T]],
+        stop: asyncio.Event,
+        breaker: CircuitBreaker | None = None,
+    ) -> T:
         """Run a bus or store operation until it succeeds, backing off on errors; through
-        ``breaker`` when given (an open breaker is waited out, not retried against)."""
-        delay = self.config.backoff_initial_s
-        while True:
-            if breaker is not None and not breaker.available:
-                self.stats.retrying = True
-                if not await breaker.wait_ready(stop):
-                    raise WriterStopped
-                continue
-            try:
-                return await _unless_stopped(op() if breaker is None else breaker.call(op), stop)
-            except BreakerOpen:
-                continue  # another writer holds the half-open trial
-            except BatchRejected:
-                raise  # the data is refused: retrying cannot help, the caller bisects
-            except (BusError, StoreError) as exc:
-                self.stats.retrying = True
-                self.stats.last_error = str(exc)
-                if isinstance(exc, StoreError):
-                    self.stats.store_errors += 1
-                if stop.is_set():
-                    raise WriterStopped from exc
-                if breaker is not None and not breaker.available:
-                    log.warning("writer: %s; store breaker %s", exc, breaker.state.value)
-                    continue  # the breaker times the next trial
-                why = resource_fault(exc, "the bus or store") or exc
-                log.warning("writer: %s; retrying in %.2fs", why, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                delay = min(delay * 2, self.config.backoff_max_s)
+        ``breaker`` when given (:meth:`GroupLoop.call`)."""
+        return await self._group(stop).call(op, breaker)
 
     async def _write_bisecting(
         self, kind: str, table: pa.Table, stop: asyncio.Event
@@ -431,7 +414,7 @@ class Writer:
                 self.stats.dead_letters[letter.reason] += 1
         for entry, reason in whole:
             await self._retry(
-                lambda e=entry, r=reason: self.bus.dead_letter(cfg.stream, cfg.group, e, r), stop
+                functools.partial(self.bus.dead_letter, cfg.stream, cfg.group, entry, reason), stop
             )
             self.stats.dead_letters[reason] += 1
             log.warning("writer: entry %s dead-lettered: %s", entry.id, reason)
