@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from tickvault.bus.base import Bus, NewDeadLetter
+from tickvault.core.backoff import wait_unless_stopped
 from tickvault.core.codec import decode_frame
 from tickvault.core.errors import BusError, BusUnavailable, DecodeError
 from tickvault.core.events import EVENTS, EventLog
@@ -49,6 +51,7 @@ from tickvault.delivery.breaker import BreakerOpen, BreakerPolicy, BreakerState,
 from tickvault.delivery.spool import FRAME, Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _bus_failure(exc: BaseException) -> bool:
@@ -127,7 +130,7 @@ class FailoverPublisher:
             await self.spool.open()
         if not (self.spool is not None and self.spool.has_backlog):
             for i, bus in enumerate(self.buses):
-                ids = await self._try(i, lambda b=bus: b.append(stream, payloads))  # type: ignore[misc]
+                ids = await self._try(i, functools.partial(bus.append, stream, payloads))
                 if ids is not None:
                     self.stats.frames_by_bus[i] += len(payloads)
                     self.last_path = self.names[i]
@@ -149,7 +152,7 @@ class FailoverPublisher:
         if not letters:
             return 0
         for i, bus in enumerate(self.buses):
-            n = await self._try(i, lambda b=bus: b.add_dead_letters(stream, group, letters))  # type: ignore[misc]
+            n = await self._try(i, functools.partial(bus.add_dead_letters, stream, group, letters))
             if n is not None:
                 return int(n)
         if self.spool is None:
@@ -159,7 +162,7 @@ class FailoverPublisher:
         self.stats.letters_spooled += len(letters)
         return len(letters)
 
-    async def _try(self, i: int, op: Callable[[], Any]) -> Any | None:
+    async def _try(self, i: int, op: Callable[[], Awaitable[T]]) -> T | None:
         """Run ``op`` on bus ``i`` if its breaker is closed; None if skipped or failed."""
         breaker = self.breakers[i]
         if breaker.state is not BreakerState.CLOSED:
@@ -217,8 +220,7 @@ class FailoverPublisher:
             for b in self.breakers:
                 if b.state is not BreakerState.CLOSED:
                     delay = min(delay, max(b.retry_in_s(), 0.05))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=delay)
+            await wait_unless_stopped(delay, stop)
 
     async def _probe(self) -> None:
         for i, bus in enumerate(self.buses):
@@ -226,7 +228,7 @@ class FailoverPublisher:
             if breaker.state is BreakerState.CLOSED or not breaker.available:
                 continue
             with contextlib.suppress(BreakerOpen, BusError):
-                await breaker.call(lambda b=bus: b.info(self.probe_stream))  # type: ignore[misc]
+                await breaker.call(functools.partial(bus.info, self.probe_stream))
 
     async def drain_once(self) -> int:
         """Move one batch from the spool to the first bus that takes it; return how many
@@ -241,7 +243,7 @@ class FailoverPublisher:
             if not breaker.available:
                 continue
             try:
-                await breaker.call(lambda b=bus: self._send(b, records))  # type: ignore[misc]
+                await breaker.call(functools.partial(self._send, bus, records))
             except (BreakerOpen, BusError) as exc:
                 log.warning("failover: draining to %s failed: %s", self.names[i], exc)
                 continue

@@ -45,7 +45,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal, TypeVar, TypeVarTuple
 
 import msgspec
 
@@ -54,6 +54,8 @@ from tickvault.core.errors import ConfigError
 from tickvault.core.events import EVENTS, EventLog
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
 
 MAGIC = b"TVS1"
 _HEADER = struct.Struct("<4sBII")
@@ -182,7 +184,7 @@ class Spool:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
         self._cursor = Position(0, 0)
         self._active: int | None = None
-        self._active_fh: Any = None
+        self._active_fh: BinaryIO | None = None
         self._sizes: dict[int, int] = {}
         self._freed = asyncio.Event()
         self._opened = False
@@ -231,7 +233,7 @@ class Spool:
             return Position(0, 0)
         return Position(seg, off)
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
+    async def _run(self, fn: Callable[[*Ts], R], *args: *Ts) -> R:
         if not self._opened:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._open_sync)
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -445,10 +447,7 @@ class Spool:
         self, max_records: int = 256, max_bytes: int = 8 << 20
     ) -> tuple[list[SpoolRecord], Position]:
         """The next records after the cursor, and the position to commit once they are safe."""
-        result: tuple[list[SpoolRecord], Position] = await self._run(
-            self._scan, self._cursor, max_records, max_bytes
-        )
-        return result
+        return await self._run(self._scan, self._cursor, max_records, max_bytes)
 
     def _commit_sync(self, pos: Position, count: int) -> None:
         tmp = self.directory / "cursor.tmp"
@@ -467,7 +466,8 @@ class Spool:
                 n == pos.segment and pos.offset >= self._sizes[n] and self.stats.backlog == 0
             ):
                 if n == self._active:
-                    self._active_fh.close()
+                    if self._active_fh is not None:  # open whenever a segment is active
+                        self._active_fh.close()
                     self._active_fh, self._active = None, None
                 self._segment_path(n).unlink(missing_ok=True)
                 del self._sizes[n]

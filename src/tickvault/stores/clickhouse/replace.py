@@ -22,7 +22,7 @@ import asyncio
 import datetime as dt
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
@@ -47,7 +47,7 @@ class Insert(Protocol):
     async def __call__(self, kind: str, table: pa.Table, *, token_salt: bytes = b"") -> int: ...
 
 
-def _literal(value: Any, ch_type: str) -> str:
+def _literal(value: object, ch_type: str) -> str:
     if isinstance(value, str):
         return quote_str(value)
     if isinstance(value, dt.datetime):
@@ -62,7 +62,7 @@ def _literal(value: Any, ch_type: str) -> str:
 
 
 def delete_sql(
-    table: str, spec: KindSpec, types: dict[str, str], rows: list[dict[str, Any]]
+    table: str, spec: KindSpec, types: dict[str, str], rows: list[dict[str, object]]
 ) -> str:
     """The mutation deleting the stored rows with the keys of ``rows``."""
     keys = ", ".join(spec.key)
