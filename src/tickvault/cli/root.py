@@ -31,11 +31,7 @@ from tickvault.bus import open_bus
 from tickvault.cli.lazy import LazyGroup
 from tickvault.core.config import (
     ENV_DATA_DIR,
-    BinanceSettings,
-    PolygonSettings,
-    ReplaySettings,
     Settings,
-    SyntheticSettings,
     http_token,
     load_settings,
     settings_reference,
@@ -50,7 +46,6 @@ if TYPE_CHECKING:
     from tickvault.core.snapshot import StatusSnapshot
     from tickvault.service.replay_job import ReplayPlan
     from tickvault.service.replay_start import ReplayStart
-    from tickvault.sources.base import Source
 
 T = TypeVar("T")
 EXIT_FAULT = 3
@@ -188,37 +183,6 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _build_sources(settings: Settings) -> list[Source]:
-    from tickvault.delivery.checkpoints import CheckpointStore
-    from tickvault.sources.replay import ReplaySource
-    from tickvault.sources.synthetic import SyntheticSource
-
-    sources: list[Source] = []
-    for opts in settings.sources:
-        if isinstance(opts, SyntheticSettings):
-            sources.append(
-                SyntheticSource(
-                    symbols=opts.symbols,
-                    rate=opts.rate,
-                    seed=opts.seed,
-                    exchange=opts.exchange,
-                    name=opts.name,
-                    limit=opts.limit,
-                    first_id=opts.first_id,
-                    start_us=opts.start_us,
-                )
-            )
-        elif isinstance(opts, ReplaySettings):
-            sources.append(
-                ReplaySource([Path(p) for p in opts.paths], CheckpointStore(settings.state_path))
-            )
-        elif isinstance(opts, BinanceSettings | PolygonSettings):
-            from tickvault.cli.backfill import build_collector
-
-            sources.append(build_collector(opts, settings, os.environ))
-    return sources
-
-
 # -- run / demo / replay ----------------------------------------------------------------------
 
 
@@ -234,6 +198,7 @@ def run(
 ) -> None:
     """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
     from tickvault.service.pipeline import Pipeline
+    from tickvault.service.wiring import build_sources
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
@@ -243,7 +208,7 @@ def run(
         settings.http.listen = http_listen
 
     async def main() -> None:
-        sources = _build_sources(settings)
+        sources = build_sources(settings, os.environ)
         if not sources:
             logging.getLogger("tickvault").warning(
                 "no [[sources]] configured: only the writer runs (draining the bus)"
