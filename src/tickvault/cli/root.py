@@ -44,8 +44,10 @@ from tickvault.service import control
 
 if TYPE_CHECKING:
     from tickvault.core.snapshot import StatusSnapshot
+    from tickvault.delivery.producer import ProducerResult
     from tickvault.service.replay_job import ReplayPlan
     from tickvault.service.replay_start import ReplayStart
+    from tickvault.stores.base import Store
 
 T = TypeVar("T")
 EXIT_FAULT = 3
@@ -469,7 +471,7 @@ def replay(
     raise typer.Exit(code)
 
 
-def _replay_warnings(exchange: str, produced: Any) -> None:
+def _replay_warnings(exchange: str, produced: ProducerResult) -> None:
     """Warn once per run about what the user may not expect (stderr, also with --json)."""
     if produced.foreign:
         err.print(
@@ -495,7 +497,7 @@ def _replay_warnings(exchange: str, produced: Any) -> None:
 # -- query / status ---------------------------------------------------------------------------
 
 
-def _offline_store(settings: Settings) -> Any:
+def _offline_store(settings: Settings) -> Store:
     from tickvault.stores import open_store
 
     url = settings.store_url

@@ -90,7 +90,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
-            response: dict[str, Any]
+            response: dict[str, object]
             try:
                 request = orjson.loads(line)
                 handler = self.handlers.get(request.get("op", ""))

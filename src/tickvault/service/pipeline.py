@@ -88,7 +88,7 @@ class RunSummary:
     stopped: bool = False
     """Stopped by SIGTERM/SIGINT (what is left stays durable for the next start)."""
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -157,6 +157,7 @@ class Pipeline:
             self.store = open_store(s.store_url)
             spool_dir = s.spool_path
             if spool_dir is not None:
+                # The config holds plain strings: Spool checks them and names a bad value.
                 self.spool = Spool(
                     spool_dir,
                     quota_bytes=s.bus.spool_quota,
@@ -315,11 +316,11 @@ class Pipeline:
             live=self.live_status(),
         )
 
-    async def _status_op(self, _: control.Request) -> dict[str, Any]:
+    async def _status_op(self, _: control.Request) -> dict[str, object]:
         """The control socket's ``status``: the snapshot as JSON-able builtins."""
         return (await self.status()).to_builtins()
 
-    async def _query_op(self, request: control.Request) -> dict[str, Any]:
+    async def _query_op(self, request: control.Request) -> dict[str, object]:
         result = await self.store.query(
             str(request.get("sql", "")), int(request.get("limit", 10_000))
         )

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -47,7 +46,7 @@ async def collect_status(
     dead-letter total is None while the bus is unreachable, since it is unknown). Offline
     (``live`` is None), an unreachable bus raises :class:`~tickvault.core.errors.BusError`.
     """
-    streams: list[dict[str, Any]] = []
+    streams: list[dict[str, object]] = []
     by_reason: dict[str, int] = {}
     bus_error = None
 
@@ -76,7 +75,7 @@ async def collect_status(
         bus_error = str(exc)
     tables: dict[str, int] | None = None
     store_error = None
-    wal: dict[str, Any] | None = None
+    wal: dict[str, object] | None = None
     if store is not None:
         try:
             tables = await asyncio.wait_for(store.counts(), store_timeout_s)

@@ -91,7 +91,7 @@ class Ready(BaseModel):
 
 class QueryResponse(BaseModel):
     columns: list[str]
-    rows: list[list[Any]]
+    rows: list[list[Any]]  # SQL values of any column type, as the store returns them
     truncated: bool
     elapsed_ms: float
 
@@ -101,7 +101,7 @@ class ErrorResponse(BaseModel):
     type: str
 
 
-def _json(value: Any, status: int = 200) -> Response:
+def _json(value: object, status: int = 200) -> Response:
     return Response(
         orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS),
         status_code=status,
@@ -284,6 +284,7 @@ def create_app(pipeline: ServedPipeline, settings: HttpSettings, token: str | No
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    # FastAPI's ``responses`` argument: its own open-ended OpenAPI fragments.
     errors: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 
     @app.get("/health", response_model=Health, tags=["operations"])
@@ -352,7 +353,7 @@ def create_app(pipeline: ServedPipeline, settings: HttpSettings, token: str | No
             return _error(404, "not found", "NotFound")
         return Response(_asset(name), media_type=STATIC_FILES[name])
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, Any]:  # FastAPI's type of ``app.openapi``
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title,
@@ -368,5 +369,6 @@ def create_app(pipeline: ServedPipeline, settings: HttpSettings, token: str | No
             app.openapi_schema = schema
         return app.openapi_schema
 
+    # FastAPI's documented way to customise the description is to replace the method.
     app.openapi = openapi  # type: ignore[method-assign]
     return app

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -119,15 +119,22 @@ def merged(histograms: Iterable[LatencyHistogram]) -> tuple[list[tuple[str, floa
     return [*buckets, ("+Inf", float(count))], total
 
 
-def guardian_view(guardian: Guardian | None) -> dict[str, Any] | None:
-    """The guardian's states for metrics and the dashboard: the running guardian's
-    ``status()`` (resource → state), with ``alerts_sent`` when it counts them; None when no
-    guardian runs."""
+def alerts_sent(guardian: Guardian) -> int | Mapping[str, int] | None:
+    """Alerts sent, in all or per channel, when the guardian counts them (an optional
+    ``alerts_sent`` attribute), else None."""
+    sent = getattr(guardian, "alerts_sent", None)
+    return sent if isinstance(sent, int | Mapping) else None
+
+
+def guardian_view(guardian: Guardian | None) -> dict[str, object] | None:
+    """The guardian's states for the dashboard: the running guardian's ``status()``
+    (resource → state), with ``alerts_sent`` when it counts them; None when no guardian
+    runs."""
     if guardian is None:
         return None
-    view: dict[str, Any] = {"checks": guardian.status()}
-    sent = getattr(guardian, "alerts_sent", None)  # optional: a guardian that counts alerts
-    if isinstance(sent, int | Mapping):
+    view: dict[str, object] = {"checks": guardian.status()}
+    sent = alerts_sent(guardian)
+    if sent is not None:
         view["alerts_sent"] = sent
     return view
 
@@ -152,7 +159,7 @@ class PipelineCollector(Collector):
         yield from self._bus()
         yield from self._breakers(live.breakers)
         yield from self._spool(live.failover)
-        yield from self._guardian(guardian_view(p.guardian))
+        yield from self._guardian(p.guardian)
 
     def _sources(self, sources: list[SourceStatus]) -> Iterator[Metric]:
         labels = ["source", "kind"]
@@ -350,12 +357,9 @@ class PipelineCollector(Collector):
             value=spool.dropped_records,
         )
 
-    def _guardian(self, guardian: Mapping[str, Any] | None) -> Iterator[Metric]:
-        """Guardian states and alerts, when a guardian runs (:func:`guardian_view`).
-
-        Accepted shapes: ``{"checks": [{"name", "state"}, ...] | {name: state | {"state"}},
-        "alerts_sent": int | {channel: int}}``.
-        """
+    def _guardian(self, guardian: Guardian | None) -> Iterator[Metric]:
+        """Guardian states (one sample per check and state) and alerts, when a guardian
+        runs; ``tickvault_alerts_sent`` only when it counts them (:func:`alerts_sent`)."""
         if guardian is None:
             return
         states = GaugeMetricFamily(
@@ -363,20 +367,13 @@ class PipelineCollector(Collector):
             "1 for each guardian check's current state",
             labels=["check", "state"],
         )
-        checks = guardian.get("checks") or {}
-        items: Iterable[tuple[Any, Any]]
-        if isinstance(checks, Mapping):
-            items = checks.items()
-        else:
-            items = ((c.get("name"), c) for c in checks if isinstance(c, Mapping))
-        for name, value in items:
-            st = value.get("state") if isinstance(value, Mapping) else value
-            states.add_metric([str(name), str(st)], 1)
+        for name, value in guardian.status().items():
+            states.add_metric([str(name), str(value.get("state"))], 1)
         yield states
         alerts = CounterMetricFamily(
             "tickvault_alerts_sent", "Alerts sent by the guardian", labels=["channel"]
         )
-        sent = guardian.get("alerts_sent")
+        sent = alerts_sent(guardian)
         if sent is None:
             return
         if isinstance(sent, Mapping):
