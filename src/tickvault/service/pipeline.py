@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections import Counter
@@ -27,26 +26,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus
 from tickvault.core.config import Settings
 from tickvault.core.errors import BusError, ConfigError
 from tickvault.core.events import EVENTS
-from tickvault.core.snapshot import (
-    BreakerStatus,
-    FailoverStatus,
-    FallbackWriterStatus,
-    HttpStatus,
-    LatencySummary,
-    LiveStatus,
-    PublisherStatus,
-    SourceStatus,
-    StatusSnapshot,
-    WriterStatus,
-    live_builtins,
-)
+from tickvault.core.snapshot import LiveStatus, StatusSnapshot, live_builtins
 from tickvault.delivery.breaker import BreakerPolicy, CircuitBreaker
 from tickvault.delivery.failover import FailoverPublisher
 from tickvault.delivery.producer import ProducerProcess
@@ -56,6 +41,7 @@ from tickvault.delivery.upkeep import bus_retention, start_service_upkeep
 from tickvault.delivery.writer import Writer, WriterConfig, WriterStats, default_consumer_name
 from tickvault.delivery.writer_restarts import RestartableWriters
 from tickvault.service import control
+from tickvault.service.live import live_status
 from tickvault.service.owner_lock import DataDirLock
 from tickvault.service.status import collect_status
 from tickvault.sources.base import Source
@@ -263,42 +249,14 @@ class Pipeline:
 
     def live_status(self) -> LiveStatus:
         """This process's own counters (writer, publisher, sources, breakers, failover)."""
-        w = self.writer.stats
-        return LiveStatus(
-            pid=os.getpid(),
-            uptime_s=time.time() - self.started_at,
-            writer=WriterStatus(
-                consumer=self.writer.config.consumer,
-                records=w.records,
-                inserted=w.inserted,
-                duplicates=w.duplicates,
-                conflicts=sum(x.stats.conflicts for x in self.writers),
-                batches=w.batches,
-                retrying=w.retrying,
-                store_errors=w.store_errors,
-                last_error=w.last_error,
-                last_commit_at=w.last_commit_at,
-                dead_letters=dict(w.dead_letters),
-                tick_to_stored=msgspec.convert(w.tick_to_stored.snapshot(), LatencySummary),
-            ),
-            publisher=PublisherStatus(
-                records=self.publisher.stats.records,
-                frames=self.publisher.stats.frames,
-                buffered=self.publisher.buffered,
-                rejected=self.publisher.stats.rejected,
-            ),
-            sources=[_health(s) for s in self.sources],
-            breakers=[
-                msgspec.convert(b.snapshot(), BreakerStatus)
-                for b in [self.store_breaker, *self.failover.breakers]
-            ],
-            failover=msgspec.convert(self.failover.snapshot(), FailoverStatus),
-            fallback_writers=[
-                FallbackWriterStatus(bus=name, inserted=w.stats.inserted, records=w.stats.records)
-                for name, w in zip(self.failover.names[1:], self.writers[1:], strict=True)
-            ],
-            events=[e.as_dict() for e in EVENTS.recent(20)],
-            http=HttpStatus(url=self.http.url) if self.http is not None else None,
+        return live_status(
+            started_at=self.started_at,
+            writers=self.writers,
+            publisher=self.publisher,
+            sources=self.sources,
+            breakers=[self.store_breaker, *self.failover.breakers],
+            failover=self.failover,
+            http_url=self.http.url if self.http is not None else None,
         )
 
     def live(self) -> dict[str, Any]:
@@ -502,7 +460,3 @@ def _redact(url: str) -> str:
         return url
     creds, _, host = rest.partition("@")
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
-
-
-def _health(source: Source) -> SourceStatus:
-    return msgspec.convert(msgspec.to_builtins(source.health()), SourceStatus)

@@ -3,7 +3,9 @@
 Why FastAPI: the OpenAPI description is generated from the same route declarations that
 serve the requests, so the description cannot drift from the API (a schemathesis run
 against it is part of the test suite), and it runs on uvicorn inside the pipeline's own
-asyncio loop (:mod:`tickvault.web.server`), reading the pipeline's live objects directly.
+asyncio loop (:mod:`tickvault.web.server`), reading the pipeline's live objects directly
+through :class:`tickvault.web.ports.ServedPipeline` (the web layer never imports the
+pipeline; ``/status`` is its :class:`~tickvault.core.snapshot.StatusSnapshot`).
 
 Endpoints (see ``docs/http.md``):
 
