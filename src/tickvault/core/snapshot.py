@@ -233,9 +233,9 @@ class StatusSnapshot(msgspec.Struct, frozen=True):
     events: list[EventDict] | UnsetType = UNSET
     http: HttpStatus | UnsetType | None = UNSET
 
-    def to_builtins(self) -> dict[str, Any]:
+    def to_builtins(self) -> dict[str, object]:
         """The JSON-able picture (what ``status --json`` prints); see the module contract."""
-        out: dict[str, Any] = msgspec.to_builtins(self, enc_hook=str)
+        out: dict[str, object] = msgspec.to_builtins(self, enc_hook=str)
         return out
 
     @classmethod
@@ -245,7 +245,8 @@ class StatusSnapshot(msgspec.Struct, frozen=True):
 
 
 def live_builtins(live: LiveStatus) -> dict[str, Any]:
-    """``live`` as the plain dict ``Pipeline.live()`` returns (guardian checks read it)."""
+    """``live`` as the plain dict ``Pipeline.live()`` returns (guardian checks read it:
+    their ``LiveFn`` type, :mod:`tickvault.guardian.checks`, is a ``dict[str, Any]``)."""
     out: dict[str, Any] = msgspec.to_builtins(live, enc_hook=str)
     return out
 
