@@ -263,13 +263,14 @@ async def test_status_and_metrics_show_committed_not_applied(
                 await store.write(
                     "trade", table_of("trade", [trade(i) for i in range(lo, lo + 10)])
                 )
-        status = await collect_status(
+        snapshot = await collect_status(
             pipeline.bus,
             store,
             bus_url=settings.bus_url,
             store_url=settings.store_url,
             data_dir=settings.data_dir,
         )
+        status = snapshot.to_builtins()
         assert status["store"]["tables"]["trades"] == 1  # the 20 hidden rows are not counted
         wal = status["store"]["wal"]["trades"]
         assert wal["state"] == "committed, not applied (2 txns behind)" and wal["suspended"]

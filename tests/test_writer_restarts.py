@@ -59,7 +59,8 @@ async def test_the_guardian_is_offered_the_writer_restart_in_run(tmp_path: Path)
     async with Pipeline(settings, [source]) as pipeline:
         pipeline.with_guardian = True  # as `tickvault run` sets it
         await asyncio.wait_for(pipeline.run(), timeout=120)
-        guardian = pipeline.guardian  # type: ignore[attr-defined]
+        guardian = pipeline.guardian
+    assert guardian is not None
     ctx: ActionContext = guardian.runner.ctx
     assert set(ctx.restarters) == {"writer"}
     assert guardian.runner.available("restart_component", {"component": "writer"})

@@ -9,18 +9,16 @@ stored bars differ). Exit 0 when everything requested is stored, 1 when the venu
 the download (a refusal, also one sent with HTTP 200; rerun to resume) or the writer could
 not drain, 2 for errors the user must fix (no key, a bad ticker, the other price basis).
 
-Also builds the live collectors for ``tickvault run`` (:func:`build_collector`), because
-both read API keys from the environment, which only the command line does.
+The collector itself is built by :func:`tickvault.service.wiring.build_collector`, the one
+place that builds sources from the settings (``tickvault run`` builds its sources there too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -31,13 +29,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tickvault.core.config import (
     ENV_DATA_DIR,
-    BinanceSettings,
     PolygonSettings,
     Settings,
     load_settings,
 )
 from tickvault.core.errors import ConfigError, TickvaultError
-from tickvault.sources.base import Source
 
 if TYPE_CHECKING:
     from tickvault.sources.polygon.collector import PolygonSource
@@ -46,82 +42,6 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Download history through the pipeline.", no_args_is_help=True)
 out = Console()
 err = Console(stderr=True)
-
-
-def _secret(env: Mapping[str, str], name: str | None, what: str, required: bool) -> str | None:
-    if not name:
-        return None
-    value = env.get(name, "").strip()
-    if not value and required:
-        raise ConfigError(f"{what}: set the environment variable {name} to your API key")
-    return value or None
-
-
-def build_collector(
-    opts: BinanceSettings | PolygonSettings,
-    settings: Settings,
-    env: Mapping[str, str],
-    *,
-    refresh: bool = False,
-) -> Source:
-    """The live source for a ``[[sources]]`` table of kind ``binance`` or ``polygon``
-    (``refresh``: download the Polygon range again, covered days included)."""
-    if isinstance(opts, BinanceSettings):
-        from tickvault.sources.binance.collector import BinanceOptions, BinanceSource
-
-        record_dir = opts.record_dir
-        if record_dir is not None and not Path(record_dir).is_absolute():
-            record_dir = str(settings.data_dir / record_dir)
-        options = BinanceOptions(
-            symbols=[s.upper() for s in opts.symbols],
-            channels=list(opts.channels),
-            ws_url=opts.ws_url,
-            rest_url=opts.rest_url,
-            market=opts.market,
-            api_key=_secret(env, opts.api_key_env, "binance", required=False),
-            max_streams_per_connection=opts.max_streams_per_connection,
-            stall_timeout_s=opts.stall_timeout_s,
-            rollover_after_s=opts.rollover_after_s,
-            overlap_s=opts.overlap_s,
-            backoff_initial_s=opts.backoff_initial_s,
-            backoff_max_s=opts.backoff_max_s,
-            gap_settle_s=opts.gap_settle_s,
-            rest_attempts=opts.rest_attempts,
-            depth_snapshot_limit=opts.depth_snapshot_limit,
-            book_snapshot_every_s=opts.book_snapshot_every_s,
-            record_dir=record_dir,
-            record_rotate_s=opts.record_rotate_s,
-            record_rotate_bytes=int(opts.record_rotate_mb * (1 << 20)),
-        )
-        return BinanceSource(options, name=opts.name)
-    from tickvault.sources.polygon.collector import (
-        CoverageStore,
-        PolygonOptions,
-        PolygonSource,
-        parse_day,
-    )
-
-    start = parse_day(opts.start, "from")
-    end = parse_day(opts.end, "to") if opts.end else dt.datetime.now(dt.UTC).date()
-    options_p = PolygonOptions(
-        tickers=list(opts.tickers),
-        start=start,
-        end=end,
-        timeframe=opts.timeframe,
-        rest_url=opts.rest_url,
-        api_key=_secret(env, opts.api_key_env, "polygon", required=True),
-        chunk_days=opts.chunk_days,
-        rest_attempts=opts.rest_attempts,
-        backoff_max_s=opts.backoff_max_s,
-        adjusted=opts.adjusted,
-        refresh=refresh,
-    )
-    coverage = CoverageStore(settings.state_path)
-    try:
-        return PolygonSource(options_p, coverage, name=opts.name)
-    except BaseException:
-        coverage.close()
-        raise
 
 
 async def _refuse_other_basis(store: Store, source: PolygonSource) -> None:
@@ -241,6 +161,7 @@ async def _polygon(
     opts: PolygonSettings, settings: Settings, json_out: bool, refresh: bool, dry_run: bool = False
 ) -> int:
     from tickvault.service.pipeline import Pipeline
+    from tickvault.service.wiring import build_collector
     from tickvault.sources.polygon.collector import PolygonSource
     from tickvault.sources.polygon.refresh import HeldBack, differing_days, replace_held
 

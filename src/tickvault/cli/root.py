@@ -31,11 +31,7 @@ from tickvault.bus import open_bus
 from tickvault.cli.lazy import LazyGroup
 from tickvault.core.config import (
     ENV_DATA_DIR,
-    BinanceSettings,
-    PolygonSettings,
-    ReplaySettings,
     Settings,
-    SyntheticSettings,
     http_token,
     load_settings,
     settings_reference,
@@ -47,9 +43,11 @@ from tickvault.core.redact import install_log_redaction, redact_text
 from tickvault.service import control
 
 if TYPE_CHECKING:
+    from tickvault.core.snapshot import StatusSnapshot
+    from tickvault.delivery.producer import ProducerResult
     from tickvault.service.replay_job import ReplayPlan
     from tickvault.service.replay_start import ReplayStart
-    from tickvault.sources.base import Source
+    from tickvault.stores.base import Store
 
 T = TypeVar("T")
 EXIT_FAULT = 3
@@ -187,37 +185,6 @@ def _print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def _build_sources(settings: Settings) -> list[Source]:
-    from tickvault.delivery.checkpoints import CheckpointStore
-    from tickvault.sources.replay import ReplaySource
-    from tickvault.sources.synthetic import SyntheticSource
-
-    sources: list[Source] = []
-    for opts in settings.sources:
-        if isinstance(opts, SyntheticSettings):
-            sources.append(
-                SyntheticSource(
-                    symbols=opts.symbols,
-                    rate=opts.rate,
-                    seed=opts.seed,
-                    exchange=opts.exchange,
-                    name=opts.name,
-                    limit=opts.limit,
-                    first_id=opts.first_id,
-                    start_us=opts.start_us,
-                )
-            )
-        elif isinstance(opts, ReplaySettings):
-            sources.append(
-                ReplaySource([Path(p) for p in opts.paths], CheckpointStore(settings.state_path))
-            )
-        elif isinstance(opts, BinanceSettings | PolygonSettings):
-            from tickvault.cli.backfill import build_collector
-
-            sources.append(build_collector(opts, settings, os.environ))
-    return sources
-
-
 # -- run / demo / replay ----------------------------------------------------------------------
 
 
@@ -233,6 +200,7 @@ def run(
 ) -> None:
     """Run the service: configured sources → bus → writer → store, until SIGTERM/SIGINT."""
     from tickvault.service.pipeline import Pipeline
+    from tickvault.service.wiring import build_sources
 
     _setup_logging(verbose)
     settings = _settings(config, data_dir, bus, store)
@@ -242,7 +210,7 @@ def run(
         settings.http.listen = http_listen
 
     async def main() -> None:
-        sources = _build_sources(settings)
+        sources = build_sources(settings, os.environ)
         if not sources:
             logging.getLogger("tickvault").warning(
                 "no [[sources]] configured: only the writer runs (draining the bus)"
@@ -503,7 +471,7 @@ def replay(
     raise typer.Exit(code)
 
 
-def _replay_warnings(exchange: str, produced: Any) -> None:
+def _replay_warnings(exchange: str, produced: ProducerResult) -> None:
     """Warn once per run about what the user may not expect (stderr, also with --json)."""
     if produced.foreign:
         err.print(
@@ -529,7 +497,7 @@ def _replay_warnings(exchange: str, produced: Any) -> None:
 # -- query / status ---------------------------------------------------------------------------
 
 
-def _offline_store(settings: Settings) -> Any:
+def _offline_store(settings: Settings) -> Store:
     from tickvault.stores import open_store
 
     url = settings.store_url
@@ -611,11 +579,12 @@ def status(
     store: StoreUrl = None,
 ) -> None:
     """Rows per table, bus backlog and pending per group, dead letters, last write time."""
+    from tickvault.core.snapshot import StatusSnapshot
     from tickvault.service.status import collect_status
 
     settings = _settings(config, data_dir, bus, store)
 
-    async def offline() -> dict[str, Any]:
+    async def offline() -> StatusSnapshot:
         bus_ = open_bus(settings.bus_url)
         st = None
         try:
@@ -636,85 +605,91 @@ def status(
             if st is not None:
                 await st.close()
 
-    async def main() -> dict[str, Any]:
-        return dict(await _ask_owner_or_open(settings, {"op": "status"}, offline))
+    async def main() -> StatusSnapshot:
+        answer = await _ask_owner_or_open(settings, {"op": "status"}, offline)
+        if isinstance(answer, StatusSnapshot):
+            return answer
+        return StatusSnapshot.from_builtins(answer)  # the owner's answer on the socket
 
     data = _run(main())
     if json_out:
-        _print_json(data)
+        _print_json(data.to_builtins())
         return
-    out.print(f"[bold]data dir[/bold] {data['data_dir']}  running: {data['running']}")
-    tables = data["store"]["tables"] or {}
-    out.print(f"[bold]store[/bold] {data['store']['url']}")
-    for name, n in tables.items():
+    _print_status(data)
+
+
+def _print_status(data: StatusSnapshot) -> None:
+    out.print(f"[bold]data dir[/bold] {data.data_dir}  running: {data.running}")
+    out.print(f"[bold]store[/bold] {data.store.url}")
+    for name, n in (data.store.tables or {}).items():
         out.print(f"  {name:<14} {n:>12,} rows")
-    if data["store"]["last_write_at"]:
-        age = time.time() - data["store"]["last_write_at"]
+    if data.store.last_write_at:
+        age = time.time() - data.store.last_write_at
         out.print(f"  last write {age:,.1f} s ago")
-    out.print(f"[bold]bus[/bold] {data['bus']['url']}")
-    if data["bus"].get("error"):
-        out.print(f"  unreachable: {data['bus']['error']}", highlight=False)
-    for stream in data["bus"]["streams"]:
-        out.print(f"  stream {stream['stream']}: {stream['length']:,} entries")
-        if stream.get("retention"):
-            ms = stream["retention"]["retention_ms"]
+    out.print(f"[bold]bus[/bold] {data.bus.url}")
+    if data.bus.error:
+        out.print(f"  unreachable: {data.bus.error}", highlight=False)
+    for stream in data.bus.streams:
+        out.print(f"  stream {stream.stream}: {stream.length:,} entries")
+        if stream.retention:
+            ms = stream.retention["retention_ms"]
             window = "forever" if ms < 0 else f"{ms / 3_600_000:,.1f} h"
-            out.print(f"    retention {window} ({stream['retention']['source']})")
-        for g in stream["groups"]:
+            out.print(f"    retention {window} ({stream.retention['source']})")
+        for g in stream.groups:
             out.print(
-                f"    group {g['name']}: lag {g['lag']:,}, pending {g['pending']:,},"
-                f" consumers {g['consumers']}",
+                f"    group {g.name}: lag {g.lag:,}, pending {g.pending:,},"
+                f" consumers {g.consumers}",
                 highlight=False,
             )
-    for src in data.get("sources") or []:
-        age = src.get("last_message_age_s")
+    for src in data.sources or []:
+        seen = src.last_message_age_s
         out.print(
-            f"[bold]source[/bold] {src['name']} ({src['kind']}): connected {src['connected']},"
-            f" last message {'-' if age is None else f'{age:,.1f} s'} ago,"
-            f" {src['messages']:,} messages, {src['reconnects']} reconnects, gaps open"
-            f" {src['gaps_open']} / backfilled {src['gaps_backfilled']} / unrecoverable"
-            f" {src.get('gaps_unrecoverable', 0)}",
+            f"[bold]source[/bold] {src.name} ({src.kind}): connected {src.connected},"
+            f" last message {'-' if seen is None else f'{seen:,.1f} s'} ago,"
+            f" {src.messages:,} messages, {src.reconnects} reconnects, gaps open"
+            f" {src.gaps_open} / backfilled {src.gaps_backfilled} / unrecoverable"
+            f" {src.gaps_unrecoverable}",
             highlight=False,
         )
-        if src.get("detail"):
-            out.print(f"  {src['detail']}", highlight=False)
-    dl = data["dead_letters"]
-    total = "unknown (bus unreachable)" if dl["total"] is None else f"{dl['total']:,}"
+        if src.detail:
+            out.print(f"  {src.detail}", highlight=False)
+    dl = data.dead_letters
+    total = "unknown (bus unreachable)" if dl.total is None else f"{dl.total:,}"
     out.print(f"[bold]dead letters[/bold] {total}")
-    for reason, n in dl["by_reason"].items():
+    for reason, n in dl.by_reason.items():
         out.print(f"  {n:>8,}  {reason}", highlight=False)
     _print_outage_state(data)
 
 
-def _print_outage_state(data: dict[str, Any]) -> None:
+def _print_outage_state(data: StatusSnapshot) -> None:
     """Circuit breakers, failover and spool of a running owner (incident 002)."""
-    breakers = data.get("breakers") or []
+    breakers = data.breakers or []
     if breakers:
         out.print("[bold]circuit breakers[/bold]")
     for b in breakers:
-        last = b["transitions"][-1] if b["transitions"] else None
-        since = f", last: {last['from']} -> {last['to']} ({last['reason']})" if last else ""
-        retry = f", next trial in {b['retry_in_s']:.1f} s" if b["state"] == "open" else ""
+        last = b.transitions[-1] if b.transitions else None
+        since = f", last: {last.from_state} -> {last.to} ({last.reason})" if last else ""
+        retry = f", next trial in {b.retry_in_s:.1f} s" if b.state == "open" else ""
         out.print(
-            f"  {b['name']:<28} {b['state']:<9} opened {b['times_opened']}x{retry}{since}",
+            f"  {b.name:<28} {b.state:<9} opened {b.times_opened}x{retry}{since}",
             highlight=False,
         )
-    failover = data.get("failover") or {}
-    if failover.get("path"):
-        bus_error = (data.get("bus") or {}).get("error")
+    failover = data.failover or None
+    if failover is not None and failover.path:
+        bus_error = data.bus.error
         out.print(
-            f"[bold]traffic[/bold] goes to {failover['path']}"
-            f" (last append: {failover.get('last_path') or '-'})"
+            f"[bold]traffic[/bold] goes to {failover.path}"
+            f" (last append: {failover.last_path or '-'})"
             + (f"; primary bus: {bus_error}" if bus_error else ""),
             highlight=False,
         )
-    spool = failover.get("spool")
+    spool = failover.spool if failover is not None else None
     if spool:
         out.print(
-            f"[bold]spool[/bold] {spool['dir']}: {spool['backlog']:,} waiting,"
-            f" {spool['size_bytes']:,} / {spool['quota_bytes']:,} bytes ({spool['full_policy']}),"
-            f" dropped {spool['dropped_records']:,} records, torn {spool['torn']},"
-            f" corrupt {spool['corrupt']}",
+            f"[bold]spool[/bold] {spool.dir}: {spool.backlog:,} waiting,"
+            f" {spool.size_bytes:,} / {spool.quota_bytes:,} bytes ({spool.full_policy}),"
+            f" dropped {spool.dropped_records:,} records, torn {spool.torn},"
+            f" corrupt {spool.corrupt}",
             highlight=False,
         )
 

@@ -39,7 +39,9 @@ from tickvault.core.redact import redact_text
 _QUERY_ERRORS: dict[str, type[StoreError]] = {
     cls.__name__: cls for cls in (QueryRejected, QueryLimitExceeded, QueryTimeout, StoreUnavailable)
 }
-Handler = Callable[[dict[str, Any]], Awaitable[Any]]
+Request = dict[str, Any]
+"""One request as sent: ``op`` plus the op's own fields (parsed JSON, open-ended)."""
+Handler = Callable[[Request], Awaitable[object]]
 _MAX_SOCKET_PATH = 100
 
 
@@ -88,7 +90,7 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             line = await reader.readline()
-            response: dict[str, Any]
+            response: dict[str, object]
             try:
                 request = orjson.loads(line)
                 handler = self.handlers.get(request.get("op", ""))

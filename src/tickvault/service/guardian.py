@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tickvault.bus.base import Bus, Entry
 from tickvault.core.config import GuardianSettings, Settings
@@ -29,7 +29,8 @@ from tickvault.guardian.policy import Policy, PolicySettings
 from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
-    from tickvault.service.pipeline import Pipeline
+    from tickvault.delivery.writer import Writer
+    from tickvault.delivery.writer_restarts import RestartableWriters
 
 log = logging.getLogger(__name__)
 
@@ -127,23 +128,29 @@ def build_guardian(
     )
 
 
-def start_in_pipeline(pipeline: Pipeline, stop: asyncio.Event) -> asyncio.Task[None] | None:
-    """The guardian task of ``tickvault run`` (None when ``[guardian] enabled = false``)."""
-    s = pipeline.settings
-    if not s.guardian.enabled:
+def start_guardian(
+    settings: Settings,
+    *,
+    bus: Bus,
+    store: Store,
+    live: LiveFn,
+    writer: Writer,
+    restartable: RestartableWriters | None,
+    drain_spool: Callable[[], Awaitable[int]] | None,
+    stop: asyncio.Event,
+) -> tuple[Guardian, asyncio.Task[None]] | None:
+    """The guardian of ``tickvault run`` and its task, stopping with ``stop`` (None when
+    ``[guardian] enabled = false``). ``writer`` is the live writer (upkeep claims to its
+    consumer and hands it what it claims), ``restartable`` its restartable run, and
+    ``drain_spool`` moves one spool batch to a bus (None without a spool)."""
+    if not settings.guardian.enabled:
         return None
-
-    async def drain() -> int:
-        return int(await pipeline.failover.drain_once())
-
-    writer = pipeline.writer
 
     async def process(entries: Sequence[Entry]) -> None:
         await writer.process(entries, stop)
 
     # Stream upkeep claims to the live writer's own consumer and hands what it claims to
     # the writer: never to a consumer name that reads nothing.
-    restartable = pipeline.restartable
     restarters: dict[str, Callable[[], Awaitable[None]]] = (
         {"writer": restartable.restart}
         if restartable is not None and restartable.restartable
@@ -151,23 +158,16 @@ def start_in_pipeline(pipeline: Pipeline, stop: asyncio.Event) -> asyncio.Task[N
     )
     ctx = ActionContext(
         restarters=restarters,
-        drain_spool=drain if pipeline.spool is not None else None,
+        drain_spool=drain_spool,
         consumer=writer.config.consumer,
         upkeep_handler=process,
     )
-    guardian = build_guardian(
-        s, bus=pipeline.bus, store=pipeline.store, live=pipeline.live, ctx=ctx
-    )
-    pipeline.guardian = guardian  # type: ignore[attr-defined]
+    guardian = build_guardian(settings, bus=bus, store=store, live=live, ctx=ctx)
 
     async def run() -> None:
         try:
-            await guardian.run(stop, s.guardian.interval_s)
+            await guardian.run(stop, settings.guardian.interval_s)
         finally:
             guardian.journal.close()
 
-    return asyncio.create_task(run())
-
-
-def summary(guardian: Guardian) -> dict[str, Any]:
-    return guardian.status()
+    return guardian, asyncio.create_task(run())

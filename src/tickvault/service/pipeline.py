@@ -19,21 +19,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import msgspec
+from typing import TYPE_CHECKING, Any
 
 from tickvault.bus import open_bus
 from tickvault.bus.base import Bus
 from tickvault.core.config import Settings
 from tickvault.core.errors import BusError, ConfigError
 from tickvault.core.events import EVENTS
+from tickvault.core.snapshot import LiveStatus, StatusSnapshot, live_builtins
 from tickvault.delivery.breaker import BreakerPolicy, CircuitBreaker
 from tickvault.delivery.failover import FailoverPublisher
 from tickvault.delivery.producer import ProducerProcess
@@ -43,11 +41,16 @@ from tickvault.delivery.upkeep import bus_retention, start_service_upkeep
 from tickvault.delivery.writer import Writer, WriterConfig, WriterStats, default_consumer_name
 from tickvault.delivery.writer_restarts import RestartableWriters
 from tickvault.service import control
+from tickvault.service.live import live_status
 from tickvault.service.owner_lock import DataDirLock
 from tickvault.service.status import collect_status
 from tickvault.sources.base import Source
 from tickvault.stores import open_store
 from tickvault.stores.base import Store
+
+if TYPE_CHECKING:
+    from tickvault.guardian.engine import Guardian
+    from tickvault.web.server import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class RunSummary:
     stopped: bool = False
     """Stopped by SIGTERM/SIGINT (what is left stays durable for the next start)."""
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
 
@@ -124,7 +127,10 @@ class Pipeline:
         self._control: control.ControlServer | None = None
         self.serve_http = serve_http
         self._http_token = http_token
-        self.http: Any = None  # a tickvault.web.server.HttpServer while it serves
+        self.http: HttpServer | None = None
+        """The HTTP API while it serves."""
+        self.guardian: Guardian | None = None
+        """The guardian ``run()`` runs (``with_guardian`` and ``[guardian] enabled``)."""
 
     async def __aenter__(self) -> Pipeline:
         s = self.settings
@@ -137,6 +143,7 @@ class Pipeline:
             self.store = open_store(s.store_url)
             spool_dir = s.spool_path
             if spool_dir is not None:
+                # The config holds plain strings: Spool checks them and names a bad value.
                 self.spool = Spool(
                     spool_dir,
                     quota_bytes=s.bus.spool_quota,
@@ -240,54 +247,38 @@ class Pipeline:
         """Input lines consumed so far, in this process and in producer processes."""
         return self._pump.lines + sum(p.lines for p in self.producers)
 
-    def live(self) -> dict[str, Any]:
-        w = self.writer.stats
-        return {
-            "pid": os.getpid(),
-            "uptime_s": time.time() - self.started_at,
-            "writer": {
-                "consumer": self.writer.config.consumer,
-                "records": w.records,
-                "inserted": w.inserted,
-                "duplicates": w.duplicates,
-                "conflicts": sum(x.stats.conflicts for x in self.writers),
-                "batches": w.batches,
-                "retrying": w.retrying,
-                "store_errors": w.store_errors,
-                "last_error": w.last_error,
-                "last_commit_at": w.last_commit_at,
-                "dead_letters": dict(w.dead_letters),
-                "tick_to_stored": w.tick_to_stored.snapshot(),
-            },
-            "publisher": {
-                "records": self.publisher.stats.records,
-                "frames": self.publisher.stats.frames,
-                "buffered": self.publisher.buffered,
-                "rejected": self.publisher.stats.rejected,
-            },
-            "sources": [_health(s) for s in self.sources],
-            "breakers": [self.store_breaker.snapshot()]
-            + [b.snapshot() for b in self.failover.breakers],
-            "failover": self.failover.snapshot(),
-            "fallback_writers": [
-                {"bus": name, "inserted": w.stats.inserted, "records": w.stats.records}
-                for name, w in zip(self.failover.names[1:], self.writers[1:], strict=True)
-            ],
-            "events": [e.as_dict() for e in EVENTS.recent(20)],
-            "http": {"url": self.http.url} if self.http is not None else None,
-        }
+    def live_status(self) -> LiveStatus:
+        """This process's own counters (writer, publisher, sources, breakers, failover)."""
+        return live_status(
+            started_at=self.started_at,
+            writers=self.writers,
+            publisher=self.publisher,
+            sources=self.sources,
+            breakers=[self.store_breaker, *self.failover.breakers],
+            failover=self.failover,
+            http_url=self.http.url if self.http is not None else None,
+        )
 
-    async def _status_op(self, _: dict[str, Any]) -> dict[str, Any]:
+    def live(self) -> dict[str, Any]:
+        """:meth:`live_status` as plain data (what the guardian's checks read)."""
+        return live_builtins(self.live_status())
+
+    async def status(self) -> StatusSnapshot:
+        """The data dir's status with this process's counters (CLI, socket, ``/status``)."""
         return await collect_status(
             self.bus,
             self.store,
             bus_url=self.settings.bus_url,
             store_url=self.settings.store_url,
             data_dir=self.settings.data_dir,
-            live=self.live(),
+            live=self.live_status(),
         )
 
-    async def _query_op(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def _status_op(self, _: control.Request) -> dict[str, object]:
+        """The control socket's ``status``: the snapshot as JSON-able builtins."""
+        return (await self.status()).to_builtins()
+
+    async def _query_op(self, request: control.Request) -> dict[str, object]:
         result = await self.store.query(
             str(request.get("sql", "")), int(request.get("limit", 10_000))
         )
@@ -347,12 +338,23 @@ class Pipeline:
         writer_task = None
         upkeep_tasks: list[asyncio.Task[None] | None] = []
         health_task = asyncio.create_task(self.failover.run(self._stop_health))
-        guardian_task = None
+        guardian_task: asyncio.Task[None] | None = None
         self.restartable = RestartableWriters(self.writers, self.stop_writer, self.sources_done)
         if self.with_guardian and self.with_writer:  # stops together with the health task
-            from tickvault.service.guardian import start_in_pipeline
+            from tickvault.service.guardian import start_guardian
 
-            guardian_task = start_in_pipeline(self, self._stop_health)
+            started_guardian = start_guardian(
+                self.settings,
+                bus=self.bus,
+                store=self.store,
+                live=self.live,
+                writer=self.writer,
+                restartable=self.restartable,
+                drain_spool=self.failover.drain_once if self.spool is not None else None,
+                stop=self._stop_health,
+            )
+            if started_guardian is not None:
+                self.guardian, guardian_task = started_guardian
         retention = bus_retention(self.settings.bus.retention, self.settings.bus.retention_bytes)
         if self.with_writer:
             # Stream upkeep (incident 003): one pass before the writer consumes, then periodic.
@@ -458,7 +460,3 @@ def _redact(url: str) -> str:
         return url
     creds, _, host = rest.partition("@")
     return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
-
-
-def _health(source: Source) -> dict[str, Any]:
-    return msgspec.to_builtins(source.health())  # type: ignore[no-any-return]

@@ -1,11 +1,11 @@
-"""``tickvault status``: one JSON-able picture of the data dir, live or offline."""
+"""``tickvault status``: one picture of the data dir, live or offline, as a
+:class:`~tickvault.core.snapshot.StatusSnapshot`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -13,6 +13,7 @@ from tickvault.bus.base import Bus
 from tickvault.core.errors import BusError
 from tickvault.core.redact import redact_value
 from tickvault.core.rejects import CONFLICT_REASON
+from tickvault.core.snapshot import LiveStatus, StatusSnapshot, live_builtins
 from tickvault.stores.base import Store
 
 
@@ -31,10 +32,10 @@ async def collect_status(
     bus_url: str,
     store_url: str,
     data_dir: Path,
-    live: dict[str, Any] | None = None,
+    live: LiveStatus | None = None,
     bus_timeout_s: float = 2.0,
     store_timeout_s: float = 10.0,
-) -> dict[str, Any]:
+) -> StatusSnapshot:
     """Rows per table, bus backlog and pending per group, dead letters by reason, last write.
 
     ``store`` may be None when the store is held by another process that did not answer;
@@ -45,7 +46,7 @@ async def collect_status(
     dead-letter total is None while the bus is unreachable, since it is unknown). Offline
     (``live`` is None), an unreachable bus raises :class:`~tickvault.core.errors.BusError`.
     """
-    streams: list[dict[str, Any]] = []
+    streams: list[dict[str, object]] = []
     by_reason: dict[str, int] = {}
     bus_error = None
 
@@ -74,7 +75,7 @@ async def collect_status(
         bus_error = str(exc)
     tables: dict[str, int] | None = None
     store_error = None
-    wal: dict[str, Any] | None = None
+    wal: dict[str, object] | None = None
     if store is not None:
         try:
             tables = await asyncio.wait_for(store.counts(), store_timeout_s)
@@ -85,10 +86,12 @@ async def collect_status(
             store_error = f"no answer within {store_timeout_s:g}s"
         except Exception as exc:  # reported, never fatal for status
             store_error = str(exc)
-    last_write = (live or {}).get("writer", {}).get("last_commit_at") or _last_modified(store_url)
+    committed = live.writer.last_commit_at if live is not None else None
+    last_write = committed or _last_modified(store_url)
     # Bus/store URLs may carry ``user:password@``, live counters may quote URLs: every
-    # picture of the status (CLI, control socket, ``GET /status``) is redacted here.
-    picture: dict[str, Any] = redact_value(
+    # picture of the status (CLI, control socket, ``GET /status``) is redacted here, on
+    # the builtins, before the snapshot is built from them.
+    picture = redact_value(
         {
             "data_dir": str(data_dir),
             "generated_at": time.time(),
@@ -112,7 +115,7 @@ async def collect_status(
                 "by_reason": by_reason,
             },
             "conflicts": by_reason.get(CONFLICT_REASON, 0),
-            **(live or {}),
+            **(live_builtins(live) if live is not None else {}),
         }
     )
-    return picture
+    return StatusSnapshot.from_builtins(picture)

@@ -3,7 +3,9 @@
 Why FastAPI: the OpenAPI description is generated from the same route declarations that
 serve the requests, so the description cannot drift from the API (a schemathesis run
 against it is part of the test suite), and it runs on uvicorn inside the pipeline's own
-asyncio loop (:mod:`tickvault.web.server`), reading the pipeline's live objects directly.
+asyncio loop (:mod:`tickvault.web.server`), reading the pipeline's live objects directly
+through :class:`tickvault.web.ports.ServedPipeline` (the web layer never imports the
+pipeline; ``/status`` is its :class:`~tickvault.core.snapshot.StatusSnapshot`).
 
 Endpoints (see ``docs/http.md``):
 
@@ -35,8 +37,9 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 from fastapi import FastAPI, Query, Request
 from fastapi.openapi.utils import get_openapi
@@ -52,6 +55,8 @@ from tickvault.core.errors import (
     StoreUnavailable,
 )
 from tickvault.core.redact import redact_text, redact_value
+from tickvault.core.snapshot import LatencySummary
+from tickvault.stores.base import QueryResult, Store
 from tickvault.web.guard import RequestGuard, parse_listen
 from tickvault.web.metrics import (
     CONTENT_TYPE,
@@ -60,9 +65,7 @@ from tickvault.web.metrics import (
     guardian_view,
     table_name,
 )
-
-if TYPE_CHECKING:
-    from tickvault.service.pipeline import Pipeline
+from tickvault.web.ports import ServedPipeline
 
 COOKIE = "tickvault_token"
 OPEN_PATHS = frozenset({"/health"})
@@ -90,7 +93,7 @@ class Ready(BaseModel):
 
 class QueryResponse(BaseModel):
     columns: list[str]
-    rows: list[list[Any]]
+    rows: list[list[Any]]  # SQL values of any column type, as the store returns them
     truncated: bool
     elapsed_ms: float
 
@@ -100,7 +103,7 @@ class ErrorResponse(BaseModel):
     type: str
 
 
-def _json(value: Any, status: int = 200) -> Response:
+def _json(value: object, status: int = 200) -> Response:
     return Response(
         orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS),
         status_code=status,
@@ -117,7 +120,8 @@ def _asset(name: str) -> bytes:
 
 
 class QueryRunner:
-    """Runs one ``/query`` at a time with a time limit.
+    """Runs one ``/query`` at a time with a time limit, on ``store`` (anything with
+    :meth:`tickvault.stores.base.Store.query`).
 
     The store stops a query at its own time limit (DuckDB interrupts it, ClickHouse's
     ``max_execution_time``); should the answer take longer than ``query_timeout_s`` here,
@@ -125,16 +129,16 @@ class QueryRunner:
     503 instead of queueing behind it: a slow query cannot pile up work.
     """
 
-    def __init__(self, pipeline: "Pipeline", settings: HttpSettings) -> None:
-        self.pipeline = pipeline
+    def __init__(self, store: Store, settings: HttpSettings) -> None:
+        self.store = store
         self.settings = settings
-        self._running: asyncio.Task[Any] | None = None
+        self._running: asyncio.Task[QueryResult] | None = None
 
     async def run(self, sql: str, limit: int) -> Response:
         if self._running is not None and not self._running.done():
             return _error(503, "a previous query is still running; try again", "Busy")
         started = time.perf_counter()
-        task = asyncio.ensure_future(self.pipeline.store.query(sql, limit))
+        task = asyncio.ensure_future(self.store.query(sql, limit))
         task.add_done_callback(_retrieve)
         self._running = task
         try:
@@ -163,15 +167,15 @@ class QueryRunner:
         )
 
 
-def _retrieve(task: asyncio.Task[Any]) -> None:
+def _retrieve(task: asyncio.Task[QueryResult]) -> None:
     if not task.cancelled():
         task.exception()  # a timed-out query's outcome: nobody awaits it any more
 
 
-async def readiness(pipeline: "Pipeline") -> tuple[bool, dict[str, dict[str, Any]]]:
+async def readiness(pipeline: ServedPipeline) -> tuple[bool, dict[str, dict[str, bool | str]]]:
     """Sources connected, primary bus and store answering (each bounded in time)."""
-    checks: dict[str, dict[str, Any]] = {}
-    down = [h["name"] for h in pipeline.live()["sources"] if not h.get("connected")]
+    checks: dict[str, dict[str, bool | str]] = {}
+    down = [h.name for h in pipeline.live_status().sources if not h.connected]
     checks["sources"] = {
         "ok": not down,
         "detail": f"not connected: {', '.join(down)}" if down else "",
@@ -191,9 +195,9 @@ async def readiness(pipeline: "Pipeline") -> tuple[bool, dict[str, dict[str, Any
     return all(c["ok"] for c in checks.values()), checks
 
 
-async def dashboard_snapshot(pipeline: "Pipeline") -> dict[str, Any]:
+async def dashboard_snapshot(pipeline: ServedPipeline) -> dict[str, object]:
     """What the dashboard draws: counters it turns into rates, backlog, latency, states."""
-    live = pipeline.live()
+    live = pipeline.live_status()
     snap = await gather_snapshot(pipeline)
     backlog = {
         f"{b.name} {info.stream}/{g.name}": {"lag": g.lag, "pending": g.pending}
@@ -201,40 +205,46 @@ async def dashboard_snapshot(pipeline: "Pipeline") -> dict[str, Any]:
         for info in b.streams
         for g in info.groups
     }
-    latency = [w.stats.tick_to_stored.snapshot() for w in pipeline.writers]
+    latency = [
+        msgspec.convert(w.stats.tick_to_stored.snapshot(), LatencySummary) for w in pipeline.writers
+    ]
     stored: dict[str, int] = {}
     for w in pipeline.writers:
         for kind, n in w.stats.inserted_by_table.items():
             stored[table_name(kind)] = stored.get(table_name(kind), 0) + n
     return {
         "at": time.time(),
-        "uptime_s": live["uptime_s"],
+        "uptime_s": live.uptime_s,
         "sources": [
-            {k: s.get(k) for k in ("name", "kind", "connected", "messages", "gaps_open")}
-            for s in live["sources"]
+            {
+                "name": s.name,
+                "kind": s.kind,
+                "connected": s.connected,
+                "messages": s.messages,
+                "gaps_open": s.gaps_open,
+            }
+            for s in live.sources
         ],
         "stored": stored,
         "published": pipeline.publisher.stats.records,
         "backlog": backlog,
-        "latency": latency[0] if len(latency) == 1 else _worst(latency),
+        "latency": msgspec.to_builtins(latency[0] if len(latency) == 1 else _worst(latency)),
         "tables": snap.tables,
         "store_up": snap.store_up,
-        "breakers": [
-            {"name": b.get("name"), "state": b.get("state")} for b in live.get("breakers", [])
-        ],
-        "guardian": guardian_view(pipeline, live),
-        "spool": (live.get("failover") or {}).get("spool"),
+        "breakers": [{"name": b.name, "state": b.state} for b in live.breakers],
+        "guardian": guardian_view(pipeline.guardian),
+        "spool": msgspec.to_builtins(live.failover.spool),
         "dead_letters": sum((snap.dead_letters or {}).values()),
-        "events": live.get("events", []),
+        "events": live.events,
     }
 
 
-def _worst(latencies: list[dict[str, Any]]) -> dict[str, Any]:
+def _worst(latencies: list[LatencySummary]) -> LatencySummary:
     """Several writers: the one with the most records, which dominates what users see."""
-    return max(latencies, key=lambda s: s["count"])
+    return max(latencies, key=lambda s: s.count)
 
 
-def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) -> FastAPI:
+def create_app(pipeline: ServedPipeline, settings: HttpSettings, token: str | None) -> FastAPI:
     """The API for ``pipeline``; ``token`` (None: open) is checked on all but ``/health``."""
     app = FastAPI(
         title="tickvault",
@@ -244,7 +254,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
         redoc_url=None,
     )
     metrics = PipelineMetrics(pipeline)
-    runner = QueryRunner(pipeline, settings)
+    runner = QueryRunner(pipeline.store, settings)
     app.state.metrics = metrics
     guard = RequestGuard(parse_listen(settings.listen)[0], settings.allowed_hosts)
 
@@ -276,6 +286,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
             headers={"WWW-Authenticate": "Bearer"},
         )
 
+    # FastAPI's ``responses`` argument: its own open-ended OpenAPI fragments.
     errors: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}}
 
     @app.get("/health", response_model=Health, tags=["operations"])
@@ -297,7 +308,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
     @app.get("/status", responses={**errors, 200: {"content": {"application/json": {}}}})
     async def status() -> Response:
         """The same JSON as ``tickvault status --json``."""
-        return _json(await pipeline._status_op({}))  # redacted by collect_status
+        return _json((await pipeline.status()).to_builtins())  # redacted by collect_status
 
     @app.get(
         "/metrics",
@@ -344,7 +355,7 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
             return _error(404, "not found", "NotFound")
         return Response(_asset(name), media_type=STATIC_FILES[name])
 
-    def openapi() -> dict[str, Any]:
+    def openapi() -> dict[str, Any]:  # FastAPI's type of ``app.openapi``
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title,
@@ -360,5 +371,6 @@ def create_app(pipeline: "Pipeline", settings: HttpSettings, token: str | None) 
             app.openapi_schema = schema
         return app.openapi_schema
 
+    # FastAPI's documented way to customise the description is to replace the method.
     app.openapi = openapi  # type: ignore[method-assign]
     return app

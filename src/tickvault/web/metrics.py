@@ -1,6 +1,6 @@
 """Prometheus metrics of one running pipeline (``GET /metrics``).
 
-Every metric is read at scrape time from the pipeline's own counters (``live()``, the
+Every metric is read at scrape time from the pipeline's own counters (``live_status()``, the
 writers' stats and histograms) plus one asynchronous :meth:`PipelineMetrics.refresh` of
 what needs the bus or the store (backlog, pending, dead letters, rows per table). Nothing
 on the data path calls into Prometheus: the collector reads what the components already
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -33,9 +33,13 @@ from prometheus_client.registry import Collector
 from tickvault.bus.base import StreamInfo
 from tickvault.core.latency import LatencyHistogram
 from tickvault.core.records import KINDS
+from tickvault.core.snapshot import BreakerStatus, FailoverStatus, SourceStatus
+from tickvault.web.ports import ServedPipeline
 
 if TYPE_CHECKING:
-    from tickvault.service.pipeline import Pipeline
+    from tickvault.guardian.engine import Guardian
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +74,11 @@ def table_name(kind: str) -> str:
     return spec.table if spec is not None else kind
 
 
-async def _bounded(coro: Any) -> Any:
+async def _bounded(coro: Awaitable[T]) -> T:
     return await asyncio.wait_for(coro, timeout=REFRESH_TIMEOUT_S)
 
 
-async def gather_snapshot(pipeline: Pipeline) -> Snapshot:
+async def gather_snapshot(pipeline: ServedPipeline) -> Snapshot:
     """Bus backlog per bus, dead letters and rows per table; failures become ``up = 0``."""
     snap = Snapshot()
     names = pipeline.failover.names
@@ -115,20 +119,22 @@ def merged(histograms: Iterable[LatencyHistogram]) -> tuple[list[tuple[str, floa
     return [*buckets, ("+Inf", float(count))], total
 
 
-def guardian_view(pipeline: Pipeline, live: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The guardian's states for metrics and the dashboard: ``live()["guardian"]`` when the
-    pipeline reports one, else the running guardian's ``status()`` (resource → state), with
-    ``alerts_sent`` when it counts them; None when no guardian runs."""
-    reported = live.get("guardian")
-    if isinstance(reported, Mapping):
-        return dict(reported)
-    guardian = getattr(pipeline, "guardian", None)
-    status = getattr(guardian, "status", None)
-    if not callable(status):
-        return None
-    view: dict[str, Any] = {"checks": status()}
+def alerts_sent(guardian: Guardian) -> int | Mapping[str, int] | None:
+    """Alerts sent, in all or per channel, when the guardian counts them (an optional
+    ``alerts_sent`` attribute), else None."""
     sent = getattr(guardian, "alerts_sent", None)
-    if isinstance(sent, int | Mapping):
+    return sent if isinstance(sent, int | Mapping) else None
+
+
+def guardian_view(guardian: Guardian | None) -> dict[str, object] | None:
+    """The guardian's states for the dashboard: the running guardian's ``status()``
+    (resource → state), with ``alerts_sent`` when it counts them; None when no guardian
+    runs."""
+    if guardian is None:
+        return None
+    view: dict[str, object] = {"checks": guardian.status()}
+    sent = alerts_sent(guardian)
+    if sent is not None:
         view["alerts_sent"] = sent
     return view
 
@@ -136,26 +142,26 @@ def guardian_view(pipeline: Pipeline, live: Mapping[str, Any]) -> dict[str, Any]
 class PipelineCollector(Collector):
     """Reads one pipeline's state into metric families (see the module docstring)."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: ServedPipeline) -> None:
         self.pipeline = pipeline
         self.snapshot = Snapshot()
 
     def collect(self) -> Iterator[Metric]:
         p = self.pipeline
-        live = p.live()
+        live = p.live_status()
         yield GaugeMetricFamily("tickvault_up", "1 while the pipeline runs", value=1)
         yield GaugeMetricFamily(
-            "tickvault_uptime_seconds", "Seconds since the pipeline started", value=live["uptime_s"]
+            "tickvault_uptime_seconds", "Seconds since the pipeline started", value=live.uptime_s
         )
-        yield from self._sources(live["sources"])
+        yield from self._sources(live.sources)
         yield from self._publisher()
         yield from self._writers()
         yield from self._bus()
-        yield from self._breakers(live.get("breakers") or [])
-        yield from self._spool(live.get("failover") or {})
-        yield from self._guardian(guardian_view(p, live))
+        yield from self._breakers(live.breakers)
+        yield from self._spool(live.failover)
+        yield from self._guardian(p.guardian)
 
-    def _sources(self, sources: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _sources(self, sources: list[SourceStatus]) -> Iterator[Metric]:
         labels = ["source", "kind"]
         records = CounterMetricFamily(
             "tickvault_source_records", "Messages/records received per source", labels=labels
@@ -180,14 +186,14 @@ class PipelineCollector(Collector):
             labels=labels,
         )
         for s in sources:
-            lv = [str(s["name"]), str(s["kind"])]
-            records.add_metric(lv, s.get("messages", 0))
-            connected.add_metric(lv, 1 if s.get("connected") else 0)
-            if s.get("last_message_age_s") is not None:
-                age.add_metric(lv, s["last_message_age_s"])
-            gaps_open.add_metric(lv, s.get("gaps_open", 0))
-            gaps_backfilled.add_metric(lv, s.get("gaps_backfilled", 0))
-            gaps_lost.add_metric(lv, s.get("gaps_unrecoverable", 0))
+            lv = [s.name, s.kind]
+            records.add_metric(lv, s.messages)
+            connected.add_metric(lv, 1 if s.connected else 0)
+            if s.last_message_age_s is not None:
+                age.add_metric(lv, s.last_message_age_s)
+            gaps_open.add_metric(lv, s.gaps_open)
+            gaps_backfilled.add_metric(lv, s.gaps_backfilled)
+            gaps_lost.add_metric(lv, s.gaps_unrecoverable)
         yield from (records, connected, age, gaps_open, gaps_backfilled, gaps_lost)
 
     def _publisher(self) -> Iterator[Metric]:
@@ -304,7 +310,7 @@ class PipelineCollector(Collector):
             unapplied.add_metric([table, state], n)
         yield unapplied
 
-    def _breakers(self, breakers: list[dict[str, Any]]) -> Iterator[Metric]:
+    def _breakers(self, breakers: list[BreakerStatus]) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             "tickvault_breaker_state",
             "Circuit breaker state: 0 closed, 1 half-open, 2 open",
@@ -315,72 +321,59 @@ class PipelineCollector(Collector):
         )
         seen: set[str] = set()
         for b in breakers:
-            name = str(b.get("name"))
-            if name in seen:
+            if b.name in seen:
                 continue
-            seen.add(name)
-            state.add_metric([name], BREAKER_STATES.get(str(b.get("state")), 2))
-            opened.add_metric([name], b.get("times_opened", 0))
+            seen.add(b.name)
+            state.add_metric([b.name], BREAKER_STATES.get(b.state, 2))
+            opened.add_metric([b.name], b.times_opened)
         yield from (state, opened)
 
-    def _spool(self, failover: Mapping[str, Any]) -> Iterator[Metric]:
-        spool = failover.get("spool")
-        if failover:
-            yield CounterMetricFamily(
-                "tickvault_spooled_frames",
-                "Frames written to the spool because no bus took them",
-                value=failover.get("frames_spooled", 0),
-            )
-            path = GaugeMetricFamily(
-                "tickvault_failover_path",
-                "1 for the path new frames take now (a bus's name or spool), 0 for the others",
-                labels=["path"],
-            )
-            names = [str(b.get("name")) for b in failover.get("buses") or []]
-            for name in [*names, "spool"]:
-                path.add_metric([name], 1.0 if failover.get("path") == name else 0.0)
-            yield path
-        if not spool:
+    def _spool(self, failover: FailoverStatus) -> Iterator[Metric]:
+        spool = failover.spool
+        yield CounterMetricFamily(
+            "tickvault_spooled_frames",
+            "Frames written to the spool because no bus took them",
+            value=failover.frames_spooled,
+        )
+        path = GaugeMetricFamily(
+            "tickvault_failover_path",
+            "1 for the path new frames take now (a bus's name or spool), 0 for the others",
+            labels=["path"],
+        )
+        for name in [*(b.name for b in failover.buses), "spool"]:
+            path.add_metric([name], 1.0 if failover.path == name else 0.0)
+        yield path
+        if spool is None:
             return
         yield GaugeMetricFamily(
-            "tickvault_spool_bytes", "Disk used by spool segments", value=spool["size_bytes"]
+            "tickvault_spool_bytes", "Disk used by spool segments", value=spool.size_bytes
         )
         yield GaugeMetricFamily(
-            "tickvault_spool_frames", "Frames waiting in the spool", value=spool["backlog"]
+            "tickvault_spool_frames", "Frames waiting in the spool", value=spool.backlog
         )
         yield CounterMetricFamily(
             "tickvault_spool_dropped_records",
             "Records dropped at the spool quota (drop_newest)",
-            value=spool.get("dropped_records", 0),
+            value=spool.dropped_records,
         )
 
-    def _guardian(self, guardian: Any) -> Iterator[Metric]:
-        """Guardian states and alerts, when a guardian reports into ``live()``.
-
-        Accepted shapes: ``{"checks": [{"name", "state"}, ...] | {name: state | {"state"}},
-        "alerts_sent": int | {channel: int}}``.
-        """
-        if not isinstance(guardian, Mapping):
+    def _guardian(self, guardian: Guardian | None) -> Iterator[Metric]:
+        """Guardian states (one sample per check and state) and alerts, when a guardian
+        runs; ``tickvault_alerts_sent`` only when it counts them (:func:`alerts_sent`)."""
+        if guardian is None:
             return
         states = GaugeMetricFamily(
             "tickvault_guardian_state",
             "1 for each guardian check's current state",
             labels=["check", "state"],
         )
-        checks = guardian.get("checks") or {}
-        items: Iterable[tuple[Any, Any]]
-        if isinstance(checks, Mapping):
-            items = checks.items()
-        else:
-            items = ((c.get("name"), c) for c in checks if isinstance(c, Mapping))
-        for name, value in items:
-            st = value.get("state") if isinstance(value, Mapping) else value
-            states.add_metric([str(name), str(st)], 1)
+        for name, value in guardian.status().items():
+            states.add_metric([str(name), str(value.get("state"))], 1)
         yield states
         alerts = CounterMetricFamily(
             "tickvault_alerts_sent", "Alerts sent by the guardian", labels=["channel"]
         )
-        sent = guardian.get("alerts_sent")
+        sent = alerts_sent(guardian)
         if sent is None:
             return
         if isinstance(sent, Mapping):
@@ -394,7 +387,7 @@ class PipelineCollector(Collector):
 class PipelineMetrics:
     """A pipeline's own registry; ``await render()`` gives the exposition text."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: ServedPipeline) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.collector = PipelineCollector(pipeline)
         self.registry.register(self.collector)

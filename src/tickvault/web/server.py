@@ -19,16 +19,13 @@ import contextlib
 import logging
 import socket
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import uvicorn
 
 from tickvault.core.config import HttpSettings
 from tickvault.web.app import create_app
 from tickvault.web.guard import parse_listen, require_token_off_loopback
-
-if TYPE_CHECKING:
-    from tickvault.service.pipeline import Pipeline
+from tickvault.web.ports import ServedPipeline
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +33,14 @@ log = logging.getLogger(__name__)
 class _InLoopServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
+        """Overrides uvicorn's (``Server.serve`` enters it): no signal handlers here."""
         yield  # the pipeline handles SIGTERM/SIGINT
 
 
 class HttpServer:
     """The API of ``pipeline`` served on ``settings.listen`` (see the module contract)."""
 
-    def __init__(self, pipeline: Pipeline, settings: HttpSettings, token: str | None) -> None:
+    def __init__(self, pipeline: ServedPipeline, settings: HttpSettings, token: str | None) -> None:
         self.settings = settings
         self.host, self.port = parse_listen(settings.listen)
         require_token_off_loopback(settings.listen, self.host, token, settings.token_env)
