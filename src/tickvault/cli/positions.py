@@ -27,10 +27,11 @@ from rich.table import Table
 
 from tickvault.core.config import DEFAULT_DATA_DIR, ENV_DATA_DIR, load_settings
 from tickvault.core.errors import PositionSourceError, TickvaultError
-from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
+from tickvault.positions.backend import Candidate, PositionBackend
 from tickvault.positions.clickhouse_sql import parse_columns
 from tickvault.positions.guard import CrashLoopGuard, CrashLoopPolicy
 from tickvault.positions.importer import import_jsonl
+from tickvault.positions.open import open_backend, state_name
 from tickvault.positions.reconcile import reconcile as run_reconcile
 from tickvault.positions.restore import judge, restore
 from tickvault.positions.sources import (

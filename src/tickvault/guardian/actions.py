@@ -14,7 +14,6 @@ Rules every action obeys (incident 001: a recovery deleted a write-ahead log):
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -386,7 +385,3 @@ class ActionRunner:
             detail={"action": name, "params": params, "ok": ok, "dry_run": dry, **detail},
         )
         return ActionResult(name, resource, ok, dry, detail)
-
-
-def utc_iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

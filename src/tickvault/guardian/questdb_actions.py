@@ -27,19 +27,31 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tickvault.core.errors import TickvaultError, UnsafeActionRefused
-
-if TYPE_CHECKING:
-    from tickvault.guardian.actions import ActionContext
+from tickvault.stores.base import Store
 
 DISCARD_FLAG = "questdb_discard_unapplied_wal"
 """Operator flag: unapplied WAL transactions may be discarded (``RESUME WAL FROM TXN``)."""
 MARGIN_BYTES = 64 << 20
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_DIR = re.compile(r"^[A-Za-z0-9_.\-]+~\d+$")
+
+
+class ActionContext(Protocol):
+    """What these actions use of :class:`tickvault.guardian.actions.ActionContext`."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def operator_flags(self) -> frozenset[str]: ...
+
+    @property
+    def disk_free(self) -> Callable[[Path], int]: ...
 
 
 def _store(ctx: ActionContext) -> Any:
