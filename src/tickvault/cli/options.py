@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import orjson
 import typer
 from rich.console import Console
+from typer.models import OptionInfo
 
 from tickvault.core.config import ENV_DATA_DIR, Settings, load_settings
 from tickvault.core.errors import TickvaultError
@@ -23,26 +24,30 @@ EXIT_USAGE = 2
 """Exit status of an error the user must fix (bad option, bad config)."""
 
 
-# typer.Option is typed as returning Any (it is used as a default or inside Annotated), so
-# the factories below return Any too.
-def data_dir_option(help: str = "Data directory.", **extra: Any) -> Any:
+# typer.Option is annotated as returning Any (so that it can stand as a parameter's default);
+# what it returns is an OptionInfo, which is what Annotated needs.
+def _option(*names: str, help: str, envvar: str | None = None) -> OptionInfo:
+    return cast(OptionInfo, typer.Option(*names, help=help, envvar=envvar))
+
+
+def data_dir_option(help: str = "Data directory.") -> OptionInfo:
     """``--data-dir``, also read from ``TICKVAULT_DATA_DIR``."""
-    return typer.Option("--data-dir", envvar=ENV_DATA_DIR, help=help, **extra)
+    return _option("--data-dir", envvar=ENV_DATA_DIR, help=help)
 
 
-def config_option(help: str = "TOML config file.") -> Any:
+def config_option(help: str = "TOML config file.") -> OptionInfo:
     """``--config``: the TOML config file."""
-    return typer.Option("--config", help=help)
+    return _option("--config", help=help)
 
 
-def bus_option(help: str = "Bus URL.") -> Any:
+def bus_option(help: str = "Bus URL.") -> OptionInfo:
     """``--bus``: the bus URL, overriding the config's."""
-    return typer.Option("--bus", help=help)
+    return _option("--bus", help=help)
 
 
-def store_option(help: str = "Store URL.") -> Any:
+def store_option(help: str = "Store URL.") -> OptionInfo:
     """``--store``: the store URL, overriding the config's."""
-    return typer.Option("--store", help=help)
+    return _option("--store", help=help)
 
 
 DataDir = Annotated[Path | None, data_dir_option()]
@@ -53,8 +58,8 @@ ConfigFile = Annotated[Path | None, config_option()]
 BusUrl = Annotated[str | None, bus_option()]
 BusUrlExample = Annotated[str | None, bus_option("Bus URL, e.g. sqlite:///bus.db.")]
 StoreUrl = Annotated[str | None, store_option()]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
+JsonFlag = Annotated[bool, _option("--json", help="Print JSON.")]
+Verbose = Annotated[bool, _option("--verbose", "-v", help="Log more.")]
 
 
 def settings_from(

@@ -53,7 +53,7 @@ app = typer.Typer(help="Position state: import, show, restore, reconcile.", no_a
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path, data_dir_option(show_default=True)]
+DataDir = Annotated[Path, data_dir_option()]  # shows its default: ./tickvault-data
 StateUrl = Annotated[
     str | None,
     typer.Option(

@@ -29,10 +29,13 @@ import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tickvault.core.errors import TickvaultError, UnsafeActionRefused
 from tickvault.stores.base import Store
+
+if TYPE_CHECKING:
+    from tickvault.stores.questdb.store import QuestDBStore
 
 DISCARD_FLAG = "questdb_discard_unapplied_wal"
 """Operator flag: unapplied WAL transactions may be discarded (``RESUME WAL FROM TXN``)."""
@@ -54,11 +57,12 @@ class ActionContext(Protocol):
     def disk_free(self) -> Callable[[Path], int]: ...
 
 
-def _store(ctx: ActionContext) -> Any:
+def _store(ctx: ActionContext) -> QuestDBStore:
+    """The context's store when it speaks QuestDB (by its methods, so a stand-in works)."""
     store = ctx.store
     if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
         raise TickvaultError("this action needs a QuestDB store")
-    return store
+    return cast("QuestDBStore", store)
 
 
 def _table(p: dict[str, Any]) -> str:

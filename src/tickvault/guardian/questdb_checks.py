@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tickvault.guardian.findings import Finding, Observation
 from tickvault.stores.base import Store
+
+if TYPE_CHECKING:
+    from tickvault.stores.questdb.store import QuestDBStore
 
 # What QuestDB says when a table's sequencer files (txn_seq/) are damaged or missing.
 DAMAGE = re.compile(
@@ -81,9 +84,10 @@ class CheckHost(Protocol):
 async def questdb_check(checks: CheckHost) -> list[Observation]:
     """Per QuestDB table (found through ``tables()``): suspended, or the writer trailing
     the sequencer, or a WAL table the server does not list in ``wal_tables()`` yet."""
-    store: Any = checks.store
-    if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
+    given = checks.store
+    if given is None or not hasattr(given, "wal_status") or not hasattr(given, "tables"):
         return []
+    store = cast("QuestDBStore", given)  # a QuestDB store, known by its methods
     try:
         tables = await store.tables()
         wal = await store._rest.wal_tables()
