@@ -17,7 +17,7 @@ your tests::
 
     import asyncio
 
-    from tickvault import ReliableConsumer
+    from tickvault import Entry, ReliableConsumer
     from tickvault.testing import InMemoryBus
 
     async def test_my_handler_sees_every_entry() -> None:
@@ -26,12 +26,20 @@ your tests::
         await bus.append("orders", [b"one", b"two"])
         seen: list[bytes] = []
 
-        async def handle(entry) -> None:
+        async def handle(entry: Entry) -> None:
             seen.append(entry.payload)
 
-        consumer = ReliableConsumer(bus, "orders", "mine", handle, consumer="c1")
+        consumer = ReliableConsumer(bus, "orders", "mine", handle, block_ms=50)
         task = asyncio.create_task(consumer.run())
-        ...  # poll until seen == [b"one", b"two"], then consumer.stop(); await task
+        while len(seen) < 2:  # in a real test: with a deadline
+            await asyncio.sleep(0.01)
+        consumer.stop()
+        await task
+        assert seen == [b"one", b"two"]
+        assert await bus.pending("orders", "mine") == []
+
+Use one object per test, from one event loop: the state lives in the object, and a blocked
+``read`` wakes up on the next ``append`` to the same object.
 """
 
 from __future__ import annotations
