@@ -18,7 +18,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tickvault.bus.base import Bus
 from tickvault.core.errors import TickvaultError, UnsafeActionRefused
@@ -28,6 +28,7 @@ from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
     from tickvault.delivery.upkeep import EntriesHandler, StreamUpkeep
+    from tickvault.stores.questdb.store import QuestDBStore
 
 # File and directory names that belong to a database's write-ahead log or sequencer
 # (QuestDB ``txn_seq``/``_txnlog``/``_wal_index.d``/``wal<N>``, SQLite ``-wal``/``-shm``/
@@ -165,11 +166,12 @@ async def _drain_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
     return {"drained_frames": await ctx.drain_spool()}
 
 
-def _questdb(ctx: ActionContext) -> Any:
+def _questdb(ctx: ActionContext) -> QuestDBStore:
+    """The context's store when it speaks QuestDB (by its methods, so a stand-in works)."""
     store = ctx.store
     if store is None or not hasattr(store, "wal_status") or not hasattr(store, "_rest"):
         raise TickvaultError("RESUME WAL needs a QuestDB store")
-    return store
+    return cast("QuestDBStore", store)
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
