@@ -1,4 +1,5 @@
-"""The Bus contract, run against every backend in ``BUS_BACKENDS``."""
+"""The Bus contract, run against every backend in ``BUS_BACKENDS`` and the in-memory double
+:class:`tickvault.testing.InMemoryBus`."""
 
 from __future__ import annotations
 
@@ -8,10 +9,26 @@ import time
 import pytest
 
 from tickvault.bus.base import Bus, NewDeadLetter
+from tickvault.testing import InMemoryBus
 
-from .conftest import peer_of
+from .conftest import BUS_BACKENDS, BusFactory, peer_of
 
 S, G = "ticks", "writers"
+
+
+@pytest.fixture
+def memory_bus_factory() -> BusFactory:
+    async def make() -> Bus:
+        return InMemoryBus()
+
+    return make
+
+
+@pytest.fixture(params=[*BUS_BACKENDS, "memory"])
+def bus_factory(request: pytest.FixtureRequest) -> BusFactory:
+    """The engines and the in-memory double (this suite only: other suites need engines)."""
+    factory: BusFactory = request.getfixturevalue(f"{request.param}_bus_factory")
+    return factory
 
 
 async def _fill(bus: Bus, n: int, stream: str = S) -> list[str]:

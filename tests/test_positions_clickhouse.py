@@ -39,9 +39,9 @@ from tickvault.positions import (
     restore,
     start_positions,
 )
-from tickvault.positions.backend import open_backend
 from tickvault.positions.clickhouse_sql import STATE_TABLE
 from tickvault.positions.clickhouse_store import ClickHousePositionStore
+from tickvault.positions.open import open_backend
 
 LEGACY_DDL = """CREATE TABLE {db}.legacy_state (
     tid String, sym String, dir String, state String, qty String, notional Float64,

@@ -29,7 +29,8 @@ from tickvault.positions import (
     restore,
     start_positions,
 )
-from tickvault.positions.backend import PositionBackend, open_backend
+from tickvault.positions.backend import PositionBackend
+from tickvault.positions.open import open_backend
 from tickvault.positions.store import PositionStore
 
 BACKENDS = ["sqlite", "clickhouse"]

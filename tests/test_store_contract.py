@@ -1,8 +1,10 @@
-"""The Store contract, run against every backend in ``STORE_BACKENDS``."""
+"""The Store contract, run against every backend in ``STORE_BACKENDS`` and the in-memory
+:class:`tickvault.testing.InMemoryStore`."""
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 
 import pyarrow as pa
 import pytest
@@ -11,8 +13,31 @@ from tickvault.core.codec import FrameBuilder, decode_frame, split_valid
 from tickvault.core.errors import QueryRejected
 from tickvault.core.records import Bar, Quote, Record, Trade
 from tickvault.stores.base import Store
+from tickvault.testing import InMemoryStore
+
+from .conftest import STORE_BACKENDS, StoreFactory, _close_all
 
 T0 = 1_700_000_000_000_000  # µs
+
+
+@pytest.fixture
+def memory_store_factory() -> Iterator[StoreFactory]:
+    made: list[Store] = []
+
+    async def make() -> Store:
+        store = InMemoryStore()
+        made.append(store)
+        return store
+
+    yield make
+    _close_all(made)
+
+
+@pytest.fixture(params=[*STORE_BACKENDS, "memory"])
+def store_factory(request: pytest.FixtureRequest) -> StoreFactory:
+    """The engines and the in-memory store (this suite only: other suites need engines)."""
+    factory: StoreFactory = request.getfixturevalue(f"{request.param}_store_factory")
+    return factory
 
 
 def trade(i: int, symbol: str = "BTCUSDT", price: float = 100.0) -> Trade:

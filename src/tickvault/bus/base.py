@@ -27,6 +27,13 @@ Contract (every backend; checked by ``tests/test_bus_contract.py``):
 
 Backends that are logs with offsets (Kafka) cannot do per-entry pending lists or claims;
 they say so in :attr:`Bus.capabilities` and the writer adapts.
+
+Roles: :class:`Bus` is the union of three narrow interfaces, :class:`Log` (append, info,
+streams, trims, scan), :class:`Groups` (ensure_group, read, read_own_pending, ack, pending,
+claim_stale, consumers, delete_consumer) and :class:`DeadLetters` (dead_letter,
+add_dead_letters, dead_letters, get_dead_letter, mark_requeued, dead_letter_counts). Every
+engine implements :class:`Bus`; a caller is typed on the role it uses. An in-memory double of
+every role is :class:`tickvault.testing.InMemoryBus`.
 """
 
 from __future__ import annotations
@@ -120,17 +127,59 @@ class DeadLetter(msgspec.Struct, frozen=True):
     requeued_at: float | None = None
 
 
-class Bus(abc.ABC):
-    """Abstract durable log with consumer groups. See the module docstring for the contract."""
+class BusRole(abc.ABC):  # noqa: B024 - no abstract method: the roles below have them
+    """What every role shares: the engine's capabilities and ``close``."""
 
     capabilities: Capabilities = Capabilities()
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the bus must not be used afterwards."""
+
+
+class Log(BusRole):
+    """The durable log: append, inspect, trim and scan streams (a producer needs only this)."""
+
+    @abc.abstractmethod
+    async def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def info(self, stream: str) -> StreamInfo: ...
+
+    @abc.abstractmethod
+    async def streams(self) -> list[str]: ...
+
+    @abc.abstractmethod
+    async def trim_acknowledged(self, stream: str) -> int: ...
+
+    async def trim_retained(
+        self, stream: str, *, keep_age_s: float, keep_bytes: int | None = None
+    ) -> int:
+        """Remove acknowledged entries beyond the retention; see the module contract.
+
+        The default (backends without retention support) removes nothing.
+        """
+        return 0
+
+    async def scan(
+        self,
+        stream: str,
+        since_ms: int,
+        until_ms: int | None = None,
+        *,
+        limit: int = 1000,
+        after_id: str | None = None,
+    ) -> list[RetainedEntry]:
+        """Up to ``limit`` retained entries appended in ``[since_ms, until_ms)`` with ids
+        after ``after_id`` (for paging), oldest first."""
+        raise BusError(f"{type(self).__name__} cannot scan retained entries")
+
+
+class Groups(BusRole):
+    """Consumer groups: delivery, acknowledgement, pending lists, claims and members."""
 
     @abc.abstractmethod
     async def ensure_group(self, stream: str, group: str) -> None:
         """Create ``group`` on ``stream`` (starting at the beginning) unless it exists."""
-
-    @abc.abstractmethod
-    async def append(self, stream: str, payloads: Sequence[bytes]) -> list[str]: ...
 
     @abc.abstractmethod
     async def read(
@@ -162,6 +211,10 @@ class Bus(abc.ABC):
     @abc.abstractmethod
     async def delete_consumer(self, stream: str, group: str, name: str) -> int: ...
 
+
+class DeadLetters(BusRole):
+    """The dead-letter queue: record, list, fetch, count and mark letters requeued."""
+
     @abc.abstractmethod
     async def dead_letter(self, stream: str, group: str, entry: Entry, reason: str) -> None: ...
 
@@ -186,36 +239,10 @@ class Bus(abc.ABC):
     async def dead_letter_counts(self, stream: str | None = None) -> dict[str, int]:
         """Dead letters not yet requeued, by reason."""
 
-    @abc.abstractmethod
-    async def trim_acknowledged(self, stream: str) -> int: ...
 
-    async def trim_retained(
-        self, stream: str, *, keep_age_s: float, keep_bytes: int | None = None
-    ) -> int:
-        """Remove acknowledged entries beyond the retention; see the module contract.
+class Bus(Log, Groups, DeadLetters):
+    """Abstract durable log with consumer groups and a dead-letter queue: every role at once.
 
-        The default (backends without retention support) removes nothing.
-        """
-        return 0
-
-    async def scan(
-        self,
-        stream: str,
-        since_ms: int,
-        until_ms: int | None = None,
-        *,
-        limit: int = 1000,
-        after_id: str | None = None,
-    ) -> list[RetainedEntry]:
-        """Up to ``limit`` retained entries appended in ``[since_ms, until_ms)`` with ids
-        after ``after_id`` (for paging), oldest first."""
-        raise BusError(f"{type(self).__name__} cannot scan retained entries")
-
-    @abc.abstractmethod
-    async def info(self, stream: str) -> StreamInfo: ...
-
-    @abc.abstractmethod
-    async def streams(self) -> list[str]: ...
-
-    async def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections; the bus must not be used afterwards."""
+    See the module docstring for the contract. Callers that need only part of it take the
+    narrow role (:class:`Log`, :class:`Groups`, :class:`DeadLetters`).
+    """

@@ -19,19 +19,25 @@ import asyncio
 import logging
 import os
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
-import orjson
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tickvault.cli.options import (
+    BusUrl,
+    ConfigFile,
+    DataDir,
+    JsonFlag,
+    StoreUrl,
+    Verbose,
+    print_json,
+    settings_from,
+)
 from tickvault.core.config import (
-    ENV_DATA_DIR,
     PolygonSettings,
     Settings,
-    load_settings,
 )
 from tickvault.core.errors import ConfigError, TickvaultError
 
@@ -64,11 +70,6 @@ async def _refuse_other_basis(store: Store, source: PolygonSource) -> None:
             " basis would share their keys and mix with them silently. Use another store"
             " (--store / --data-dir), or keep the stored basis."
         )
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2) + b"\n")
-    sys.stdout.flush()
 
 
 @app.command("polygon")
@@ -113,15 +114,12 @@ def polygon(
             " still stored).",
         ),
     ] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    data_dir: Annotated[
-        Path | None,
-        typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory."),
-    ] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="TOML config file.")] = None,
-    bus: Annotated[str | None, typer.Option("--bus", help="Bus URL.")] = None,
-    store: Annotated[str | None, typer.Option("--store", help="Store URL.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+    json_out: JsonFlag = False,
+    data_dir: DataDir = None,
+    config: ConfigFile = None,
+    bus: BusUrl = None,
+    store: StoreUrl = None,
+    verbose: Verbose = False,
 ) -> None:
     """Download Polygon aggregates (bars) into the `bars` table, resumably."""
     logging.basicConfig(
@@ -145,7 +143,7 @@ def polygon(
                     chunk_days=chunk_days,
                     adjusted=adjusted,
                 ),
-                load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store),
+                settings_from(config, data_dir, bus, store),
                 json_out,
                 refresh,
                 dry_run,
@@ -238,7 +236,7 @@ async def _polygon(
         "error": source.error,
     }
     if json_out:
-        _print_json(result)
+        print_json(result)
     else:
         if not planned:
             out.print("nothing to download: the whole range is already stored")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sys
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -20,9 +19,16 @@ from rich.console import Console
 from rich.table import Table
 
 from tickvault.bus import open_bus
-from tickvault.bus.base import DeadLetter
+from tickvault.bus.base import DeadLetter, DeadLetters
+from tickvault.cli.options import (
+    BusUrlExample,
+    DataDirOrDefault,
+    JsonFlag,
+    config_option,
+    print_json,
+    settings_from,
+)
 from tickvault.core.codec import FrameBuilder
-from tickvault.core.config import ENV_DATA_DIR, Settings, load_settings
 from tickvault.core.errors import TickvaultError
 from tickvault.core.records import KINDS
 from tickvault.core.redact import redact_text
@@ -35,21 +41,9 @@ app = typer.Typer(help="Inspect and requeue dead letters.", no_args_is_help=True
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar=ENV_DATA_DIR, help="Data directory [default: ./tickvault-data]."
-    ),
-]
 ConfigFile = Annotated[
-    Path | None, typer.Option("--config", help="TOML config file ([bus], [store], [[sources]]).")
+    Path | None, config_option("TOML config file ([bus], [store], [[sources]]).")
 ]
-BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL, e.g. sqlite:///bus.db.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None, bus: str | None) -> Settings:
-    return load_settings(config, data_dir=data_dir, bus_url=bus)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -58,11 +52,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except TickvaultError as exc:
         err.print(f"[red]error:[/red] {redact_text(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2) + b"\n")
-    sys.stdout.flush()
 
 
 # -- dead letters -----------------------------------------------------------------------------
@@ -91,15 +80,15 @@ def dlq_list(
     json_out: JsonFlag = False,
     limit: Annotated[int, typer.Option(help="Show at most this many.")] = 1000,
     all_: Annotated[bool, typer.Option("--all", help="Include requeued letters.")] = False,
-    data_dir: DataDir = None,
+    data_dir: DataDirOrDefault = None,
     config: ConfigFile = None,
-    bus: BusUrl = None,
+    bus: BusUrlExample = None,
 ) -> None:
     """List dead letters (oldest first) with their reasons."""
-    settings = _settings(config, data_dir, bus)
+    settings = settings_from(config, data_dir, bus)
 
     async def main() -> list[DeadLetter]:
-        b = open_bus(settings.bus_url)
+        b: DeadLetters = open_bus(settings.bus_url)
         try:
             return await b.dead_letters(limit=limit, include_requeued=all_)
         finally:
@@ -107,7 +96,7 @@ def dlq_list(
 
     letters = _run(main())
     if json_out:
-        _print_json([_letter_json(x) for x in letters])
+        print_json([_letter_json(x) for x in letters])
         return
     table = Table("id", "kind", "reason", "source (file:line) / entry", "payload")
     for x in letters:
@@ -119,15 +108,15 @@ def dlq_list(
 @app.command("show")
 def dlq_show(
     letter_id: Annotated[str, typer.Argument(metavar="ID")],
-    data_dir: DataDir = None,
+    data_dir: DataDirOrDefault = None,
     config: ConfigFile = None,
-    bus: BusUrl = None,
+    bus: BusUrlExample = None,
 ) -> None:
     """Show one dead letter in full (JSON)."""
-    settings = _settings(config, data_dir, bus)
+    settings = settings_from(config, data_dir, bus)
 
     async def main() -> DeadLetter | None:
-        b = open_bus(settings.bus_url)
+        b: DeadLetters = open_bus(settings.bus_url)
         try:
             return await b.get_dead_letter(letter_id)
         finally:
@@ -137,7 +126,7 @@ def dlq_show(
     if letter is None:
         err.print(f"[red]error:[/red] no dead letter {letter_id}")
         raise typer.Exit(2)
-    _print_json(_letter_json(letter))
+    print_json(_letter_json(letter))
 
 
 def requeue_payload(letter: DeadLetter) -> bytes:
@@ -179,12 +168,12 @@ def requeue_payload(letter: DeadLetter) -> bytes:
 @app.command("requeue")
 def dlq_requeue(
     letter_ids: Annotated[list[str], typer.Argument(metavar="ID...")],
-    data_dir: DataDir = None,
+    data_dir: DataDirOrDefault = None,
     config: ConfigFile = None,
-    bus: BusUrl = None,
+    bus: BusUrlExample = None,
 ) -> None:
     """Put dead letters back on their stream (the writer validates them again)."""
-    settings = _settings(config, data_dir, bus)
+    settings = settings_from(config, data_dir, bus)
 
     async def main() -> int:
         b = open_bus(settings.bus_url)

@@ -8,16 +8,23 @@ what that process's guardian saw last (from the journal) instead of opening the 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import orjson
 import typer
 from rich.console import Console
 
-from tickvault.core.config import ENV_DATA_DIR, Settings, load_settings
+from tickvault.cli.options import (
+    BusUrl,
+    DataDir,
+    JsonFlag,
+    StoreUrl,
+    config_option,
+    print_json,
+    settings_or_exit,
+)
+from tickvault.core.config import Settings
 from tickvault.core.errors import ConfigError, TickvaultError
 from tickvault.guardian.journal import JOURNAL_NAME, Journal
 from tickvault.guardian.simulate import parse_timeline, simulate
@@ -28,28 +35,7 @@ app = typer.Typer(help="Watch the pipeline, recover safely, escalate.", no_args_
 out = Console()
 err = Console(stderr=True)
 
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML config ([guardian]).")]
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory.")
-]
-BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL.")]
-StoreUrl = Annotated[str | None, typer.Option("--store", help="Store URL.")]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(
-    config: Path | None, data_dir: Path | None, bus: str | None, store: str | None
-) -> Settings:
-    try:
-        return load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store)
-    except TickvaultError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, default=str) + b"\n")
-    sys.stdout.flush()
+ConfigFile = Annotated[Path | None, config_option("TOML config ([guardian]).")]
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -115,7 +101,7 @@ def run(
     from tickvault.bus import open_bus
     from tickvault.stores import open_store
 
-    settings = _settings(config, data_dir, bus, store)
+    settings = settings_or_exit(err, config, data_dir, bus, store)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -147,7 +133,7 @@ def check(
     store: StoreUrl = None,
 ) -> None:
     """One pass of the checks (no action); exit 1 if anything is unhealthy."""
-    settings = _settings(config, data_dir, bus, store)
+    settings = settings_or_exit(err, config, data_dir, bus, store)
     try:
         if control.owner_pid(settings.data_dir):
             data = _from_journal(settings)
@@ -156,7 +142,7 @@ def check(
     except TickvaultError as exc:
         raise _fail(exc) from None
     if json_out:
-        _json(data)
+        print_json(data, indent=False)
     else:
         for f in data["findings"]:
             out.print(
@@ -172,12 +158,12 @@ def check(
 @app.command()
 def status(json_out: JsonFlag = False, config: ConfigFile = None, data_dir: DataDir = None) -> None:
     """Each resource's policy state, as the journal last recorded it."""
-    settings = _settings(config, data_dir, None, None)
+    settings = settings_or_exit(err, config, data_dir)
     if not (settings.data_dir / JOURNAL_NAME).exists():
         raise _fail(ConfigError(f"no guardian journal in {settings.data_dir} yet"))
     data = _from_journal(settings)
     if json_out:
-        _json(data)
+        print_json(data, indent=False)
         return
     for resource, st in data["resources"].items():
         out.print(
@@ -196,14 +182,14 @@ def history(
     data_dir: DataDir = None,
 ) -> None:
     """The audit journal: transitions, decisions, actions, alerts, resumes."""
-    settings = _settings(config, data_dir, None, None)
+    settings = settings_or_exit(err, config, data_dir)
     journal = Journal.in_data_dir(settings.data_dir)
     try:
         events = journal.events(resource, limit=limit)
     finally:
         journal.close()
     if json_out:
-        _json(events)
+        print_json(events, indent=False)
         return
     for e in events:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["ts"]))
@@ -223,7 +209,7 @@ def resume(
     """Hand an escalated resource back to the guardian (a running one picks it up next cycle)."""
     from tickvault.guardian.policy import ResourceState
 
-    settings = _settings(config, data_dir, None, None)
+    settings = settings_or_exit(err, config, data_dir)
     journal = Journal.in_data_dir(settings.data_dir)
     try:
         now = time.time()
@@ -263,7 +249,7 @@ def discard_wal(
 
     if not confirmed:
         raise _fail(ConfigError("refused: pass --discard-unapplied-transactions to confirm"))
-    settings = _settings(config, data_dir, None, store)
+    settings = settings_or_exit(err, config, data_dir, store=store)
 
     async def main() -> dict[str, Any]:
         store_ = open_store(settings.store_url)
@@ -285,7 +271,7 @@ def discard_wal(
         report = asyncio.run(main())
     except TickvaultError as exc:
         raise _fail(exc) from None
-    _json(report)
+    print_json(report, indent=False)
     if not report["ok"]:
         raise typer.Exit(1)
 
@@ -303,13 +289,13 @@ def simulate_command(
     """Replay a timeline through the real policy (simulated clock); a JSON line per decision.
 
     Nothing in the data dir is read or changed; ``--data-dir`` is accepted like everywhere."""
-    settings = _settings(config, data_dir, None, None)
+    settings = settings_or_exit(err, config, data_dir)
     try:
         lines = parse_timeline(timeline.read_text().splitlines())
         policy = policy_settings(settings.guardian)
         step = interval if interval is not None else settings.guardian.interval_s
         for decision in simulate(lines, policy, step, until):
-            _json(decision.as_dict())
+            print_json(decision.as_dict(), indent=False)
     except (TickvaultError, OSError) as exc:
         raise _fail(exc) from None
 
@@ -333,7 +319,7 @@ def rebuild_command(
     from tickvault.service.rebuild import parse_time, rebuild
     from tickvault.stores import open_store
 
-    settings = _settings(config, data_dir, bus, store)
+    settings = settings_or_exit(err, config, data_dir, bus, store)
 
     async def main() -> dict[str, Any]:
         start = parse_time(since)
@@ -352,7 +338,7 @@ def rebuild_command(
     except TickvaultError as exc:
         raise _fail(exc) from None
     if json_out:
-        _json(data)
+        print_json(data, indent=False)
         return
     verb = "would write" if dry_run else "inserted"
     out.print(

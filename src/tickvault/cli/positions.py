@@ -12,7 +12,6 @@ they are reported, and the exit status stays 0.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -20,17 +19,24 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from tickvault.core.config import DEFAULT_DATA_DIR, ENV_DATA_DIR, load_settings
+from tickvault.cli.options import (
+    JsonFlag,
+    config_option,
+    data_dir_option,
+    print_json,
+    settings_or_exit,
+)
+from tickvault.core.config import DEFAULT_DATA_DIR
 from tickvault.core.errors import PositionSourceError, TickvaultError
-from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
+from tickvault.positions.backend import Candidate, PositionBackend
 from tickvault.positions.clickhouse_sql import parse_columns
 from tickvault.positions.guard import CrashLoopGuard, CrashLoopPolicy
 from tickvault.positions.importer import import_jsonl
+from tickvault.positions.open import open_backend, state_name
 from tickvault.positions.reconcile import reconcile as run_reconcile
 from tickvault.positions.restore import judge, restore
 from tickvault.positions.sources import (
@@ -47,11 +53,7 @@ app = typer.Typer(help="Position state: import, show, restore, reconcile.", no_a
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path,
-    typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory.", show_default=True),
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+DataDir = Annotated[Path, data_dir_option()]  # shows its default: ./tickvault-data
 StateUrl = Annotated[
     str | None,
     typer.Option(
@@ -72,8 +74,7 @@ ColumnMap = Annotated[
     typer.Option("--columns", help="Their column names: trade_id=tid,quantity=qty,..."),
 ]
 ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file; its [positions] section gives defaults."),
+    Path | None, config_option("TOML config file; its [positions] section gives defaults.")
 ]
 
 
@@ -83,11 +84,7 @@ def _with_config(
     """``--state``/``--table``/``--columns`` where given, else the config's ``[positions]``."""
     if config is None:
         return state, table, columns
-    try:
-        section = load_settings(config).positions
-    except TickvaultError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    section = settings_or_exit(err, config).positions
     return (
         state if state is not None else section.state or None,
         table if table is not None else section.table or None,
@@ -96,9 +93,7 @@ def _with_config(
 
 
 def _print_json(value: Any) -> None:
-    data = msgspec.to_builtins(value)
-    sys.stdout.buffer.write(orjson.dumps(data, default=str, option=orjson.OPT_INDENT_2) + b"\n")
-    sys.stdout.flush()
+    print_json(msgspec.to_builtins(value))
 
 
 @contextmanager

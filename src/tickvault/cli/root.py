@@ -22,18 +22,21 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tickvault.bus import open_bus
 from tickvault.cli.lazy import LazyGroup
+from tickvault.cli.options import BusUrlExample as BusUrl
+from tickvault.cli.options import DataDirOrDefault as DataDir
+from tickvault.cli.options import JsonFlag, Verbose, config_option, store_option
+from tickvault.cli.options import print_json as _print_json
+from tickvault.cli.options import settings_from as _settings
 from tickvault.core.config import (
     ENV_DATA_DIR,
     Settings,
     http_token,
-    load_settings,
     settings_reference,
 )
 from tickvault.core.errors import ConfigError, ResourceFault, StoreUnavailable, TickvaultError
@@ -115,21 +118,10 @@ def _global_options(
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar=ENV_DATA_DIR, help="Data directory [default: ./tickvault-data]."
-    ),
-]
 ConfigFile = Annotated[
-    Path | None,
-    typer.Option("--config", help="TOML config file (tables bus, store, sources, ...)."),
+    Path | None, config_option("TOML config file (tables bus, store, sources, ...).")
 ]
-BusUrl = Annotated[str | None, typer.Option("--bus", help="Bus URL, e.g. sqlite:///bus.db.")]
-StoreUrl = Annotated[
-    str | None, typer.Option("--store", help="Store URL, e.g. duckdb:///t.duckdb.")
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+StoreUrl = Annotated[str | None, store_option("Store URL, e.g. duckdb:///t.duckdb.")]
 Fallback = Annotated[
     list[str] | None,
     typer.Option(
@@ -144,7 +136,6 @@ HttpListen = Annotated[
         " [default: [http] listen, 127.0.0.1:8765].",
     ),
 ]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")]
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -154,12 +145,6 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-
-
-def _settings(
-    config: Path | None, data_dir: Path | None, bus: str | None, store: str | None
-) -> Settings:
-    return load_settings(config, data_dir=data_dir, bus_url=bus, store_url=store)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -180,9 +165,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(EXIT_FAULT) from None
 
 
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2) + b"\n")
-    sys.stdout.flush()
 
 
 # -- run / demo / replay ----------------------------------------------------------------------

@@ -20,13 +20,19 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import msgspec
-import orjson
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from tickvault.bus import open_bus
-from tickvault.core.config import ENV_DATA_DIR, Settings, load_settings
+from tickvault.cli.options import (
+    ConfigFile,
+    DataDir,
+    JsonFlag,
+    bus_option,
+    print_json,
+    settings_or_exit,
+)
 from tickvault.core.errors import BusUnavailable, TickvaultError
 from tickvault.delivery.upkeep import (
     StreamUpkeep,
@@ -49,22 +55,7 @@ err = Console(stderr=True)
 EXIT_INVALID = 2
 EXIT_UNREACHABLE = 3
 
-BusUrl = Annotated[
-    str | None, typer.Option("--bus", help="Bus URL, e.g. redis://127.0.0.1:6379/0.")
-]
-ConfigFile = Annotated[Path | None, typer.Option("--config", help="TOML config file.")]
-DataDir = Annotated[
-    Path | None, typer.Option("--data-dir", envvar=ENV_DATA_DIR, help="Data directory.")
-]
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-
-
-def _settings(config: Path | None, data_dir: Path | None, bus: str | None) -> Settings:
-    try:
-        return load_settings(config, data_dir=data_dir, bus_url=bus)
-    except TickvaultError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_INVALID) from None
+BusUrl = Annotated[str | None, bus_option("Bus URL, e.g. redis://127.0.0.1:6379/0.")]
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -76,11 +67,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
     except TickvaultError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(EXIT_INVALID) from None
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.buffer.write(orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2) + b"\n")
-    sys.stdout.flush()
 
 
 def _duration(value: str, option: str) -> int:
@@ -150,10 +136,10 @@ def inspect(
     data_dir: DataDir = None,
 ) -> None:
     """Groups, consumers (pending, idle), lag and oldest pending age of each stream."""
-    settings = _settings(config, data_dir, bus)
+    settings = settings_or_exit(err, config, data_dir, bus)
     data = _run(collect_streams(settings.bus_url, stream, group))
     if json_out:
-        _print_json(data)
+        print_json(data)
         return
     if not data["streams"]:
         out.print(f"no streams on {settings.bus_url}")
@@ -264,13 +250,13 @@ def recover(
         zombie_idle_ms=_duration(zombie_idle, "--zombie-idle"),
         max_deliveries=max_deliveries,
     )
-    settings = _settings(config, data_dir, bus)
+    settings = settings_or_exit(err, config, data_dir, bus)
     name = consumer or settings.writer.consumer or f"{socket.gethostname()}-writer"
     report = _run(
         recover_pass(settings.bus_url, stream, group, name, policy, dry_run=dry_run, trim=trim)
     )
     if json_out:
-        _print_json(report.as_dict())
+        print_json(report.as_dict())
     else:
         _print_report(report)
 
@@ -393,7 +379,7 @@ def systemd_command(
     ] = None,
 ) -> None:
     """Print systemd units: the service (upkeep as ExecStartPre) and a recovery timer."""
-    settings = _settings(config, data_dir, bus)
+    settings = settings_or_exit(err, config, data_dir, bus)
     units = systemd_units(
         exe=exe or shutil.which("tickvault") or str(Path(sys.argv[0]).resolve()),
         bus_url=settings.bus_url,

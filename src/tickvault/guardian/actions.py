@@ -14,12 +14,11 @@ Rules every action obeys (incident 001: a recovery deleted a write-ahead log):
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from tickvault.bus.base import Bus
 from tickvault.core.errors import TickvaultError, UnsafeActionRefused
@@ -29,6 +28,7 @@ from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
     from tickvault.delivery.upkeep import EntriesHandler, StreamUpkeep
+    from tickvault.stores.questdb.store import QuestDBStore
 
 # File and directory names that belong to a database's write-ahead log or sequencer
 # (QuestDB ``txn_seq``/``_txnlog``/``_wal_index.d``/``wal<N>``, SQLite ``-wal``/``-shm``/
@@ -166,11 +166,12 @@ async def _drain_run(ctx: ActionContext, p: dict[str, Any]) -> dict[str, Any]:
     return {"drained_frames": await ctx.drain_spool()}
 
 
-def _questdb(ctx: ActionContext) -> Any:
+def _questdb(ctx: ActionContext) -> QuestDBStore:
+    """The context's store when it speaks QuestDB (by its methods, so a stand-in works)."""
     store = ctx.store
     if store is None or not hasattr(store, "wal_status") or not hasattr(store, "_rest"):
         raise TickvaultError("RESUME WAL needs a QuestDB store")
-    return store
+    return cast("QuestDBStore", store)
 
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -386,7 +387,3 @@ class ActionRunner:
             detail={"action": name, "params": params, "ok": ok, "dry_run": dry, **detail},
         )
         return ActionResult(name, resource, ok, dry, detail)
-
-
-def utc_iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

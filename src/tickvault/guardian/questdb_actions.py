@@ -27,13 +27,15 @@ import hashlib
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tickvault.core.errors import TickvaultError, UnsafeActionRefused
+from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
-    from tickvault.guardian.actions import ActionContext
+    from tickvault.stores.questdb.store import QuestDBStore
 
 DISCARD_FLAG = "questdb_discard_unapplied_wal"
 """Operator flag: unapplied WAL transactions may be discarded (``RESUME WAL FROM TXN``)."""
@@ -42,11 +44,25 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _TABLE_DIR = re.compile(r"^[A-Za-z0-9_.\-]+~\d+$")
 
 
-def _store(ctx: ActionContext) -> Any:
+class ActionContext(Protocol):
+    """What these actions use of :class:`tickvault.guardian.actions.ActionContext`."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def operator_flags(self) -> frozenset[str]: ...
+
+    @property
+    def disk_free(self) -> Callable[[Path], int]: ...
+
+
+def _store(ctx: ActionContext) -> QuestDBStore:
+    """The context's store when it speaks QuestDB (by its methods, so a stand-in works)."""
     store = ctx.store
     if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
         raise TickvaultError("this action needs a QuestDB store")
-    return store
+    return cast("QuestDBStore", store)
 
 
 def _table(p: dict[str, Any]) -> str:

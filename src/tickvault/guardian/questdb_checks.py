@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from tickvault.guardian.findings import Finding, Observation
+from tickvault.stores.base import Store
 
 if TYPE_CHECKING:
-    from tickvault.guardian.checks import Checks
+    from tickvault.stores.questdb.store import QuestDBStore
 
 # What QuestDB says when a table's sequencer files (txn_seq/) are damaged or missing.
 DAMAGE = re.compile(
@@ -53,12 +54,40 @@ def server_log_lines(root: Path | None, needles: list[str], limit: int = 10) -> 
     return hits[-limit:]
 
 
-async def questdb_check(checks: Checks) -> list[Observation]:
+class _Limits(Protocol):
+    @property
+    def wal_lag_max(self) -> int: ...
+
+
+class CheckHost(Protocol):
+    """What :func:`questdb_check` uses of :class:`tickvault.guardian.checks.Checks`."""
+
+    @property
+    def store(self) -> Store | None: ...
+
+    @property
+    def limits(self) -> _Limits: ...
+
+    def _f(
+        self,
+        resource: str,
+        code: str,
+        severity: str,
+        evidence: dict[str, Any],
+        action: str | None = None,
+        **params: Any,
+    ) -> Finding: ...
+
+    def _seen(self, resource: str, identity: str) -> float: ...
+
+
+async def questdb_check(checks: CheckHost) -> list[Observation]:
     """Per QuestDB table (found through ``tables()``): suspended, or the writer trailing
     the sequencer, or a WAL table the server does not list in ``wal_tables()`` yet."""
-    store: Any = checks.store
-    if store is None or not hasattr(store, "wal_status") or not hasattr(store, "tables"):
+    given = checks.store
+    if given is None or not hasattr(given, "wal_status") or not hasattr(given, "tables"):
         return []
+    store = cast("QuestDBStore", given)  # a QuestDB store, known by its methods
     try:
         tables = await store.tables()
         wal = await store._rest.wal_tables()

@@ -6,12 +6,13 @@ store (the embedded SQLite file, or ClickHouse: :func:`open_backend`), and a res
 restores through :func:`restore` without ever failing on a bad row.
 """
 
-from tickvault.positions.backend import PositionBackend, open_backend
+from tickvault.positions.backend import PositionBackend
 from tickvault.positions.book import PositionBook
 from tickvault.positions.guard import AlertEvent, CrashLoopGuard, CrashLoopPolicy, GuardDecision
 from tickvault.positions.importer import ImportReport, import_jsonl
 from tickvault.positions.ledger import LedgerReading, parse_capital_ledger, read_capital_ledger
 from tickvault.positions.model import EPSILON, Position, StateRow, assess_latest
+from tickvault.positions.open import open_backend
 from tickvault.positions.reconcile import ReconcileReport, reconcile
 from tickvault.positions.restore import QuarantinedRow, RestoreReport, SourceAttempt, restore
 from tickvault.positions.sources import (

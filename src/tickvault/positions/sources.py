@@ -27,8 +27,9 @@ from typing import Any
 import orjson
 
 from tickvault.core.errors import PositionSourceError
-from tickvault.positions.backend import Candidate, PositionBackend, open_backend, state_name
+from tickvault.positions.backend import Candidate, PositionBackend
 from tickvault.positions.model import Position
+from tickvault.positions.open import open_backend, state_name
 from tickvault.positions.store import row_json
 
 __all__ = [

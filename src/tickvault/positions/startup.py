@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tickvault.core.errors import TickvaultError
-from tickvault.positions.backend import PositionBackend, open_backend
+from tickvault.positions.backend import PositionBackend
 from tickvault.positions.book import PositionBook
 from tickvault.positions.guard import (
     AlertEvent,
@@ -33,6 +33,7 @@ from tickvault.positions.guard import (
     Level,
     log_alert,
 )
+from tickvault.positions.open import open_backend
 from tickvault.positions.restore import RestoreReport, restore
 from tickvault.positions.sources import RestoreSource, StateStoreSource
 
