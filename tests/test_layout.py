@@ -1,15 +1,17 @@
 """The package layout stays what docs/architecture.md says it is, and has no import cycles.
 
 * ``scripts/import_cycles.py`` reads every module's imports with :mod:`ast` (top-level,
-  inside functions, and under ``if TYPE_CHECKING:``); no set of modules may import each other
-  round, by any of those.
+  inside functions, and under ``if TYPE_CHECKING:``); no modules may import each other in a
+  circle, by any of those.
 * The "Package map" block of docs/architecture.md is the tree on disk: every entry exists,
   every package and every top-level module is listed, and each line says what it is.
+* Every ``*.py`` file and every test the document names exists.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -123,3 +125,27 @@ def test_every_package_and_top_level_module_is_in_the_package_map() -> None:
     top_level = {p.name for p in PACKAGE.glob("*.py")}
     assert packages - listed == set()
     assert top_level - listed == set()
+
+
+def test_every_file_and_test_the_architecture_names_exists() -> None:
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    quoted = set(re.findall(r"`([^`\s]+)`", text))
+    in_package = {p.name for p in PACKAGE.rglob("*.py")}
+    absent = [
+        name
+        for name in sorted(q for q in quoted if q.endswith(".py") and "<" not in q)
+        if not (
+            (ROOT / name).is_file()
+            or (PACKAGE / name).is_file()
+            or ("/" not in name and name in in_package)
+        )
+    ]
+    assert absent == []
+    defined = {
+        m
+        for path in (ROOT / "tests").glob("test_*.py")
+        for m in re.findall(r"^(?:async )?def (test_\w+)\(", path.read_text(), re.MULTILINE)
+    }
+    named = {q for q in quoted if re.fullmatch(r"test_\w+", q)}
+    assert len(named) >= 15
+    assert named - defined == set()
