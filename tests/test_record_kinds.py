@@ -10,13 +10,20 @@ column and ``each:`` the rule applied to every element of a list column.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import pyarrow as pa
+import pytest
 
 from tickvault.core.records import (
+    ADDED,
+    EACH_POSITIVE,
+    ID,
+    KEY,
     KINDS,
+    NAME,
+    TIMESTAMP,
     AggTrade,
     Bar,
     BookSnapshot,
@@ -24,6 +31,7 @@ from tickvault.core.records import (
     Gap,
     Quote,
     Trade,
+    declare,
     natural_key,
 )
 
@@ -266,3 +274,63 @@ def test_the_natural_key_reads_the_pinned_key_fields() -> None:
     )
     assert natural_key(gap) == ("binance", "BTCUSDT", "trade", 10, "open")
     assert bar.adjusted is True and bar.vwap is None and bar.trade_count is None
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    venue: Annotated[str, NAME, KEY]
+    seq: Annotated[int, ID, KEY]
+    at: Annotated[int | None, TIMESTAMP]
+    levels: Annotated[list[float], EACH_POSITIVE]
+    note: str
+    flag: Annotated[bool, ADDED] = False
+
+
+class FloatTimestamp(msgspec.Struct):
+    at: Annotated[float, TIMESTAMP]
+
+
+class AddedWithoutDefault(msgspec.Struct):
+    flag: Annotated[bool, ADDED]
+
+
+class UnknownType(msgspec.Struct):
+    size: bytes
+
+
+def test_a_declaration_derives_columns_key_rules_and_added_columns() -> None:
+    spec = declare("sample", Sample, "samples")
+    assert (spec.kind, spec.table, spec.record_type) == ("sample", "samples", Sample)
+    assert [tuple(f) for f in spec.fields] == [
+        ("venue", "str", False),
+        ("seq", "i64", False),
+        ("at", "ts", True),
+        ("levels", "f64_list", False),
+        ("note", "str", False),
+        ("flag", "bool", False),
+    ]
+    assert spec.key == ("venue", "seq")
+    assert spec.rules == {
+        "venue": ("required", "name"),
+        "seq": ("required", "id"),
+        "at": ("timestamp",),
+        "levels": ("required",),
+        "note": ("required",),
+        "flag": ("required",),
+    }
+    assert spec.list_rules == {"levels": "positive"}
+    assert spec.added_columns == {"flag": False}
+
+
+@pytest.mark.parametrize(
+    ("record_type", "message"),
+    [
+        (FloatTimestamp, "a timestamp is an int"),
+        (AddedWithoutDefault, "an added column needs a default"),
+        (UnknownType, "no column type"),
+    ],
+)
+def test_a_declaration_the_columns_cannot_follow_is_refused_at_import(
+    record_type: type[msgspec.Struct], message: str
+) -> None:
+    with pytest.raises(TypeError, match=message):
+        declare("odd", record_type, "odd")
