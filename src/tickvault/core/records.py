@@ -27,11 +27,12 @@ Timestamps are integers: microseconds since the Unix epoch, UTC. Stores turn the
 timestamp columns with microsecond precision.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: the fields' annotations are built once, with
+# their classes, instead of being parsed back from strings when KINDS is derived at import.
+import functools
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
@@ -61,6 +62,16 @@ class Trait:
     timestamp: bool = False
     key: bool = False
     added: bool = False
+
+    def merge(self, other: "Trait") -> "Trait":
+        """Both traits in one: the rules of ``self`` first, then those of ``other``."""
+        return Trait(
+            rules=self.rules + other.rules,
+            each=self.each if other.each is None else other.each,
+            timestamp=self.timestamp or other.timestamp,
+            key=self.key or other.key,
+            added=self.added or other.added,
+        )
 
 
 NAME = Trait(rules=("name",))
@@ -211,7 +222,7 @@ class ColumnSpec(NamedTuple):
     nullable: bool
 
 
-def arrow_type(column_type: ColumnType) -> pa.DataType:
+def arrow_type(column_type: ColumnType) -> "pa.DataType":
     """The Arrow type of a column type (imports Arrow)."""
     import pyarrow as pa
 
@@ -242,7 +253,7 @@ class KindSpec:
     spool still decode after an upgrade)."""
 
     @cached_property
-    def schema(self) -> pa.Schema:
+    def schema(self) -> "pa.Schema":
         """The Arrow schema (built on first use; imports Arrow)."""
         import pyarrow as pa
 
@@ -281,41 +292,48 @@ def _column_type(annotation: object) -> tuple[ColumnType, bool]:
         raise TypeError(f"no column type for a field of type {annotation!r}") from None
 
 
+def _declared(kind: str, name: str, hint: object, default: object) -> tuple[ColumnSpec, Trait]:
+    """One Struct field's column and its traits merged into one, its rules complete."""
+    annotation, trait = hint, Trait()
+    if typing.get_origin(annotation) is Annotated:
+        annotation, *metadata = typing.get_args(annotation)
+        trait = functools.reduce(Trait.merge, [m for m in metadata if isinstance(m, Trait)], trait)
+    column_type, nullable = _column_type(annotation)
+    if trait.timestamp:
+        if column_type != "i64":
+            raise TypeError(f"{kind}.{name}: a timestamp is an int")
+        column_type = "ts"
+    if trait.added and default is msgspec.NODEFAULT:
+        raise TypeError(f"{kind}.{name}: an added column needs a default")
+    rules: tuple[Rule, ...] = trait.rules if nullable else ("required", *trait.rules)
+    return ColumnSpec(name, column_type, nullable), replace(trait, rules=rules)
+
+
 def declare(kind: str, record_type: type[msgspec.Struct], table: str) -> KindSpec:
     """Derive the :class:`KindSpec` of ``kind`` from its Struct's annotated fields.
 
     Runs once per kind, at import; nothing here is on a per-record path.
     """
+    hints = typing.get_type_hints(record_type, include_extras=True)
+    names = record_type.__struct_fields__
+    defaults = dict(zip(reversed(names), reversed(record_type.__struct_defaults__), strict=False))
     columns: list[ColumnSpec] = []
     key: list[str] = []
     rules: dict[str, tuple[Rule, ...]] = {}
     list_rules: dict[str, Rule] = {}
     added: dict[str, object] = {}
-    for info in msgspec.structs.fields(record_type):
-        annotation: object = info.type
-        traits: list[Trait] = []
-        if typing.get_origin(annotation) is Annotated:
-            annotation, *metadata = typing.get_args(annotation)
-            traits = [m for m in metadata if isinstance(m, Trait)]
-        column_type, nullable = _column_type(annotation)
-        if any(t.timestamp for t in traits):
-            if column_type != "i64":
-                raise TypeError(f"{kind}.{info.name}: a timestamp is an int")
-            column_type = "ts"
-        columns.append(ColumnSpec(info.name, column_type, nullable))
-        field_rules: tuple[Rule, ...] = () if nullable else ("required",)
-        field_rules += tuple(r for t in traits for r in t.rules)
-        if field_rules:
-            rules[info.name] = field_rules
-        for t in traits:
-            if t.each is not None:
-                list_rules[info.name] = t.each
-        if any(t.key for t in traits):
-            key.append(info.name)
-        if any(t.added for t in traits):
-            if info.default is msgspec.NODEFAULT:
-                raise TypeError(f"{kind}.{info.name}: an added column needs a default")
-            added[info.name] = info.default
+    for name in names:
+        default = defaults.get(name, msgspec.NODEFAULT)
+        column, trait = _declared(kind, name, hints[name], default)
+        columns.append(column)
+        if trait.rules:
+            rules[name] = trait.rules
+        if trait.each is not None:
+            list_rules[name] = trait.each
+        if trait.key:
+            key.append(name)
+        if trait.added:
+            added[name] = default
     return KindSpec(kind, record_type, table, tuple(columns), tuple(key), rules, list_rules, added)
 
 
