@@ -1,21 +1,40 @@
 """Typed market-data records, their natural keys and their validation rules.
 
-Every record kind has a :class:`KindSpec` that is the single source of truth for its table
-name, column order, column types, natural key and validation rules; the codec, the stores
-and the writer all read it from :data:`KINDS`. Column types are plain names
+Each record kind is declared once, as a msgspec Struct whose fields carry their column
+declaration in ``Annotated`` metadata (:class:`Trait`: the field's rules, whether it is part
+of the natural key, ...). :data:`KINDS` is derived from those declarations when this module is
+imported, and it is the single source of truth the codec, the stores and the writer read: a
+kind's table name, column order (the field order), column types, nullability, natural key (the
+key fields, in field order) and per-field and per-element rules. Column types are plain names
 (:data:`ColumnType`); the Arrow schema is derived from them on first use, so a process that
 only parses and frames records (the replay producer) never imports Arrow.
+
+How a field declares its column:
+
+* the Python type gives the column type: ``str`` text, ``int`` 64-bit integer, ``float``
+  double, ``bool`` boolean, ``list[float]`` a list of doubles (book levels); ``X | None``
+  makes the column nullable, and every column that is not nullable gets the rule
+  ``required`` first;
+* :data:`TIMESTAMP` makes an ``int`` a timestamp column and checks it against the time
+  window; :data:`NAME`, :data:`TEXT`, :data:`ID`, :data:`POSITIVE`, :data:`NON_NEGATIVE` add
+  the rule of that name (:mod:`tickvault.core.rules`), :data:`EACH_POSITIVE` and
+  :data:`EACH_NON_NEGATIVE` check every element of a list;
+* :data:`KEY` puts the field in the natural key;
+* :data:`ADDED` marks a column added after frames of the kind were first written: a frame
+  without it means the field's default.
 
 Timestamps are integers: microseconds since the Unix epoch, UTC. Stores turn them into
 timestamp columns with microsecond precision.
 """
 
-from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import dataclass, field
+# No ``from __future__ import annotations`` here: the fields' annotations are built once, with
+# their classes, instead of being parsed back from strings when KINDS is derived at import.
+import functools
+import types
+import typing
+from dataclasses import dataclass, field, replace
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -25,33 +44,74 @@ from tickvault.core.rules import HISTORY, Bounds, Rule, check_value
 if TYPE_CHECKING:
     import pyarrow as pa
 
+ColumnType = Literal["str", "i64", "f64", "bool", "ts", "f64_list"]
+"""A column's type: text, 64-bit integer, double, boolean, timestamp (integer µs since the
+epoch, UTC) or a list of doubles (book levels)."""
+
+
+@dataclass(frozen=True)
+class Trait:
+    """One part of a field's column declaration, attached as ``Annotated`` metadata.
+
+    A field may carry several; their rules are applied in the order written.
+    """
+
+    rules: tuple[Rule, ...] = ()
+    each: Rule | None = None
+    """The rule every element of a list column must pass."""
+    timestamp: bool = False
+    key: bool = False
+    added: bool = False
+
+    def merge(self, other: "Trait") -> "Trait":
+        """Both traits in one: the rules of ``self`` first, then those of ``other``."""
+        return Trait(
+            rules=self.rules + other.rules,
+            each=self.each if other.each is None else other.each,
+            timestamp=self.timestamp or other.timestamp,
+            key=self.key or other.key,
+            added=self.added or other.added,
+        )
+
+
+NAME = Trait(rules=("name",))
+TEXT = Trait(rules=("text",))
+ID = Trait(rules=("id",))
+POSITIVE = Trait(rules=("positive",))
+NON_NEGATIVE = Trait(rules=("non_negative",))
+TIMESTAMP = Trait(rules=("timestamp",), timestamp=True)
+EACH_POSITIVE = Trait(each="positive")
+EACH_NON_NEGATIVE = Trait(each="non_negative")
+KEY = Trait(key=True)
+ADDED = Trait(added=True)
+
 
 class Trade(msgspec.Struct, frozen=True, kw_only=True):
     """One exchange trade; key ``(exchange, symbol, trade_id)``."""
 
-    exchange: str
-    symbol: str
-    trade_id: int
-    price: float
-    qty: float
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    trade_id: Annotated[int, ID, KEY]
+    price: Annotated[float, POSITIVE]
+    qty: Annotated[float, POSITIVE]
     buyer_is_maker: bool
-    ts_event: int
-    ts_recv: int
+    ts_event: Annotated[int, TIMESTAMP]
+    ts_recv: Annotated[int, TIMESTAMP]
 
 
 class AggTrade(msgspec.Struct, frozen=True, kw_only=True):
     """A Binance aggregate trade; key ``(exchange, symbol, agg_id)`` (its own id space)."""
 
-    exchange: str
-    symbol: str
-    agg_id: int
-    price: float
-    qty: float
-    first_trade_id: int
-    last_trade_id: int
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    agg_id: Annotated[int, ID, KEY]
+    price: Annotated[float, POSITIVE]
+    qty: Annotated[float, POSITIVE]
+    first_trade_id: Annotated[int, ID]
+    last_trade_id: Annotated[int, ID]
     buyer_is_maker: bool
-    ts_event: int
-    ts_recv: int
+    ts_event: Annotated[int, TIMESTAMP]
+    ts_recv: Annotated[int, TIMESTAMP]
 
 
 class Quote(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,15 +120,15 @@ class Quote(msgspec.Struct, frozen=True, kw_only=True):
     ``ts_event`` is ``None`` when the venue sends no event time (Binance spot bookTicker).
     """
 
-    exchange: str
-    symbol: str
-    update_id: int
-    bid_price: float
-    bid_qty: float
-    ask_price: float
-    ask_qty: float
-    ts_event: int | None
-    ts_recv: int
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    update_id: Annotated[int, ID, KEY]
+    bid_price: Annotated[float, POSITIVE]
+    bid_qty: Annotated[float, NON_NEGATIVE]
+    ask_price: Annotated[float, POSITIVE]
+    ask_qty: Annotated[float, NON_NEGATIVE]
+    ts_event: Annotated[int | None, TIMESTAMP]
+    ts_recv: Annotated[int, TIMESTAMP]
 
 
 class Bar(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,21 +137,22 @@ class Bar(msgspec.Struct, frozen=True, kw_only=True):
     ``volume``, ``vwap`` and ``trade_count`` are ``None`` when the venue reports none (index
     bars carry prices only): "no volume reported" is never stored as "nothing traded".
     ``adjusted`` is the price basis of the download (split-adjusted or not); one series
-    ``(source, symbol, timeframe)`` holds one basis (see ``docs/collectors.md``).
+    ``(source, symbol, timeframe)`` holds one basis (see ``docs/collectors.md``). Every bar
+    downloaded before the flag was stored asked for adjusted prices, hence its default.
     """
 
-    source: str
-    symbol: str
-    timeframe: str
-    ts_open: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float | None
-    vwap: float | None = None
-    trade_count: int | None = None
-    adjusted: bool = True
+    source: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    timeframe: Annotated[str, NAME, KEY]
+    ts_open: Annotated[int, TIMESTAMP, KEY]
+    open: Annotated[float, POSITIVE]
+    high: Annotated[float, POSITIVE]
+    low: Annotated[float, POSITIVE]
+    close: Annotated[float, POSITIVE]
+    volume: Annotated[float | None, NON_NEGATIVE]
+    vwap: Annotated[float | None, POSITIVE] = None
+    trade_count: Annotated[int | None, NON_NEGATIVE] = None
+    adjusted: Annotated[bool, ADDED] = True
 
 
 class DepthUpdate(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,16 +161,16 @@ class DepthUpdate(msgspec.Struct, frozen=True, kw_only=True):
     Levels are parallel lists; a quantity of 0 removes the level.
     """
 
-    exchange: str
-    symbol: str
-    first_update_id: int
-    final_update_id: int
-    bid_prices: list[float]
-    bid_qtys: list[float]
-    ask_prices: list[float]
-    ask_qtys: list[float]
-    ts_event: int
-    ts_recv: int
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    first_update_id: Annotated[int, ID]
+    final_update_id: Annotated[int, ID, KEY]
+    bid_prices: Annotated[list[float], EACH_POSITIVE]
+    bid_qtys: Annotated[list[float], EACH_NON_NEGATIVE]
+    ask_prices: Annotated[list[float], EACH_POSITIVE]
+    ask_qtys: Annotated[list[float], EACH_NON_NEGATIVE]
+    ts_event: Annotated[int, TIMESTAMP]
+    ts_recv: Annotated[int, TIMESTAMP]
 
 
 class Gap(msgspec.Struct, frozen=True, kw_only=True):
@@ -123,15 +184,15 @@ class Gap(msgspec.Struct, frozen=True, kw_only=True):
     ``to_id`` are inclusive; for day-based sources they are ``YYYYMMDD`` numbers.
     """
 
-    exchange: str
-    symbol: str
-    channel: str
-    from_id: int
-    to_id: int
-    detected_at: int
-    status: str
-    reason: str
-    status_at: int
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    channel: Annotated[str, NAME, KEY]
+    from_id: Annotated[int, ID, KEY]
+    to_id: Annotated[int, ID]
+    detected_at: Annotated[int, TIMESTAMP]
+    status: Annotated[str, NAME, KEY]
+    reason: Annotated[str, TEXT]
+    status_at: Annotated[int, TIMESTAMP]
 
 
 class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,22 +202,18 @@ class BookSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     after applying every diff up to ``last_update_id``). Levels are parallel lists.
     """
 
-    exchange: str
-    symbol: str
-    last_update_id: int
-    origin: str
-    bid_prices: list[float]
-    bid_qtys: list[float]
-    ask_prices: list[float]
-    ask_qtys: list[float]
-    ts_recv: int
+    exchange: Annotated[str, NAME, KEY]
+    symbol: Annotated[str, NAME, KEY]
+    last_update_id: Annotated[int, ID, KEY]
+    origin: Annotated[str, NAME]
+    bid_prices: Annotated[list[float], EACH_POSITIVE]
+    bid_qtys: Annotated[list[float], EACH_NON_NEGATIVE]
+    ask_prices: Annotated[list[float], EACH_POSITIVE]
+    ask_qtys: Annotated[list[float], EACH_NON_NEGATIVE]
+    ts_recv: Annotated[int, TIMESTAMP]
 
 
 Record = Trade | AggTrade | Quote | Bar | DepthUpdate | Gap | BookSnapshot
-
-ColumnType = Literal["str", "i64", "f64", "bool", "ts", "f64_list"]
-"""A column's type: text, 64-bit integer, double, boolean, timestamp (integer µs since the
-epoch, UTC) or a list of doubles (book levels)."""
 
 
 class ColumnSpec(NamedTuple):
@@ -165,7 +222,7 @@ class ColumnSpec(NamedTuple):
     nullable: bool
 
 
-def arrow_type(column_type: ColumnType) -> pa.DataType:
+def arrow_type(column_type: ColumnType) -> "pa.DataType":
     """The Arrow type of a column type (imports Arrow)."""
     import pyarrow as pa
 
@@ -181,7 +238,7 @@ def arrow_type(column_type: ColumnType) -> pa.DataType:
 
 @dataclass(frozen=True)
 class KindSpec:
-    """Everything the pipeline needs to know about one record kind."""
+    """Everything the pipeline needs to know about one record kind (derived by :func:`declare`)."""
 
     kind: str
     record_type: type[msgspec.Struct]
@@ -190,13 +247,13 @@ class KindSpec:
     key: tuple[str, ...]
     rules: dict[str, tuple[Rule, ...]]
     list_rules: dict[str, Rule] = field(default_factory=dict)
-    added_columns: dict[str, Any] = field(default_factory=dict)
+    added_columns: dict[str, object] = field(default_factory=dict)
     """Columns added after frames of this kind were first written, with the value a frame
     written before then means (the codec fills them in, so old frames on a bus or in a
     spool still decode after an upgrade)."""
 
     @cached_property
-    def schema(self) -> pa.Schema:
+    def schema(self) -> "pa.Schema":
         """The Arrow schema (built on first use; imports Arrow)."""
         import pyarrow as pa
 
@@ -213,255 +270,85 @@ class KindSpec:
         return tuple(f.name for f in self.fields if f.type == "ts")
 
 
-def _spec(
-    kind: str,
-    record_type: type[msgspec.Struct],
-    table: str,
-    fields: list[tuple[str, ColumnType, bool]],
-    key: tuple[str, ...],
-    rules: dict[str, tuple[Rule, ...]],
-    list_rules: dict[str, Rule] | None = None,
-    added_columns: dict[str, Any] | None = None,
-) -> KindSpec:
-    columns = tuple(ColumnSpec(*f) for f in fields)
-    assert [c.name for c in columns] == list(record_type.__struct_fields__), kind
-    return KindSpec(
-        kind, record_type, table, columns, key, rules, list_rules or {}, added_columns or {}
-    )
+_PYTHON_COLUMN_TYPES: dict[object, ColumnType] = {
+    str: "str",
+    int: "i64",
+    float: "f64",
+    bool: "bool",
+    list[float]: "f64_list",
+}
 
 
-_PRICE: tuple[Rule, ...] = ("required", "positive")
-_QTY: tuple[Rule, ...] = ("required", "positive")
-_SIZE: tuple[Rule, ...] = ("required", "non_negative")
-_NAME: tuple[Rule, ...] = ("required", "name")
-_TEXT: tuple[Rule, ...] = ("required", "text")
-_ID: tuple[Rule, ...] = ("required", "id")
-_TIME: tuple[Rule, ...] = ("required", "timestamp")
+def _column_type(annotation: object) -> tuple[ColumnType, bool]:
+    """The column type of a field's Python type (metadata stripped) and whether it is nullable."""
+    nullable = False
+    if isinstance(annotation, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        nullable = len(members) == 1
+        annotation = members[0] if nullable else annotation
+    try:
+        return _PYTHON_COLUMN_TYPES[annotation], nullable
+    except KeyError:
+        raise TypeError(f"no column type for a field of type {annotation!r}") from None
+
+
+def _declared(kind: str, name: str, hint: object, default: object) -> tuple[ColumnSpec, Trait]:
+    """One Struct field's column and its traits merged into one, its rules complete."""
+    annotation, trait = hint, Trait()
+    if typing.get_origin(annotation) is Annotated:
+        annotation, *metadata = typing.get_args(annotation)
+        trait = functools.reduce(Trait.merge, [m for m in metadata if isinstance(m, Trait)], trait)
+    column_type, nullable = _column_type(annotation)
+    if trait.timestamp:
+        if column_type != "i64":
+            raise TypeError(f"{kind}.{name}: a timestamp is an int")
+        column_type = "ts"
+    if trait.added and default is msgspec.NODEFAULT:
+        raise TypeError(f"{kind}.{name}: an added column needs a default")
+    rules: tuple[Rule, ...] = trait.rules if nullable else ("required", *trait.rules)
+    return ColumnSpec(name, column_type, nullable), replace(trait, rules=rules)
+
+
+def declare(kind: str, record_type: type[msgspec.Struct], table: str) -> KindSpec:
+    """Derive the :class:`KindSpec` of ``kind`` from its Struct's annotated fields.
+
+    Runs once per kind, at import; nothing here is on a per-record path.
+    """
+    hints = typing.get_type_hints(record_type, include_extras=True)
+    names = record_type.__struct_fields__
+    defaults = dict(zip(reversed(names), reversed(record_type.__struct_defaults__), strict=False))
+    columns: list[ColumnSpec] = []
+    key: list[str] = []
+    rules: dict[str, tuple[Rule, ...]] = {}
+    list_rules: dict[str, Rule] = {}
+    added: dict[str, object] = {}
+    for name in names:
+        default = defaults.get(name, msgspec.NODEFAULT)
+        column, trait = _declared(kind, name, hints[name], default)
+        columns.append(column)
+        if trait.rules:
+            rules[name] = trait.rules
+        if trait.each is not None:
+            list_rules[name] = trait.each
+        if trait.key:
+            key.append(name)
+        if trait.added:
+            added[name] = default
+    return KindSpec(kind, record_type, table, tuple(columns), tuple(key), rules, list_rules, added)
+
 
 KINDS: dict[str, KindSpec] = {
     s.kind: s
     for s in (
-        _spec(
-            "trade",
-            Trade,
-            "trades",
-            [
-                ("exchange", "str", False),
-                ("symbol", "str", False),
-                ("trade_id", "i64", False),
-                ("price", "f64", False),
-                ("qty", "f64", False),
-                ("buyer_is_maker", "bool", False),
-                ("ts_event", "ts", False),
-                ("ts_recv", "ts", False),
-            ],
-            ("exchange", "symbol", "trade_id"),
-            {
-                "exchange": _NAME,
-                "symbol": _NAME,
-                "trade_id": _ID,
-                "price": _PRICE,
-                "qty": _QTY,
-                "buyer_is_maker": ("required",),
-                "ts_event": _TIME,
-                "ts_recv": _TIME,
-            },
-        ),
-        _spec(
-            "agg_trade",
-            AggTrade,
-            "agg_trades",
-            [
-                ("exchange", "str", False),
-                ("symbol", "str", False),
-                ("agg_id", "i64", False),
-                ("price", "f64", False),
-                ("qty", "f64", False),
-                ("first_trade_id", "i64", False),
-                ("last_trade_id", "i64", False),
-                ("buyer_is_maker", "bool", False),
-                ("ts_event", "ts", False),
-                ("ts_recv", "ts", False),
-            ],
-            ("exchange", "symbol", "agg_id"),
-            {
-                "exchange": _NAME,
-                "symbol": _NAME,
-                "agg_id": _ID,
-                "price": _PRICE,
-                "qty": _QTY,
-                "first_trade_id": _ID,
-                "last_trade_id": _ID,
-                "buyer_is_maker": ("required",),
-                "ts_event": _TIME,
-                "ts_recv": _TIME,
-            },
-        ),
-        _spec(
-            "quote",
-            Quote,
-            "quotes",
-            [
-                ("exchange", "str", False),
-                ("symbol", "str", False),
-                ("update_id", "i64", False),
-                ("bid_price", "f64", False),
-                ("bid_qty", "f64", False),
-                ("ask_price", "f64", False),
-                ("ask_qty", "f64", False),
-                ("ts_event", "ts", True),
-                ("ts_recv", "ts", False),
-            ],
-            ("exchange", "symbol", "update_id"),
-            {
-                "exchange": _NAME,
-                "symbol": _NAME,
-                "update_id": _ID,
-                "bid_price": _PRICE,
-                "bid_qty": _SIZE,
-                "ask_price": _PRICE,
-                "ask_qty": _SIZE,
-                "ts_event": ("timestamp",),
-                "ts_recv": _TIME,
-            },
-        ),
-        _spec(
-            "bar",
-            Bar,
-            "bars",
-            [
-                ("source", "str", False),
-                ("symbol", "str", False),
-                ("timeframe", "str", False),
-                ("ts_open", "ts", False),
-                ("open", "f64", False),
-                ("high", "f64", False),
-                ("low", "f64", False),
-                ("close", "f64", False),
-                ("volume", "f64", True),
-                ("vwap", "f64", True),
-                ("trade_count", "i64", True),
-                ("adjusted", "bool", False),
-            ],
-            ("source", "symbol", "timeframe", "ts_open"),
-            {
-                "source": _NAME,
-                "symbol": _NAME,
-                "timeframe": _NAME,
-                "ts_open": _TIME,
-                "open": _PRICE,
-                "high": _PRICE,
-                "low": _PRICE,
-                "close": _PRICE,
-                "volume": ("non_negative",),
-                "vwap": ("positive",),
-                "trade_count": ("non_negative",),
-                "adjusted": ("required",),
-            },
-            # Every bar downloaded before the flag was stored asked for adjusted prices.
-            added_columns={"adjusted": True},
-        ),
-        _spec(
-            "depth",
-            DepthUpdate,
-            "depth_updates",
-            [
-                ("exchange", "str", False),
-                ("symbol", "str", False),
-                ("first_update_id", "i64", False),
-                ("final_update_id", "i64", False),
-                ("bid_prices", "f64_list", False),
-                ("bid_qtys", "f64_list", False),
-                ("ask_prices", "f64_list", False),
-                ("ask_qtys", "f64_list", False),
-                ("ts_event", "ts", False),
-                ("ts_recv", "ts", False),
-            ],
-            ("exchange", "symbol", "final_update_id"),
-            {
-                "exchange": _NAME,
-                "symbol": _NAME,
-                "first_update_id": _ID,
-                "final_update_id": _ID,
-                "bid_prices": ("required",),
-                "bid_qtys": ("required",),
-                "ask_prices": ("required",),
-                "ask_qtys": ("required",),
-                "ts_event": _TIME,
-                "ts_recv": _TIME,
-            },
-            {
-                "bid_prices": "positive",
-                "bid_qtys": "non_negative",
-                "ask_prices": "positive",
-                "ask_qtys": "non_negative",
-            },
-        ),
+        declare("trade", Trade, "trades"),
+        declare("agg_trade", AggTrade, "agg_trades"),
+        declare("quote", Quote, "quotes"),
+        declare("bar", Bar, "bars"),
+        declare("depth", DepthUpdate, "depth_updates"),
+        declare("gap", Gap, "gaps"),
+        declare("book_snapshot", BookSnapshot, "book_snapshots"),
     )
 }
-
-KINDS["gap"] = _spec(
-    "gap",
-    Gap,
-    "gaps",
-    [
-        ("exchange", "str", False),
-        ("symbol", "str", False),
-        ("channel", "str", False),
-        ("from_id", "i64", False),
-        ("to_id", "i64", False),
-        ("detected_at", "ts", False),
-        ("status", "str", False),
-        ("reason", "str", False),
-        ("status_at", "ts", False),
-    ],
-    ("exchange", "symbol", "channel", "from_id", "status"),
-    {
-        "exchange": _NAME,
-        "symbol": _NAME,
-        "channel": _NAME,
-        "from_id": _ID,
-        "to_id": _ID,
-        "detected_at": _TIME,
-        "status": _NAME,
-        "reason": _TEXT,
-        "status_at": _TIME,
-    },
-)
-KINDS["book_snapshot"] = _spec(
-    "book_snapshot",
-    BookSnapshot,
-    "book_snapshots",
-    [
-        ("exchange", "str", False),
-        ("symbol", "str", False),
-        ("last_update_id", "i64", False),
-        ("origin", "str", False),
-        ("bid_prices", "f64_list", False),
-        ("bid_qtys", "f64_list", False),
-        ("ask_prices", "f64_list", False),
-        ("ask_qtys", "f64_list", False),
-        ("ts_recv", "ts", False),
-    ],
-    ("exchange", "symbol", "last_update_id"),
-    {
-        "exchange": _NAME,
-        "symbol": _NAME,
-        "last_update_id": _ID,
-        "origin": _NAME,
-        "bid_prices": ("required",),
-        "bid_qtys": ("required",),
-        "ask_prices": ("required",),
-        "ask_qtys": ("required",),
-        "ts_recv": _TIME,
-    },
-    {
-        "bid_prices": "positive",
-        "bid_qtys": "non_negative",
-        "ask_prices": "positive",
-        "ask_qtys": "non_negative",
-    },
-)
 
 KIND_OF_TYPE: dict[type[msgspec.Struct], str] = {s.record_type: s.kind for s in KINDS.values()}
 
@@ -478,7 +365,7 @@ def kind_of(record: Record) -> str:
     return KIND_OF_TYPE[type(record)]
 
 
-def natural_key(record: Record) -> tuple[Any, ...]:
+def natural_key(record: Record) -> tuple[object, ...]:
     spec = KINDS[kind_of(record)]
     return tuple(getattr(record, k) for k in spec.key)
 
@@ -509,6 +396,3 @@ def validate(record: Record, bounds: Bounds | None = None) -> Record:
     if isinstance(record, Bar) and record.high < record.low:
         raise RecordError("high below low")
     return record
-
-
-RecordFactory = Callable[..., Record]

@@ -1,6 +1,7 @@
 """Validation rules of record fields: per value (slow path) and per column (vectorised).
 
-Every field of a record kind lists its rules in :data:`tickvault.core.records.KINDS`. A value
+Every field of a record kind declares its rules on its Struct field
+(:mod:`tickvault.core.records`; :data:`~tickvault.core.records.KINDS` lists them). A value
 that breaks one is refused with a short, stable reason that names the rule and the field
 (dead letters are grouped by it, so a reason never contains the offending value):
 
