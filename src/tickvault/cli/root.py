@@ -165,8 +165,6 @@ def _run(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(EXIT_FAULT) from None
 
 
-
-
 # -- run / demo / replay ----------------------------------------------------------------------
 
 
