@@ -359,27 +359,30 @@ def replay(
         raise typer.Exit(2) from None
 
     show_progress = not json_out and err.is_terminal
-    producing: dict[str, Any] = {
-        "exchange": exchange,
-        "line_format": line_format,
-        "symbol": symbol,
-    }
 
     async def main() -> int:
         from tickvault.service.replay_start import start_replay
 
         files = list(paths)
+
+        def start() -> ReplayStart:
+            return start_replay(
+                settings, files, restart, exchange=exchange, line_format=line_format, symbol=symbol
+            )
+
         # Lock and producer first: the child starts while this process imports the rest.
         # An interactive run first reads where earlier runs stopped and counts the lines
         # (its progress bar needs both, and the child moves the checkpoints).
-        early = None if show_progress else start_replay(settings, files, restart, **producing)
-        from tickvault.service.replay_job import ReplayPlan, plan_replay
+        if show_progress:
+            from tickvault.service.replay_job import plan_replay
 
-        if early is None:
             plan = plan_replay(settings, files, restart, exchange=exchange)
+            started = start()
         else:
+            started = start()
+            from tickvault.service.replay_job import ReplayPlan
+
             plan = ReplayPlan(files, 0, 0)
-        started = early or start_replay(settings, files, restart, **producing)
         try:
             return await replay_started(plan, started)
         except BaseException:
@@ -406,7 +409,7 @@ def replay(
                 settings,
                 plan,
                 restart=restart,
-                **producing,
+                exchange=exchange,
                 started=started,
                 handle_signals=True,
                 on_progress=lambda p: progress.update(
